@@ -1,0 +1,80 @@
+"""Loss terms of DnD and of the baselines, as pure functions of arrays (all means are fp32).
+
+Each function cites where its definition comes from; where a paper and its reference code
+differ, the docstring says which one is followed.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy(logits, labels):
+  """Mean cross-entropy with integer labels (= the paper's L_KL against one-hot labels)."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
+
+
+def mse(student, teacher):
+  """Mean over every element, PyTorch's `F.mse_loss` default (paper Eq. 3)."""
+  diff = student.astype(jnp.float32) - teacher.astype(jnp.float32)
+  return jnp.mean(diff * diff)
+
+
+def hinton_kl(student_logits, teacher_logits, tau: float):
+  """tau^2 * KL(softmax(t / tau) || softmax(s / tau)), averaged over the batch.
+
+  Hinton et al. (2015) scale by tau^2 so the soft term's gradient keeps its size as tau changes;
+  this equals PyTorch's `F.kl_div(log_softmax(s/tau), softmax(t/tau), reduction="batchmean") * tau**2`.
+  """
+  log_p_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / tau, axis=-1)
+  log_p_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / tau, axis=-1)
+  kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+  return tau ** 2 * jnp.mean(kl)
+
+
+def attention_map(features):
+  """Zagoruyko & Komodakis (2016): the L2-normalised mean over channels of squared activations."""
+  a = jnp.mean(jnp.square(features.astype(jnp.float32)), axis=-1).reshape(features.shape[0], -1)
+  return a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+
+
+def attention_transfer(student_features, teacher_features):
+  """One stage's AT term as the authors' code computes it: `(at(s) - at(t)).pow(2).mean()`.
+
+  The paper writes the (unsquared) L2 distance; its beta = 1000 belongs to the code's squared,
+  element-averaged form, which is what is used here.
+  """
+  d = attention_map(student_features) - attention_map(teacher_features)
+  return jnp.mean(d * d)
+
+
+def normalized(x):
+  flat = x.reshape(x.shape[0], -1).astype(jnp.float32)
+  return flat / jnp.maximum(jnp.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
+
+
+def true_class_input_gradient(logits_fn, images, labels):
+  """d logit_y / d x for each example: the Jacobian row that Srinivas & Fleuret (2018) match.
+
+  `logits_fn` maps a batch of images to logits; summing the true-class logits over the batch and
+  taking one gradient gives every example's own input gradient (examples are independent apart
+  from BatchNorm's batch statistics, whose cross-example terms are part of the student's function
+  in training mode, as in the PyTorch reference implementations).
+  """
+  def true_logit_sum(x):
+    logits = logits_fn(x)
+    return jnp.sum(jnp.take_along_axis(logits, labels[:, None], axis=-1))
+
+  return jax.grad(true_logit_sum)(images)
+
+
+def jacobian_matching(student_grad, teacher_grad):
+  """Squared L2 distance between the L2-normalised input gradients, averaged over the batch."""
+  d = normalized(student_grad) - normalized(teacher_grad)
+  return jnp.mean(jnp.sum(d * d, axis=-1))
+
+
+def accuracy(logits, labels):
+  return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
