@@ -1,0 +1,436 @@
+"""Exact conversion between PyTorch (torchvision-layout) ResNet18/34 weights and dnd_jax variables.
+
+Users bring teachers trained in PyTorch and take their students back to PyTorch (DESIGN section 5:
+"export the student alone; import PyTorch weights exactly"). The two layouts hold the same numbers:
+
+  torchvision                              dnd_jax (`dnd_jax.models.ResNet`)
+  conv1 / bn1                              stage1/stem_conv / stage1/stem_bn
+  layer{k}.{i}.conv1|bn1|conv2|bn2         stage{k}/block{i}/conv1|bn1|conv2|bn2
+  layer{k}.{i}.downsample.0 | .1           stage{k}/block{i}/downsample_conv | downsample_bn
+  fc                                       stage5/fc
+
+Convolution kernels are OIHW in PyTorch and HWIO in Flax; linear weights are (out, in) in PyTorch
+and (in, out) in Flax; BatchNorm's weight/bias/running_mean/running_var are Flax's
+scale/bias (params) and mean/var (batch_stats). `num_batches_tracked` has no Flax counterpart: it
+is ignored on import and written as 0 on export (it only matters for BatchNorm with
+momentum=None). The models pad as PyTorch does, so converted weights give the same features.
+
+Every mismatch (a missing or unexpected key, a wrong shape, a ResNet18 checkpoint where a
+ResNet34 is configured, the other stem) is an error that names the key and both shapes: a teacher
+that loads silently wrong would spoil every student trained from it.
+
+torch is imported lazily and only here in the package, so training never needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from dnd_jax import checkpoints
+from dnd_jax.models import NUM_STAGES, STAGE_SIZES, STEMS
+
+STEM_KERNEL = {"cifar": 3, "imagenet": 7}
+# Where a training script may have put the state_dict inside a saved checkpoint dict.
+STATE_DICT_ENTRIES = ("state_dict", "model_state_dict", "model")
+# Known data sets' (num_classes, channels), used when the data config does not state them.
+DATASET_FACTS = {"cifar100": (100, 3), "imagewoof": (10, 3), "fashion_mnist": (10, 1)}
+_MAX_LISTED = 12
+
+
+class TorchBridgeError(checkpoints.CheckpointError):
+  """PyTorch weights that do not fit the configured ResNet (or are not ResNet weights at all)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One tensor of the torchvision layout and where it lives in the Flax variables."""
+
+  torch_key: str
+  collection: str        # "params" or "batch_stats"; "" for num_batches_tracked
+  flax_path: tuple[str, ...]
+  torch_shape: tuple[int, ...]
+  kind: str              # conv, linear_weight, vector, counter
+
+
+def _conv_entries(torch_prefix: str, flax_path: tuple[str, ...], out_ch: int, in_ch: int,
+                  k: int) -> list[Entry]:
+  return [Entry(f"{torch_prefix}.weight", "params", (*flax_path, "kernel"), (out_ch, in_ch, k, k),
+                "conv")]
+
+
+def _bn_entries(torch_prefix: str, flax_path: tuple[str, ...], ch: int) -> list[Entry]:
+  return [
+      Entry(f"{torch_prefix}.weight", "params", (*flax_path, "scale"), (ch,), "vector"),
+      Entry(f"{torch_prefix}.bias", "params", (*flax_path, "bias"), (ch,), "vector"),
+      Entry(f"{torch_prefix}.running_mean", "batch_stats", (*flax_path, "mean"), (ch,), "vector"),
+      Entry(f"{torch_prefix}.running_var", "batch_stats", (*flax_path, "var"), (ch,), "vector"),
+      Entry(f"{torch_prefix}.num_batches_tracked", "", (), (), "counter"),
+  ]
+
+
+def layout(depth: int, stem: str, width: int, num_classes: int, in_channels: int) -> list[Entry]:
+  """Every tensor of a torchvision ResNet of this architecture, in torchvision's order."""
+  if depth not in STAGE_SIZES:
+    raise TorchBridgeError(f"ResNet depth {depth} is not supported; use one of {sorted(STAGE_SIZES)}.")
+  if stem not in STEMS:
+    raise TorchBridgeError(f"Unknown stem {stem!r}; use one of {STEMS}.")
+  entries = _conv_entries("conv1", ("stage1", "stem_conv"), width, in_channels, STEM_KERNEL[stem])
+  entries += _bn_entries("bn1", ("stage1", "stem_bn"), width)
+  inplanes = width
+  for k, num_blocks in enumerate(STAGE_SIZES[depth], start=1):
+    planes = width * 2 ** (k - 1)
+    for i in range(num_blocks):
+      t, f = f"layer{k}.{i}", (f"stage{k}", f"block{i}")
+      entries += _conv_entries(f"{t}.conv1", (*f, "conv1"), planes, inplanes, 3)
+      entries += _bn_entries(f"{t}.bn1", (*f, "bn1"), planes)
+      entries += _conv_entries(f"{t}.conv2", (*f, "conv2"), planes, planes, 3)
+      entries += _bn_entries(f"{t}.bn2", (*f, "bn2"), planes)
+      if i == 0 and (k > 1 or inplanes != planes):
+        entries += _conv_entries(f"{t}.downsample.0", (*f, "downsample_conv"), planes, inplanes, 1)
+        entries += _bn_entries(f"{t}.downsample.1", (*f, "downsample_bn"), planes)
+      inplanes = planes
+  entries.append(Entry("fc.weight", "params", (f"stage{NUM_STAGES}", "fc", "kernel"),
+                       (num_classes, inplanes), "linear_weight"))
+  entries.append(Entry("fc.bias", "params", (f"stage{NUM_STAGES}", "fc", "bias"), (num_classes,),
+                       "vector"))
+  return entries
+
+
+# --- reading PyTorch checkpoints ------------------------------------------------------------------
+
+
+def load_torch_checkpoint(path: str) -> dict[str, Any]:
+  """A state_dict from a `torch.save` file, read safely (`weights_only=True`) onto the CPU."""
+  import torch  # noqa: PLC0415 (lazy: training never imports torch)
+
+  if not os.path.isfile(path):
+    raise TorchBridgeError(f"PyTorch checkpoint {path!r} not found.")
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # torch raises pickle, runtime and zip errors for unreadable files
+    raise TorchBridgeError(
+        f"Could not read {path!r} with torch.load(weights_only=True): {e}. Save the weights with "
+        "`torch.save(model.state_dict(), path)` (a pickled nn.Module is not accepted, because "
+        "loading it would run arbitrary code).") from e
+  return unwrap_state_dict(obj)
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, Any]:
+  """The state_dict itself, from a raw state_dict or a training checkpoint that holds one, with
+  DataParallel/DistributedDataParallel's "module." prefix removed."""
+  if not isinstance(obj, Mapping):
+    raise TorchBridgeError(
+        f"Expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}.")
+  for name in STATE_DICT_ENTRIES:
+    inner = obj.get(name)
+    if isinstance(inner, Mapping) and "conv1.weight" not in obj:
+      return unwrap_state_dict(inner)
+  state_dict = {}
+  for key, value in obj.items():
+    if not isinstance(key, str):
+      raise TorchBridgeError(f"State_dict key {key!r} is not a string.")
+    state_dict[key[len("module."):] if key.startswith("module.") else key] = value
+  return state_dict
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+  return tuple(int(d) for d in value.shape)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+  """A float32 numpy copy of a tensor or array (half-precision checkpoints are widened)."""
+  if hasattr(value, "detach"):  # a torch.Tensor; checked by duck type so torch stays lazy
+    value = value.detach().cpu()
+    if value.is_floating_point() and value.dtype.itemsize < 4:
+      value = value.float()
+    value = value.numpy()
+  value = np.asarray(value)
+  if not np.issubdtype(value.dtype, np.floating):
+    raise TorchBridgeError(f"Expected floating point weights, got dtype {value.dtype}.")
+  return value.astype(np.float32, copy=False)
+
+
+_BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
+
+
+def infer_architecture(state_dict: Mapping[str, Any]) -> dict:
+  """What the tensors' names and shapes say the network is; values that cannot be told are None.
+
+  depth: from the number of blocks in layer1..layer4; stem: from conv1's kernel size; width and
+  in_channels: from conv1; num_classes: from fc.
+  """
+  counts = [0, 0, 0, 0]
+  for key in state_dict:
+    m = _BLOCK_KEY.match(key)
+    if m:
+      k, i = int(m.group(1)), int(m.group(2))
+      counts[k - 1] = max(counts[k - 1], i + 1)
+  depth = next((d for d, sizes in STAGE_SIZES.items() if tuple(counts) == sizes), None)
+  conv1, fc = state_dict.get("conv1.weight"), state_dict.get("fc.weight")
+  stem = width = in_channels = num_classes = None
+  if conv1 is not None and len(conv1.shape) == 4:
+    width, in_channels = int(conv1.shape[0]), int(conv1.shape[1])
+    stem = next((s for s, k in STEM_KERNEL.items() if tuple(conv1.shape[2:]) == (k, k)), None)
+  if fc is not None and len(fc.shape) == 2:
+    num_classes = int(fc.shape[0])
+  return {"depth": depth, "blocks_per_layer": tuple(counts), "stem": stem, "width": width,
+          "in_channels": in_channels, "num_classes": num_classes}
+
+
+def _describe(inferred: dict) -> str:
+  depth = (f"ResNet{inferred['depth']}" if inferred["depth"] else
+           f"a network with {inferred['blocks_per_layer']} blocks in layer1..layer4 (not ResNet18 "
+           f"{STAGE_SIZES[18]} or ResNet34 {STAGE_SIZES[34]})")
+  stem = {"cifar": "the CIFAR stem (3x3 conv1, no max-pool)",
+          "imagenet": "the ImageNet stem (7x7/2 conv1 + max-pool)"}.get(inferred["stem"],
+                                                                         "an unknown stem")
+  return (f"{depth} with {stem}, width {inferred['width']}, {inferred['in_channels']} input "
+          f"channels, {inferred['num_classes']} classes")
+
+
+def _raise_problems(problems: list[str], hints: list[str], what: str) -> None:
+  listed = problems[:_MAX_LISTED]
+  if len(problems) > _MAX_LISTED:
+    listed.append(f"... and {len(problems) - _MAX_LISTED} more")
+  raise TorchBridgeError(f"{what}:\n  " + "\n  ".join(listed) + "".join(f"\n{h}" for h in hints))
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+  for name in path[:-1]:
+    tree = tree.setdefault(name, {})
+  tree[path[-1]] = value
+
+
+def torch_state_dict_to_variables(state_dict: Mapping[str, Any], depth: int | None = None,
+                                  stem: str | None = None, *, width: int | None = None,
+                                  num_classes: int | None = None,
+                                  in_channels: int | None = None) -> dict:
+  """Flax variables {"params", "batch_stats"} (float32 numpy arrays) of a torchvision ResNet.
+
+  `state_dict` may also be a checkpoint dict holding one (see `unwrap_state_dict`). Every
+  architecture argument left as None is read off the tensors; every one given is checked.
+  """
+  state_dict = unwrap_state_dict(state_dict)
+  inferred = infer_architecture(state_dict)
+  arch = {"depth": depth, "stem": stem, "width": width, "num_classes": num_classes,
+          "in_channels": in_channels}
+  for name, value in arch.items():
+    if value is None:
+      if inferred[name] is None:
+        raise TorchBridgeError(
+            f"Could not tell the {name} of the network from its state_dict (it looks like "
+            f"{_describe(inferred)}); is it a torchvision-layout ResNet18/34? Keys: "
+            f"{sorted(state_dict)[:_MAX_LISTED]}")
+      arch[name] = inferred[name]
+  entries = layout(arch["depth"], arch["stem"], arch["width"], arch["num_classes"],
+                   arch["in_channels"])
+
+  expected = {e.torch_key for e in entries}
+  problems = [f"missing key {e.torch_key!r} (expected shape {e.torch_shape})" for e in entries
+              if e.kind != "counter" and e.torch_key not in state_dict]
+  problems += [f"unexpected key {k!r} with shape {_shape(v)}" for k, v in state_dict.items()
+               if k not in expected]
+  problems += [f"key {e.torch_key!r}: checkpoint shape {_shape(state_dict[e.torch_key])} vs "
+               f"expected shape {e.torch_shape}" for e in entries
+               if e.kind != "counter" and e.torch_key in state_dict
+               and _shape(state_dict[e.torch_key]) != e.torch_shape]
+  if problems:
+    hints = [f"The state_dict looks like {_describe(inferred)}.",
+             f"Expected ResNet{arch['depth']} with the {arch['stem']} stem, width "
+             f"{arch['width']}, {arch['in_channels']} input channels, "
+             f"{arch['num_classes']} classes (torchvision layout)."]
+    _raise_problems(problems, hints, "The PyTorch weights do not fit the configured ResNet")
+
+  variables: dict = {"params": {}, "batch_stats": {}}
+  for e in entries:
+    if e.kind == "counter":
+      continue
+    value = _to_numpy(state_dict[e.torch_key])
+    if e.kind == "conv":
+      value = np.ascontiguousarray(value.transpose(2, 3, 1, 0))   # OIHW -> HWIO
+    elif e.kind == "linear_weight":
+      value = np.ascontiguousarray(value.T)                       # (out, in) -> (in, out)
+    else:
+      value = np.array(value, copy=True)
+    _set(variables[e.collection], e.flax_path, value)
+  return variables
+
+
+# --- writing PyTorch state_dicts ------------------------------------------------------------------
+
+
+def _leaves(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], Any]]:
+  for name, value in tree.items():
+    if isinstance(value, Mapping):
+      yield from _leaves(value, (*prefix, name))
+    else:
+      yield (*prefix, name), value
+
+
+def variables_architecture(variables: Mapping) -> dict:
+  """depth, stem, width, num_classes and in_channels of dnd_jax ResNet variables."""
+  params = variables.get("params")
+  try:
+    stem_kernel = params["stage1"]["stem_conv"]["kernel"]
+    fc_kernel = params[f"stage{NUM_STAGES}"]["fc"]["kernel"]
+  except (KeyError, TypeError) as e:
+    raise TorchBridgeError(
+        f"These are not dnd_jax ResNet variables (no params/stage1/stem_conv/kernel or "
+        f"params/stage{NUM_STAGES}/fc/kernel: {e!r}).") from e
+  counts = tuple(sum(1 for name in params.get(f"stage{k}", {}) if name.startswith("block"))
+                 for k in range(1, NUM_STAGES))
+  depth = next((d for d, sizes in STAGE_SIZES.items() if counts == sizes), None)
+  if depth is None:
+    raise TorchBridgeError(f"The variables have {counts} blocks in stages 1-4, which is neither "
+                           f"ResNet18 {STAGE_SIZES[18]} nor ResNet34 {STAGE_SIZES[34]}.")
+  kh = int(stem_kernel.shape[0])
+  stem = next((s for s, k in STEM_KERNEL.items() if k == kh), None)
+  if stem is None:
+    raise TorchBridgeError(f"params/stage1/stem_conv/kernel has shape {_shape(stem_kernel)}; a "
+                           f"{kh}x{kh} stem is neither the CIFAR (3x3) nor the ImageNet (7x7) one.")
+  return {"depth": depth, "width": int(stem_kernel.shape[-1]), "stem": stem,
+          "num_classes": int(fc_kernel.shape[-1]), "in_channels": int(stem_kernel.shape[2])}
+
+
+def variables_to_torch_state_dict(variables: Mapping) -> dict:
+  """A torchvision-layout state_dict (torch.Tensor values, float32) of dnd_jax ResNet variables.
+
+  It has every key of `torchvision.models.resnet18/34` (num_batches_tracked included, as 0), so
+  `load_state_dict(..., strict=True)` accepts it once the model's stem, input channels and
+  classifier match (see docs/torch_bridge.md).
+  """
+  import torch  # noqa: PLC0415 (lazy: training never imports torch)
+
+  arch = variables_architecture(variables)
+  entries = layout(arch["depth"], arch["stem"], arch["width"], arch["num_classes"],
+                   arch["in_channels"])
+  trees = {"params": variables.get("params", {}), "batch_stats": variables.get("batch_stats", {})}
+  found = {(c, path): value for c, tree in trees.items() for path, value in _leaves(tree)}
+  expected = {(e.collection, e.flax_path): e for e in entries if e.kind != "counter"}
+  problems = [f"missing variable {'/'.join((c, *p))!r} (for {e.torch_key!r})"
+              for (c, p), e in expected.items() if (c, p) not in found]
+  problems += [f"unexpected variable {'/'.join((c, *p))!r} with shape {_shape(v)}"
+               for (c, p), v in found.items() if (c, p) not in expected]
+  for (c, p), e in expected.items():
+    if (c, p) in found:
+      want = e.torch_shape
+      if e.kind == "conv":
+        want = (want[2], want[3], want[1], want[0])
+      elif e.kind == "linear_weight":
+        want = want[::-1]
+      if _shape(found[(c, p)]) != want:
+        problems.append(f"variable {'/'.join((c, *p))!r} (for {e.torch_key!r}): shape "
+                        f"{_shape(found[(c, p)])} vs expected {want}")
+  if problems:
+    _raise_problems(problems, [f"Expected the variables of {arch}."],
+                    "The variables are not a complete dnd_jax ResNet")
+
+  state_dict = {}
+  for e in entries:
+    if e.kind == "counter":
+      state_dict[e.torch_key] = torch.zeros((), dtype=torch.long)
+      continue
+    value = np.asarray(found[(e.collection, e.flax_path)], dtype=np.float32)
+    if e.kind == "conv":
+      value = value.transpose(3, 2, 0, 1)   # HWIO -> OIHW
+    elif e.kind == "linear_weight":
+      value = value.T                       # (in, out) -> (out, in)
+    state_dict[e.torch_key] = torch.from_numpy(np.array(value, dtype=np.float32, order="C"))
+  return state_dict
+
+
+# --- the jobs behind scripts/import_torch_teacher.py and scripts/export_torch_student.py ---------
+
+
+def dataset_facts(data_config) -> tuple[int, int]:
+  """(num_classes, channels) of the config's data set, without loading the data.
+
+  The class count is the data reader's; the channel count is that of the configured
+  normalisation (one mean per channel), or the data set's known one when the mean is computed.
+  """
+  name = data_config.get("name")
+  try:
+    from dnd_jax.data import sources  # noqa: PLC0415
+    num_classes = sources.READERS[name].NUM_CLASSES
+  except (ImportError, AttributeError, KeyError):
+    num_classes = DATASET_FACTS.get(name, (None, None))[0]
+  mean = data_config.get("mean")
+  channels = len(mean) if mean else DATASET_FACTS.get(name, (None, None))[1]
+  if num_classes is None or channels is None:
+    raise TorchBridgeError(
+        f"Unknown data set {name!r}: cannot tell its number of classes and channels (known: "
+        f"{sorted(DATASET_FACTS)}).")
+  return int(num_classes), int(channels)
+
+
+def import_teacher(checkpoint: str, config, output: str | None = None) -> tuple[str, dict]:
+  """Convert a PyTorch teacher for `config` and save it where the config loads its teacher.
+
+  The weights must be the `config.teacher` network (depth, width, stem) for the config's data set
+  (classes, channels). Writes `output` or else `config.teacher.checkpoint`; returns the path and
+  the architecture written.
+  """
+  num_classes, channels = dataset_facts(config.data)
+  state_dict = load_torch_checkpoint(checkpoint)
+  variables = torch_state_dict_to_variables(
+      state_dict, int(config.teacher.depth), str(config.teacher.stem),
+      width=int(config.teacher.width), num_classes=num_classes, in_channels=channels)
+  arch = checkpoints.architecture(config.teacher, num_classes, (channels,))
+  path = output or config.teacher.checkpoint
+  if not path:
+    raise TorchBridgeError("No output folder: pass --output or set config.teacher.checkpoint.")
+  checkpoints.save_model(path, variables, arch, {
+      "source": "pytorch", "torch_checkpoint": os.path.abspath(checkpoint),
+      "dataset": config.data.get("name")})
+  return path, arch
+
+
+def load_exported_variables(workdir: str, best: bool = False) -> tuple[dict, dict]:
+  """The variables of `<workdir>/model` (the final model) or of the best-accuracy checkpoint,
+  with their architecture."""
+  import jax  # noqa: PLC0415
+
+  from dnd_jax.models import ResNet, init_variables  # noqa: PLC0415
+
+  if best:
+    best_dir = os.path.join(os.path.abspath(workdir), "best")
+    if not os.path.isdir(best_dir):
+      raise checkpoints.CheckpointError(f"No best-model checkpoint in {best_dir}.")
+    import orbax.checkpoint as ocp  # noqa: PLC0415
+
+    with ocp.CheckpointManager(best_dir) as manager:
+      step = manager.latest_step()
+      if step is None:
+        raise checkpoints.CheckpointError(f"No best-model checkpoint in {best_dir}.")
+      restored = manager.restore(step, args=ocp.args.Composite(
+          variables=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    variables = jax.device_get(dict(restored["variables"]))
+    return variables, {**variables_architecture(variables), "step": int(step),
+                       **dict(restored["meta"] or {})}
+  path = os.path.join(workdir, "model")
+  meta = checkpoints.read_model_meta(path)
+  arch = meta.get("architecture", {})
+  model = ResNet(depth=arch["depth"], num_classes=arch["num_classes"], width=arch["width"],
+                 stem=arch["stem"])
+  image_shape = (32, 32, arch["in_channels"])
+  abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_shape))
+  variables, meta = checkpoints.load_model(path, arch, abstract)
+  return jax.device_get(variables), {**arch, **meta}
+
+
+def export_student(workdir: str, output: str | None = None, best: bool = False) -> tuple[str, dict]:
+  """Write the run's student as a torchvision-layout state_dict file; returns (path, info)."""
+  import torch  # noqa: PLC0415
+
+  variables, info = load_exported_variables(workdir, best)
+  state_dict = variables_to_torch_state_dict(variables)
+  path = output or os.path.join(workdir, "student_best.pt" if best else "student.pt")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  torch.save(state_dict, path + ".tmp")
+  os.replace(path + ".tmp", path)
+  return path, info
