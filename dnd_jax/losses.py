@@ -11,14 +11,19 @@ import jax.numpy as jnp
 import optax
 
 
+def _f32(x):
+  """At least fp32: bf16 activations are upcast for losses, fp64 (in tests) is kept."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def cross_entropy(logits, labels):
   """Mean cross-entropy with integer labels (= the paper's L_KL against one-hot labels)."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
+  return optax.softmax_cross_entropy_with_integer_labels(_f32(logits), labels).mean()
 
 
 def mse(student, teacher):
   """Mean over every element, PyTorch's `F.mse_loss` default (paper Eq. 3)."""
-  diff = student.astype(jnp.float32) - teacher.astype(jnp.float32)
+  diff = _f32(student) - _f32(teacher)
   return jnp.mean(diff * diff)
 
 
@@ -28,15 +33,15 @@ def hinton_kl(student_logits, teacher_logits, tau: float):
   Hinton et al. (2015) scale by tau^2 so the soft term's gradient keeps its size as tau changes;
   this equals PyTorch's `F.kl_div(log_softmax(s/tau), softmax(t/tau), reduction="batchmean") * tau**2`.
   """
-  log_p_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / tau, axis=-1)
-  log_p_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / tau, axis=-1)
+  log_p_s = jax.nn.log_softmax(_f32(student_logits) / tau, axis=-1)
+  log_p_t = jax.nn.log_softmax(_f32(teacher_logits) / tau, axis=-1)
   kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
   return tau ** 2 * jnp.mean(kl)
 
 
 def attention_map(features):
   """Zagoruyko & Komodakis (2016): the L2-normalised mean over channels of squared activations."""
-  a = jnp.mean(jnp.square(features.astype(jnp.float32)), axis=-1).reshape(features.shape[0], -1)
+  a = jnp.mean(jnp.square(_f32(features)), axis=-1).reshape(features.shape[0], -1)
   return a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
@@ -51,7 +56,7 @@ def attention_transfer(student_features, teacher_features):
 
 
 def normalized(x):
-  flat = x.reshape(x.shape[0], -1).astype(jnp.float32)
+  flat = _f32(x.reshape(x.shape[0], -1))
   return flat / jnp.maximum(jnp.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
 
 

@@ -26,7 +26,9 @@ Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
 
 def _cos_anneal(start, end, pct):
-  return end + (start - end) / 2.0 * (jnp.cos(jnp.pi * pct) + 1.0)
+  """PyTorch's `end + (start - end) / 2 * (cos(pi * pct) + 1)`, written as cos^2(pi * pct / 2)
+  so that fp32 keeps its precision as the cosine nears -1 at the end of the schedule."""
+  return end + (start - end) * jnp.square(jnp.cos(jnp.pi * pct / 2.0))
 
 
 def one_cycle(total_steps: int, max_lr: float, pct_start: float = 0.3, div_factor: float = 25.0,

@@ -21,7 +21,7 @@ import optax
 from dnd_jax import losses
 from dnd_jax.data import augment
 from dnd_jax.methods import Group, GroupOutputs, Method
-from dnd_jax.models import ResNet
+from dnd_jax.models import NUM_STAGES, ResNet
 
 
 @flax.struct.dataclass
@@ -66,9 +66,11 @@ def group_losses(params, batch_stats, *, model: ResNet, groups: tuple[Group, ...
                      teacher_logits_fn), method_config)
     total = total + loss
     metrics.update(group_metrics)
-    head_logits = outs[-1]
+    if last == NUM_STAGES:
+      head_logits = outs[-1]
   metrics["loss"] = total
-  metrics["accuracy"] = losses.accuracy(head_logits, labels)
+  if head_logits is not None:
+    metrics["accuracy"] = losses.accuracy(head_logits, labels)
   return total, (new_stats, metrics)
 
 

@@ -1,0 +1,150 @@
+"""The stage-partition mechanism: gradient isolation, frozen teacher, Progressive-DnD phases."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dnd_jax import steps
+from dnd_jax.configs import base_config
+from dnd_jax.methods import DND_GROUPS, METHODS, get_method
+from dnd_jax.models import ResNet, init_variables
+from dnd_jax.optim import make_optimizer
+
+IMAGE = (8, 8, 1)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  student = ResNet(depth=18, num_classes=10, width=4)
+  teacher = ResNet(depth=34, num_classes=10, width=4)
+  s_vars = init_variables(student, jax.random.key(0), IMAGE)
+  t_vars = init_variables(teacher, jax.random.key(1), IMAGE)
+  images = jax.random.normal(jax.random.key(2), (6, *IMAGE))
+  labels = jnp.arange(6) % 10
+  feats = teacher.apply(t_vars, images, method="stages")
+  return student, teacher, s_vars, t_vars, images, labels, feats
+
+
+_GRAD_FNS = {}
+
+
+def _grads(setup, groups, params=None, name="dnd"):
+  """Gradient of the summed group losses; one compiled function per partition."""
+  student, teacher, s_vars, t_vars, images, labels, feats = setup
+  if (groups, name) not in _GRAD_FNS:
+    cfg = base_config("fashion_mnist", name).method
+    fn = functools.partial(steps.group_losses, model=student, groups=groups,
+                           method=get_method(name), method_config=cfg, labels=labels,
+                           teacher_logits_fn=None)
+    _GRAD_FNS[groups, name] = jax.jit(jax.grad(
+        lambda p, stats, x, f: fn(p, stats, images=x, teacher_feats=f)[0]))
+  return _GRAD_FNS[groups, name](s_vars["params"] if params is None else params,
+                                 s_vars["batch_stats"], images, feats)
+
+
+def _perturb(params, stage):
+  return {**params, stage: jax.tree.map(lambda p: p + 0.3 * jnp.sign(p + 1e-3), params[stage])}
+
+
+@pytest.mark.parametrize("groups", [DND_GROUPS, ((1, 2), (3, 4), (5, 5)), ((1, 4), (5, 5))])
+def test_changing_one_group_leaves_every_other_groups_gradient_unchanged(setup, groups):
+  base = _grads(setup, groups)
+  for first, last in groups:
+    params = setup[2]["params"]
+    for k in range(first, last + 1):
+      params = _perturb(params, f"stage{k}")
+    changed = _grads(setup, groups, params)
+    for k in range(1, 6):
+      inside = first <= k <= last
+      same = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.allclose(a, b, rtol=1e-6, atol=0)),
+                                          base[f"stage{k}"], changed[f"stage{k}"]))
+      if not inside:
+        assert all(same), f"stage {k} gradient changed when group {first}-{last} was perturbed"
+      elif first == last:
+        assert not all(same), f"perturbing stage {k} did not change its own gradient"
+
+
+def test_dnd_gradient_equals_each_groups_loss_taken_alone(setup):
+  total = _grads(setup, DND_GROUPS)
+  for group in DND_GROUPS:
+    alone = _grads(setup, (group,))
+    k = f"stage{group[0]}"
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 total[k], alone[k])
+
+
+def test_every_method_tiles_the_five_stages():
+  for method in METHODS.values():
+    for _, groups in method.phases:
+      assert groups[0][0] == 1 and groups[-1][1] == 5
+      assert all(a[1] + 1 == b[0] for a, b in zip(groups, groups[1:]))
+  with pytest.raises(ValueError, match="Unknown method 'fitnet'"):
+    get_method("fitnet")
+
+
+def test_progressive_dnd_switches_exactly_at_the_thirds():
+  pdnd = get_method("pdnd")
+  total = 30
+  phases = [pdnd.phase_at(s, total) for s in range(total)]
+  assert phases == [0] * 10 + [1] * 10 + [2] * 10
+  assert pdnd.partition(1) == ((1, 2), (3, 4), (5, 5))
+  assert pdnd.partition(2) == ((1, 4), (5, 5))
+  assert get_method("pdnd").phase_starts(300) == [0, 100, 200]
+
+
+def _train_step(setup, groups, name, tx, steps_per_epoch=4):
+  student, teacher, s_vars, t_vars, *_ = setup
+  config = base_config("fashion_mnist", name)
+  config.data.crop_padding = 0
+  config.data.flip = False
+  return jax.jit(steps.make_train_step(
+      model=student, teacher=teacher, method=get_method(name), groups=groups,
+      method_config=config.method, data_config=config.data, tx=tx, mean=(0.5,), std=(0.25,),
+      batch_size=4, steps_per_epoch=steps_per_epoch, seed=0))
+
+
+def test_teacher_is_frozen_and_progressive_dnd_keeps_optimizer_state(setup):
+  student, teacher, s_vars, t_vars, *_ = setup
+  images = jax.random.randint(jax.random.key(3), (16, *IMAGE), 0, 256).astype(jnp.uint8)
+  labels = jnp.arange(16) % 10
+  perm = jnp.arange(16, dtype=jnp.int32)
+  config = base_config("fashion_mnist", "pdnd")
+  tx = make_optimizer(config.optim, total_steps=6, phase_steps=2)
+  state = steps.create_train_state(s_vars, tx)
+  t_before = jax.device_get(t_vars)
+  pdnd = get_method("pdnd")
+  phase0 = _train_step(setup, pdnd.partition(0), "pdnd", tx)
+  phase1 = _train_step(setup, pdnd.partition(1), "pdnd", tx)
+  state, m0 = phase0(state, images, labels, perm, t_vars)
+  state, _ = phase0(state, images, labels, perm, t_vars)
+  before = state
+  state, m1 = phase1(state, images, labels, perm, t_vars)
+  assert int(state.step) == 3
+  assert "mse_1" in m0 and "mse_1-2" in m1 and "mse_3-4" in m1 and "mse_1" not in m1
+
+  # Recompute the phase-1 update by hand from the state before it: the momentum buffer must be
+  # mu * (buffer carried over from phase 0) + (g + wd * p), i.e. not reset at the switch.
+  x = (images[8:12].astype(jnp.float32) / 255.0 - 0.5) / 0.25
+  feats = teacher.apply(t_vars, x, method="stages")
+  grads = jax.grad(lambda p: steps.group_losses(
+      p, before.batch_stats, model=student, groups=pdnd.partition(1), method=pdnd,
+      method_config=config.method, images=x, labels=labels[8:12], teacher_feats=feats,
+      teacher_logits_fn=None)[0])(before.params)
+  mu = float(state.opt_state.hyperparams["momentum"])
+  wd = config.optim.weight_decay
+  old_trace = before.opt_state.inner_state[1].trace
+  expected = jax.tree.map(lambda t, g, p: mu * t + g + wd * p, old_trace, grads, before.params)
+  new_trace = state.opt_state.inner_state[1].trace
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-5),
+               new_trace, expected)
+  # ... and is far from what a reset buffer would hold
+  reset = jax.tree.map(lambda g, p: g + wd * p, grads, before.params)
+  gap = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new_trace, reset)))
+  assert gap > 1e-2
+
+  # the teacher's parameters and BatchNorm statistics never change
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(t_vars), t_before)
