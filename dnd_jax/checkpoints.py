@@ -75,7 +75,7 @@ def load_model(path: str, arch: dict, abstract_variables: Any) -> tuple[dict, di
         f"The model at {path!r} does not match the configured architecture ({'; '.join(diffs)}). "
         "Fix the config's model block, or point it at the right checkpoint.")
   try:
-    variables = ocp.StandardCheckpointer().restore(os.path.join(path, "variables"),
+    variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), "variables"),
                                                    abstract_variables)
   except Exception as e:  # Orbax raises several types for unreadable or mismatched trees.
     raise CheckpointError(f"Could not restore the model variables at {path!r}: {e}") from e

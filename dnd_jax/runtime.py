@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import jax
+from absl import logging
 
 
 def setup_runtime() -> None:
@@ -13,6 +14,7 @@ def setup_runtime() -> None:
   The persistent compilation cache (also holding XLA's GPU autotuning results) makes a resumed
   or repeated run skip most of its compile time.
   """
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("DND_JAX_DISTRIBUTED"):
     jax.distributed.initialize()
   cache = os.environ.get("DND_JAX_COMPILATION_CACHE",
