@@ -138,8 +138,14 @@ def unwrap_state_dict(obj: Any) -> dict[str, Any]:
   return state_dict
 
 
-def _shape(value: Any) -> tuple[int, ...]:
-  return tuple(int(d) for d in value.shape)
+def _shape(value: Any) -> tuple[int, ...] | None:
+  return tuple(int(d) for d in value.shape) if hasattr(value, "shape") else None
+
+
+def _what(value: Any) -> str:
+  """"with shape (3, 5)", or what the value is when it is not a tensor (a nested dict, an int)."""
+  shape = _shape(value)
+  return f"with shape {shape}" if shape is not None else f"({type(value).__name__}, not a tensor)"
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -193,11 +199,14 @@ def _describe(inferred: dict) -> str:
           f"channels, {inferred['num_classes']} classes")
 
 
-def _raise_problems(problems: list[str], hints: list[str], what: str) -> None:
-  listed = problems[:_MAX_LISTED]
-  if len(problems) > _MAX_LISTED:
-    listed.append(f"... and {len(problems) - _MAX_LISTED} more")
-  raise TorchBridgeError(f"{what}:\n  " + "\n  ".join(listed) + "".join(f"\n{h}" for h in hints))
+def _raise_problems(problems: list[list[str]], hints: list[str], what: str) -> None:
+  """One error listing each kind of problem (cut short past a few of each kind), then hints."""
+  lines = []
+  for kind in problems:
+    lines += kind[:_MAX_LISTED // 2]
+    if len(kind) > _MAX_LISTED // 2:
+      lines.append(f"... and {len(kind) - _MAX_LISTED // 2} more like these")
+  raise TorchBridgeError(f"{what}:\n  " + "\n  ".join(lines) + "".join(f"\n{h}" for h in hints))
 
 
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
@@ -231,20 +240,26 @@ def torch_state_dict_to_variables(state_dict: Mapping[str, Any], depth: int | No
                    arch["in_channels"])
 
   expected = {e.torch_key for e in entries}
-  problems = [f"missing key {e.torch_key!r} (expected shape {e.torch_shape})" for e in entries
-              if e.kind != "counter" and e.torch_key not in state_dict]
-  problems += [f"unexpected key {k!r} with shape {_shape(v)}" for k, v in state_dict.items()
-               if k not in expected]
-  problems += [f"key {e.torch_key!r}: checkpoint shape {_shape(state_dict[e.torch_key])} vs "
-               f"expected shape {e.torch_shape}" for e in entries
-               if e.kind != "counter" and e.torch_key in state_dict
-               and _shape(state_dict[e.torch_key]) != e.torch_shape]
-  if problems:
-    hints = [f"The state_dict looks like {_describe(inferred)}.",
+  missing = [f"missing key {e.torch_key!r} (expected shape {e.torch_shape})" for e in entries
+             if e.kind != "counter" and e.torch_key not in state_dict]
+  unexpected = [f"unexpected key {k!r} {_what(v)}" for k, v in state_dict.items()
+                if k not in expected]
+  wrong = [f"key {e.torch_key!r}: checkpoint shape {_shape(state_dict[e.torch_key])} vs "
+           f"expected shape {e.torch_shape}" for e in entries
+           if e.kind != "counter" and e.torch_key in state_dict
+           and _shape(state_dict[e.torch_key]) != e.torch_shape]
+  if missing or unexpected or wrong:
+    hints = [f"The state_dict looks like {_describe(inferred)}." if inferred["width"] else
+             "The state_dict does not look like a torchvision ResNet.",
              f"Expected ResNet{arch['depth']} with the {arch['stem']} stem, width "
              f"{arch['width']}, {arch['in_channels']} input channels, "
              f"{arch['num_classes']} classes (torchvision layout)."]
-    _raise_problems(problems, hints, "The PyTorch weights do not fit the configured ResNet")
+    if "conv1.weight" not in state_dict:
+      hints.append(f"There is no 'conv1.weight' at the top level (keys: "
+                   f"{sorted(state_dict)[:_MAX_LISTED]}): if the file holds the weights under "
+                   f"another name than {STATE_DICT_ENTRIES}, save `model.state_dict()` itself.")
+    _raise_problems([wrong, missing, unexpected], hints,
+                    "The PyTorch weights do not fit the configured ResNet")
 
   variables: dict = {"params": {}, "batch_stats": {}}
   for e in entries:
@@ -312,10 +327,11 @@ def variables_to_torch_state_dict(variables: Mapping) -> dict:
   trees = {"params": variables.get("params", {}), "batch_stats": variables.get("batch_stats", {})}
   found = {(c, path): value for c, tree in trees.items() for path, value in _leaves(tree)}
   expected = {(e.collection, e.flax_path): e for e in entries if e.kind != "counter"}
-  problems = [f"missing variable {'/'.join((c, *p))!r} (for {e.torch_key!r})"
-              for (c, p), e in expected.items() if (c, p) not in found]
-  problems += [f"unexpected variable {'/'.join((c, *p))!r} with shape {_shape(v)}"
-               for (c, p), v in found.items() if (c, p) not in expected]
+  missing = [f"missing variable {'/'.join((c, *p))!r} (for {e.torch_key!r})"
+             for (c, p), e in expected.items() if (c, p) not in found]
+  unexpected = [f"unexpected variable {'/'.join((c, *p))!r} {_what(v)}"
+                for (c, p), v in found.items() if (c, p) not in expected]
+  wrong = []
   for (c, p), e in expected.items():
     if (c, p) in found:
       want = e.torch_shape
@@ -324,10 +340,10 @@ def variables_to_torch_state_dict(variables: Mapping) -> dict:
       elif e.kind == "linear_weight":
         want = want[::-1]
       if _shape(found[(c, p)]) != want:
-        problems.append(f"variable {'/'.join((c, *p))!r} (for {e.torch_key!r}): shape "
-                        f"{_shape(found[(c, p)])} vs expected {want}")
-  if problems:
-    _raise_problems(problems, [f"Expected the variables of {arch}."],
+        wrong.append(f"variable {'/'.join((c, *p))!r} (for {e.torch_key!r}): shape "
+                     f"{_shape(found[(c, p)])} vs expected {want}")
+  if missing or unexpected or wrong:
+    _raise_problems([wrong, missing, unexpected], [f"Expected the variables of {arch}."],
                     "The variables are not a complete dnd_jax ResNet")
 
   state_dict = {}

@@ -13,11 +13,12 @@ write elsewhere with --output DIR), where scripts/train.py with the same config 
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dnd_jax.checkpoints import CheckpointError  # noqa: E402
 from dnd_jax.torch_bridge import import_teacher  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -33,7 +34,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
-  path, arch = import_teacher(FLAGS.checkpoint, config, FLAGS.output)
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  try:
+    path, arch = import_teacher(FLAGS.checkpoint, config, FLAGS.output)
+  except CheckpointError as e:  # a mismatch the user fixes: the message, not a traceback
+    sys.exit(f"error: {e}")
   print(f"Imported {FLAGS.checkpoint} as ResNet{arch['depth']} ({arch['stem']} stem, width "
         f"{arch['width']}, {arch['num_classes']} classes, {arch['in_channels']} channels) into "
         f"{path}")

@@ -1,0 +1,140 @@
+"""The PyTorch reference steps compute what dnd_jax computes: same loss, same updated parameters.
+
+scripts/benchmark.py times dnd_jax against benchmarks/torch_reference.py; that comparison means
+something only if both run the same step. Here both get the same weights (through the converter)
+and the same normalised batch, and take two SGD steps (the second one exercises the momentum
+buffer and the schedule's next value). The dnd_jax side calls `steps.group_losses` directly, as
+the jitted training step does after augmenting.
+"""
+
+import functools
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+torch = pytest.importorskip("torch")
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import torch_reference as tr  # noqa: E402
+from dnd_jax import optim, steps  # noqa: E402
+from dnd_jax.configs import base_config  # noqa: E402
+from dnd_jax.methods import get_method  # noqa: E402
+from dnd_jax.models import ResNet  # noqa: E402
+from dnd_jax.torch_bridge import torch_state_dict_to_variables  # noqa: E402
+
+WIDTH, SIDE, BATCH, CLASSES, TOTAL_STEPS = 4, 16, 8, 10, 12
+
+
+def randomise_batchnorm(model, seed):
+  """Non-trivial BatchNorm parameters and running statistics (the teacher's features use them)."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+        m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+        m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+        m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+  return model
+
+
+def run_both(method_name, phase, *, n_steps=2):
+  """Losses and final variables after `n_steps` steps of the PyTorch reference and of dnd_jax."""
+  config = base_config("cifar100", method_name)
+  torch.manual_seed(0)
+  student = tr.build_resnet(18, CLASSES, width=WIDTH, stem="cifar", in_channels=3)
+  teacher = randomise_batchnorm(tr.build_resnet(34, CLASSES, width=WIDTH, stem="cifar"), 1)
+  student_vars = torch_state_dict_to_variables(student.state_dict())
+  teacher_vars = torch_state_dict_to_variables(teacher.state_dict())
+  g = torch.Generator().manual_seed(2)
+  batches = [(torch.randn(BATCH, 3, SIDE, SIDE, generator=g),
+              torch.randint(0, CLASSES, (BATCH,), generator=g)) for _ in range(n_steps)]
+
+  method = get_method(method_name)
+  phase_steps = TOTAL_STEPS / len(method.phases)
+  torch_step = tr.make_torch_step(method_name, student, teacher, BATCH, total_steps=TOTAL_STEPS,
+                                  phase=phase, optim=tr.optim_kwargs(config.optim),
+                                  method_config=config.method)
+  torch_losses = [float(torch_step(x, y)) for x, y in batches]
+  torch_final = torch_state_dict_to_variables(student.state_dict())
+
+  model = ResNet(depth=18, num_classes=CLASSES, width=WIDTH, stem="cifar")
+  teacher_model = ResNet(depth=34, num_classes=CLASSES, width=WIDTH, stem="cifar")
+  tx = optim.make_optimizer(config.optim, TOTAL_STEPS, phase_steps)
+  state = steps.create_train_state(student_vars, tx)
+  loss_and_grad = jax.value_and_grad(steps.group_losses, has_aux=True)
+  jax_losses = []
+  for x, y in batches:
+    images, labels = jnp.asarray(x.numpy().transpose(0, 2, 3, 1)), jnp.asarray(y.numpy())
+    teacher_feats = teacher_model.apply(teacher_vars, images, method="stages")
+    (loss, (new_stats, _)), grads = loss_and_grad(
+        state.params, state.batch_stats, model=model, groups=method.partition(phase),
+        method=method, method_config=config.method, images=images, labels=labels,
+        teacher_feats=teacher_feats,
+        teacher_logits_fn=functools.partial(teacher_model.apply, teacher_vars))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          batch_stats=new_stats, opt_state=opt_state)
+    jax_losses.append(float(loss))
+  return torch_losses, jax_losses, student_vars, torch_final, jax.device_get(state.variables)
+
+
+@pytest.mark.parametrize("method_name,phase", [("dnd", 0), ("pdnd", 1), ("kd", 0)])
+def test_one_step_matches_pytorch(method_name, phase):
+  torch_losses, jax_losses, initial, torch_final, jax_final = run_both(method_name, phase)
+  np.testing.assert_allclose(jax_losses, torch_losses, rtol=2e-5)
+  assert torch_losses[0] != torch_losses[1]  # the first step changed the student
+
+  # Each leaf's update is compared against its own size (down to a thousandth of the largest),
+  # allowing a few float32 ulps of the parameter itself.
+  deltas = jax.tree.map(lambda a, b: np.abs(a - b).max(), torch_final["params"], initial["params"])
+  largest = max(jax.tree.leaves(deltas))
+  assert largest > 1e-3  # the steps moved the parameters, so the comparison says something
+
+  def excess(j, t, d):
+    allowed = 3e-5 * max(d, 1e-3 * largest) + 5e-7 * np.abs(t).max()
+    return float(np.abs(j - t).max()) / allowed
+
+  errors = jax.tree.map(excess, jax_final["params"], torch_final["params"], deltas)
+  assert max(jax.tree.leaves(errors)) <= 1.0, errors
+
+  # Running means (PyTorch's running_var uses the unbiased batch variance, Flax's the biased one).
+  means_t = {p: v for p, v in jax.tree_util.tree_leaves_with_path(torch_final["batch_stats"])
+             if p[-1].key == "mean"}
+  means_j = dict(jax.tree_util.tree_leaves_with_path(jax_final["batch_stats"]))
+  for path, value in means_t.items():
+    np.testing.assert_allclose(means_j[path], value, rtol=1e-4, atol=1e-5, err_msg=str(path))
+
+
+def test_reference_pdnd_switches_partition_where_dnd_jax_does():
+  """With phase=None the reference follows the step count through the method's phases."""
+  torch.manual_seed(0)
+  student, teacher = tr.build_models(18, 34, CLASSES, width=WIDTH)
+  step = tr.make_torch_step("pdnd", student, teacher, BATCH, total_steps=9)
+  method = get_method("pdnd")
+  assert [step.partition(s) for s in range(9)] == [
+      method.partition(method.phase_at(s, 9)) for s in range(9)]
+  with pytest.raises(ValueError, match="batches of 8"):
+    step(torch.zeros(4, 3, SIDE, SIDE), torch.zeros(4, dtype=torch.long))
+
+
+def test_channels_last_and_bf16_autocast_compute_the_same_step():
+  """The speed options change the memory layout and the precision, not the computation."""
+  g = torch.Generator().manual_seed(5)
+  x, y = torch.randn(BATCH, 3, SIDE, SIDE, generator=g), torch.randint(0, CLASSES, (BATCH,), generator=g)
+  losses = {}
+  for options in ({"channels_last": True}, {"channels_last": False}, {"bf16": True}):
+    torch.manual_seed(0)
+    student, teacher = tr.build_models(18, 34, CLASSES, width=WIDTH)
+    step = tr.make_torch_step("dnd", student, teacher, BATCH, total_steps=4, **options)
+    losses[tuple(options.items())] = [float(step(x, y)) for _ in range(2)]
+  fp32_nhwc, fp32_nchw, bf16 = losses.values()
+  np.testing.assert_allclose(fp32_nhwc, fp32_nchw, rtol=1e-5)
+  np.testing.assert_allclose(bf16, fp32_nchw, rtol=3e-2)
+  assert bf16 != fp32_nchw  # autocast did run in bfloat16
