@@ -148,7 +148,7 @@ def _what(value: Any) -> str:
   return f"with shape {shape}" if shape is not None else f"({type(value).__name__}, not a tensor)"
 
 
-def _to_numpy(value: Any) -> np.ndarray:
+def _to_numpy(key: str, value: Any) -> np.ndarray:
   """A float32 numpy copy of a tensor or array (half-precision checkpoints are widened)."""
   if hasattr(value, "detach"):  # a torch.Tensor; checked by duck type so torch stays lazy
     value = value.detach().cpu()
@@ -157,7 +157,7 @@ def _to_numpy(value: Any) -> np.ndarray:
     value = value.numpy()
   value = np.asarray(value)
   if not np.issubdtype(value.dtype, np.floating):
-    raise TorchBridgeError(f"Expected floating point weights, got dtype {value.dtype}.")
+    raise TorchBridgeError(f"Key {key!r} has dtype {value.dtype}; expected floating point weights.")
   return value.astype(np.float32, copy=False)
 
 
@@ -177,13 +177,13 @@ def infer_architecture(state_dict: Mapping[str, Any]) -> dict:
       k, i = int(m.group(1)), int(m.group(2))
       counts[k - 1] = max(counts[k - 1], i + 1)
   depth = next((d for d, sizes in STAGE_SIZES.items() if tuple(counts) == sizes), None)
-  conv1, fc = state_dict.get("conv1.weight"), state_dict.get("fc.weight")
+  conv1, fc = _shape(state_dict.get("conv1.weight")), _shape(state_dict.get("fc.weight"))
   stem = width = in_channels = num_classes = None
-  if conv1 is not None and len(conv1.shape) == 4:
-    width, in_channels = int(conv1.shape[0]), int(conv1.shape[1])
-    stem = next((s for s, k in STEM_KERNEL.items() if tuple(conv1.shape[2:]) == (k, k)), None)
-  if fc is not None and len(fc.shape) == 2:
-    num_classes = int(fc.shape[0])
+  if conv1 is not None and len(conv1) == 4:
+    width, in_channels = conv1[0], conv1[1]
+    stem = next((s for s, k in STEM_KERNEL.items() if conv1[2:] == (k, k)), None)
+  if fc is not None and len(fc) == 2:
+    num_classes = fc[0]
   return {"depth": depth, "blocks_per_layer": tuple(counts), "stem": stem, "width": width,
           "in_channels": in_channels, "num_classes": num_classes}
 
@@ -265,7 +265,7 @@ def torch_state_dict_to_variables(state_dict: Mapping[str, Any], depth: int | No
   for e in entries:
     if e.kind == "counter":
       continue
-    value = _to_numpy(state_dict[e.torch_key])
+    value = _to_numpy(e.torch_key, state_dict[e.torch_key])
     if e.kind == "conv":
       value = np.ascontiguousarray(value.transpose(2, 3, 1, 0))   # OIHW -> HWIO
     elif e.kind == "linear_weight":

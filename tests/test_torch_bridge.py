@@ -245,6 +245,12 @@ def test_non_resnet_input_is_a_clear_error():
   assert "no 'conv1.weight' at the top level (keys: ['epoch', 'net'])" in msg
 
 
+def test_integer_weights_are_named():
+  sd = randomised_model(18, 10).state_dict()
+  sd["fc.bias"] = torch.zeros(10, dtype=torch.int64)
+  assert "Key 'fc.bias' has dtype int64" in error_of(sd)
+
+
 def test_variables_with_a_missing_leaf_are_named_on_export():
   variables = random_flax_variables(ResNet(depth=18, num_classes=10, width=4), (8, 8, 3))
   del variables["batch_stats"]["stage3"]["block1"]["bn2"]["var"]
@@ -327,3 +333,28 @@ def test_export_student_writes_a_state_dict_pytorch_loads_strictly(tmp_path, bes
   x = torch.randn(2, 1, 32, 32)
   with torch.no_grad():
     assert_close_rel(model.apply(variables, jnp.asarray(to_nhwc(x))), net.eval()(x))
+
+
+def test_the_scripts_round_trip_a_teacher_through_the_command_line(tmp_path):
+  """import_torch_teacher.py (with --config.x overrides) then export_torch_student.py on the
+  folder it wrote gives back the original tensors."""
+  import subprocess  # noqa: PLC0415
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  model = randomised_model(34, 10, in_channels=1)
+  torch.save(model.state_dict(), tmp_path / "teacher.pt")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  run = lambda *args: subprocess.run([sys.executable, *args], cwd=tmp_path, env=env,  # noqa: E731
+                                     capture_output=True, text=True, timeout=120)
+  imported = run(os.path.join(repo, "scripts", "import_torch_teacher.py"), "--checkpoint",
+                 "teacher.pt", "--config", os.path.join(repo, "configs", "dnd_fashion.py"),
+                 "--config.teacher.width=4", "--config.teacher.checkpoint=run/model")
+  assert imported.returncode == 0, imported.stderr
+  assert "into run/model" in imported.stdout
+  exported = run(os.path.join(repo, "scripts", "export_torch_student.py"), "--workdir", "run",
+                 "--output", "back.pt")
+  assert exported.returncode == 0, exported.stderr
+  assert "strict=True" in exported.stdout
+  back = torch.load(tmp_path / "back.pt", weights_only=True)
+  for key, value in model.state_dict().items():
+    assert key.endswith("num_batches_tracked") or torch.equal(back[key], value), key

@@ -28,7 +28,7 @@ from dnd_jax.methods import get_method  # noqa: E402
 from dnd_jax.models import ResNet  # noqa: E402
 from dnd_jax.torch_bridge import torch_state_dict_to_variables  # noqa: E402
 
-WIDTH, SIDE, BATCH, CLASSES, TOTAL_STEPS = 4, 16, 8, 10, 12
+WIDTH, SIDE, BATCH, CLASSES, TOTAL_STEPS, TEACHER_DEPTH = 4, 16, 8, 10, 12, 34
 
 
 def randomise_batchnorm(model, seed):
@@ -49,7 +49,7 @@ def run_both(method_name, phase, *, n_steps=2):
   config = base_config("cifar100", method_name)
   torch.manual_seed(0)
   student = tr.build_resnet(18, CLASSES, width=WIDTH, stem="cifar", in_channels=3)
-  teacher = randomise_batchnorm(tr.build_resnet(34, CLASSES, width=WIDTH, stem="cifar"), 1)
+  teacher = randomise_batchnorm(tr.build_resnet(TEACHER_DEPTH, CLASSES, width=WIDTH, stem="cifar"), 1)
   student_vars = torch_state_dict_to_variables(student.state_dict())
   teacher_vars = torch_state_dict_to_variables(teacher.state_dict())
   g = torch.Generator().manual_seed(2)
@@ -65,7 +65,7 @@ def run_both(method_name, phase, *, n_steps=2):
   torch_final = torch_state_dict_to_variables(student.state_dict())
 
   model = ResNet(depth=18, num_classes=CLASSES, width=WIDTH, stem="cifar")
-  teacher_model = ResNet(depth=34, num_classes=CLASSES, width=WIDTH, stem="cifar")
+  teacher_model = ResNet(depth=TEACHER_DEPTH, num_classes=CLASSES, width=WIDTH, stem="cifar")
   tx = optim.make_optimizer(config.optim, TOTAL_STEPS, phase_steps)
   state = steps.create_train_state(student_vars, tx)
   loss_and_grad = jax.value_and_grad(steps.group_losses, has_aux=True)
