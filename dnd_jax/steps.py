@@ -6,6 +6,10 @@ teacher once (inference mode) for every stage output, and then, for each group o
 runs the student's stages on the stopped teacher feature at the group's input. The group losses
 are summed and differentiated once; since no group sees another group's student output, each
 parameter's gradient comes from its own group (DESIGN section 1). The host only dispatches.
+
+With `method.memory_lean` the groups are instead differentiated one after another
+(`sequential_group_grads`), so only one group's activations are alive at a time; `repeat_steps`
+runs several steps per dispatch with `lax.scan` where the host's per-step overhead shows.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from dnd_jax import losses
+from dnd_jax import losses, parallel
 from dnd_jax.data import augment
 from dnd_jax.methods import Group, GroupOutputs, Method
 from dnd_jax.models import NUM_STAGES, ResNet
@@ -74,10 +79,91 @@ def group_losses(params, batch_stats, *, model: ResNet, groups: tuple[Group, ...
   return total, (new_stats, metrics)
 
 
+def _stage_subtree(tree: dict, first: int, last: int) -> dict:
+  """The entries of stages first..last (stage 5 has no BatchNorm statistics)."""
+  return {f"stage{k}": tree[f"stage{k}"] for k in range(first, last + 1) if f"stage{k}" in tree}
+
+
+def _whole_student_unavailable(images):
+  raise ValueError(
+      "This method's loss runs the whole student (student_logits_fn), which cannot be split by "
+      "group: set config.method.memory_lean=False for it.")
+
+
+def sequential_group_grads(params, batch_stats, *, model: ResNet, teacher: ResNet, teacher_vars,
+                           groups: tuple[Group, ...], method: Method, method_config, images,
+                           labels, teacher_logits_fn):
+  """`jax.grad(group_losses)`, computed one group at a time to bound peak memory.
+
+  The paper's conclusion: since each group's gradient stays inside the group, the groups can be
+  updated in turn from one teacher forward pass, and only one group's activations need to exist
+  at a time. Here the teacher also runs one stage at a time, interleaved with the groups, so a
+  teacher feature is dropped once the groups reading it are done. The order is enforced with
+  `lax.optimization_barrier`: the next teacher stage and the next group read their input only
+  after this group's gradient exists, which stops XLA from running every group's forward pass
+  first (the default step's schedule, which keeps all their activations until the backward
+  passes). The sum is the same as the default step's; only the schedule differs.
+
+  Each group's loss sees the teacher's outputs up to its last stage (later entries are None):
+  every loss in `methods` reads only those.
+  """
+  teacher_feats: list = [None] * NUM_STAGES
+  done = 0  # teacher stages computed so far
+  grads, new_stats, metrics = {}, dict(batch_stats), {}
+  total = jnp.zeros((), jnp.float32)
+  head_logits = None
+  for first, last in groups:
+    while done < last:
+      x = images if done == 0 else teacher_feats[done - 1]
+      teacher_feats[done] = jax.lax.stop_gradient(
+          teacher.apply(teacher_vars, x, done + 1, done + 1, False, method="stages")[0])
+      done += 1
+    inputs = images if first == 1 else teacher_feats[first - 2]
+    feats = tuple(teacher_feats)
+    stats = _stage_subtree(batch_stats, first, last)
+
+    def loss_fn(sub_params, inputs=inputs, feats=feats, stats=stats, first=first, last=last):
+      outs, updated = model.apply({"params": sub_params, "batch_stats": stats}, inputs, first,
+                                  last, True, method="stages", mutable=["batch_stats"])
+      loss, group_metrics = method.group_loss(
+          GroupOutputs(first, last, outs, feats, labels, images, _whole_student_unavailable,
+                       teacher_logits_fn), method_config)
+      return loss, (updated["batch_stats"], group_metrics, outs[-1])
+
+    (loss, (updated, group_metrics, out)), group_grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(_stage_subtree(params, first, last))
+    # What comes next (the next teacher stage, the next group) starts from teacher_feats[last-1]:
+    # tie it to this group's gradient so that it cannot start before this group is finished.
+    group_grads, teacher_feats[last - 1] = jax.lax.optimization_barrier(
+        (group_grads, teacher_feats[last - 1]))
+    grads.update(group_grads)
+    new_stats.update(updated)
+    metrics.update(group_metrics)
+    total = total + loss
+    if last == NUM_STAGES:
+      head_logits = out
+  metrics["loss"] = total
+  if head_logits is not None:
+    metrics["accuracy"] = losses.accuracy(head_logits, labels)
+  return grads, (new_stats, metrics)
+
+
 def make_train_step(*, model: ResNet, teacher: ResNet | None, method: Method,
                     groups: tuple[Group, ...], method_config, data_config, tx, mean, std,
                     batch_size: int, steps_per_epoch: int, seed: int, batch_sharding=None):
-  """A pure function (state, images, labels, perm, teacher_vars) -> (new state, metrics)."""
+  """A pure function (state, images, labels, perm, teacher_vars) -> (new state, metrics).
+
+  `method_config.memory_lean` (when the partition has several groups) differentiates the groups
+  one after another (`sequential_group_grads`): the same update, a lower peak memory.
+  `batch_sharding` splits the batch over the mesh's devices; the step itself is written for the
+  global batch, so BatchNorm statistics are those of the global batch.
+  """
+  if batch_sharding is not None:
+    parallel.check_batch_divides(batch_size, batch_sharding.mesh)
+  lean = bool(method_config.get("memory_lean", False)) and len(groups) > 1
+  if lean and teacher is None:
+    raise ValueError("config.method.memory_lean needs a teacher: its groups start from teacher "
+                     "features.")
 
   def step(state: TrainState, images_u8, labels_all, perm, teacher_vars):
     offset = (state.step % steps_per_epoch) * batch_size
@@ -91,15 +177,21 @@ def make_train_step(*, model: ResNet, teacher: ResNet | None, method: Method,
 
     teacher_feats, teacher_logits_fn = None, None
     if teacher is not None:
-      teacher_feats = jax.lax.stop_gradient(
-          teacher.apply(teacher_vars, images, method="stages", train=False))
       teacher_logits_fn = functools.partial(teacher.apply, teacher_vars, train=False)
-
-    grad_fn = jax.grad(group_losses, has_aux=True)
-    grads, (new_stats, metrics) = grad_fn(
-        state.params, state.batch_stats, model=model, groups=groups, method=method,
-        method_config=method_config, images=images, labels=labels, teacher_feats=teacher_feats,
-        teacher_logits_fn=teacher_logits_fn)
+    if lean:
+      grads, (new_stats, metrics) = sequential_group_grads(
+          state.params, state.batch_stats, model=model, teacher=teacher,
+          teacher_vars=teacher_vars, groups=groups, method=method, method_config=method_config,
+          images=images, labels=labels, teacher_logits_fn=teacher_logits_fn)
+    else:
+      if teacher is not None:
+        teacher_feats = jax.lax.stop_gradient(
+            teacher.apply(teacher_vars, images, method="stages", train=False))
+      grad_fn = jax.grad(group_losses, has_aux=True)
+      grads, (new_stats, metrics) = grad_fn(
+          state.params, state.batch_stats, model=model, groups=groups, method=method,
+          method_config=method_config, images=images, labels=labels,
+          teacher_feats=teacher_feats, teacher_logits_fn=teacher_logits_fn)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               batch_stats=new_stats, opt_state=opt_state)
@@ -123,10 +215,36 @@ def accumulate_metrics(step_fn):
   return step
 
 
+def repeat_steps(step_fn, n: int):
+  """`n` consecutive steps in one dispatch: (state, sums, *args) -> (state, sums) after n steps.
+
+  For an `accumulate_metrics` step. A `lax.scan` over the step (compiled once, not unrolled), so
+  the host dispatches once per n steps; worth it where the per-step host overhead is not hidden
+  behind the device's work (small models, fast devices). The step reads its batch and its
+  augmentation key from `state.step`, so n steps here equal n single dispatches, provided they
+  stay within one epoch (one permutation) and one partition, as the training loop arranges.
+  """
+  if n < 1:
+    raise ValueError(f"config.steps_per_dispatch must be at least 1, got {n}.")
+  if n == 1:
+    return step_fn
+
+  def steps(state: TrainState, sums: dict, *args):
+    def body(carry, _):
+      return step_fn(*carry, *args), None
+
+    return jax.lax.scan(body, (state, sums), None, length=n)[0]
+
+  return steps
+
+
 def zero_metrics_like(step_fn, state, *args) -> dict:
-  """Zeroed running sums with the names of the metrics `step_fn` reports (traced, not run)."""
+  """Zeroed running sums with the names of the metrics `step_fn` reports (traced, not run).
+
+  Host arrays, so that every `device_put` of them makes a fresh buffer for the step to donate.
+  """
   shapes = jax.eval_shape(step_fn, state, *args)[1]
-  return {k: jnp.zeros((), jnp.float32) for k in shapes}
+  return {k: np.zeros((), np.float32) for k in shapes}
 
 
 def make_evaluate(model: ResNet, data_config, mean, std, batch_size: int):

@@ -231,6 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step_fn, zero_sums = phase_step(phase, perm)
     sums = put(zero_sums)
     finished_parts = []  # metric sums of earlier partitions, when a phase boundary falls mid-epoch
+    compile_before = meta["compile_time_s"]
     bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
                disable=not config.log.progress_bar, file=sys.stderr, leave=False,
                dynamic_ncols=True)
@@ -249,7 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         rate = (i + 1) * config.batch_size / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.3f}", img_s=f"{rate:.0f}")
     train = _means(finished_parts + [sums])  # waits for the epoch's last step
-    epoch_time = time.perf_counter() - t0
+    # a partition compiled mid-epoch is compile time, not training time
+    epoch_time = time.perf_counter() - t0 - (meta["compile_time_s"] - compile_before)
     bar.close()
     if not math.isfinite(train["loss"]):
       ckpts.wait()

@@ -1,0 +1,149 @@
+"""The real training loop at tiny size: every method learns, runs resume, bad input is caught."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from dnd_jax import checkpoints
+from dnd_jax.train import read_metrics, train_and_evaluate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_teacher_learns(tiny_teacher):
+  _, summary = tiny_teacher
+  assert summary["final_accuracy"] > 0.4  # chance is 0.1
+  assert summary["teacher_accuracy"] is None
+
+
+@pytest.mark.parametrize("method", ["kd", "at", "jacobian", "dnd", "pdnd"])
+def test_every_method_lowers_its_loss_and_beats_chance(tiny_teacher, tmp_path, method):
+  path, teacher_summary = tiny_teacher
+  config = tiny_config(method, **{"teacher.checkpoint": path})
+  summary = train_and_evaluate(config, str(tmp_path))
+  history = read_metrics(str(tmp_path))
+  assert [row["epoch"] for row in history] == [1, 2, 3]
+  assert history[-1]["test_loss"] < history[0]["test_loss"]
+  if method != "pdnd":  # Progressive DnD's loss changes meaning with its partition
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+  else:
+    assert [row["phase"] for row in history] == [0, 1, 2]
+    assert "train_mse_1" in history[0] and "train_mse_1-2" in history[1]
+    assert "train_mse_1-4" in history[2]
+  assert summary["final_accuracy"] > 0.3  # chance is 0.1
+  assert summary["teacher_accuracy"] == pytest.approx(teacher_summary["final_accuracy"])
+  assert summary["best_accuracy"] >= summary["final_accuracy"]
+  assert os.path.isfile(tmp_path / "model" / checkpoints.MODEL_META)
+
+
+def _cli(workdir, *overrides):
+  args = [sys.executable, os.path.join(REPO, "scripts", "train.py"),
+          "--config", os.path.join(REPO, "configs", "teacher_fashion.py"), "--workdir", str(workdir),
+          "--config.model.width=4", "--config.data.image_size=8", "--config.data.fraction=0.05",
+          "--config.batch_size=32", "--config.num_epochs=6", "--config.log.progress_bar=False",
+          "--config.eval_batch_size=1000", *overrides]
+  return args, dict(os.environ)
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics(tmp_path):
+  args, env = _cli(tmp_path / "whole")
+  subprocess.run(args, env=env, check=True, capture_output=True)
+  whole = read_metrics(str(tmp_path / "whole"))
+
+  killed = tmp_path / "killed"
+  args, env = _cli(killed)
+  proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if len(read_metrics(str(killed))) >= 2:  # mid-training: two epochs done, four to go
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+  assert 2 <= len(read_metrics(str(killed))) < 6
+
+  subprocess.run(args, env=env, check=True, capture_output=True)
+  resumed = read_metrics(str(killed))
+  assert [r["epoch"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+  for a, b in zip(whole, resumed):
+    for key in ("train_loss", "train_accuracy", "test_accuracy", "test_loss", "lr"):
+      assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (a["epoch"], key)
+  s_whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+  s_resumed = json.loads((killed / "summary.json").read_text())
+  assert s_whole["final_accuracy"] == s_resumed["final_accuracy"]
+  assert s_whole["best_accuracy"] == s_resumed["best_accuracy"]
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+  args, env = _cli(tmp_path, "--config.optim.lrr=0.1")
+  result = subprocess.run(args, env=env, capture_output=True, text=True)
+  assert result.returncode != 0
+  assert "lrr" in result.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_config("teacher", num_epochs=3, **{"checkpoint.keep": 3})
+  train_and_evaluate(config, str(tmp_path))
+  steps_per_epoch = 3000 // 32
+  # as if killed after epoch 1: drop the later checkpoints and metrics
+  for step in (2 * steps_per_epoch, 3 * steps_per_epoch):
+    shutil.rmtree(tmp_path / "checkpoints" / str(step))
+  bad = tiny_config("teacher", num_epochs=3, **{"optim.lr": 1e30, "checkpoint.keep": 3})
+  with pytest.raises(FloatingPointError, match="last good checkpoint \\(epoch 1\\)"):
+    train_and_evaluate(bad, str(tmp_path))
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=2)
+  assert ckpts.latest_step() == steps_per_epoch
+  assert [r["epoch"] for r in read_metrics(str(tmp_path))] == [1]
+  # resuming with a sane learning rate works from the intact checkpoint
+  summary = train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(summary["final_accuracy"]) and summary["final_accuracy"] > 0.3
+
+
+def test_missing_teacher_is_a_clear_error(tmp_path):
+  config = tiny_config("dnd", **{"teacher.checkpoint": str(tmp_path / "nowhere" / "model")})
+  with pytest.raises(checkpoints.CheckpointError, match="Teacher checkpoint .*nowhere.* not found"):
+    train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_teacher_of_another_architecture_is_a_clear_error(tiny_teacher, tmp_path):
+  path, _ = tiny_teacher
+  config = tiny_config("kd", **{"teacher.checkpoint": path, "teacher.depth": 18})
+  with pytest.raises(checkpoints.CheckpointError, match="depth: checkpoint 34 vs config 18"):
+    train_and_evaluate(config, str(tmp_path))
+
+
+def test_stage_shapes_that_differ_are_a_clear_error(tiny_teacher, tmp_path):
+  path, _ = tiny_teacher
+  config = tiny_config("dnd", **{"teacher.checkpoint": path, "model.width": 8})
+  with pytest.raises(ValueError, match=r"Stage 1 output shapes differ: student \(8, 8, 8\) vs "
+                                       r"teacher \(8, 8, 4\)"):
+    train_and_evaluate(config, str(tmp_path))
+
+
+def test_unknown_method_and_oversized_batch_are_clear_errors(tmp_path):
+  with pytest.raises(ValueError, match="Unknown method 'fitnets'"):
+    train_and_evaluate(tiny_config("teacher", **{"method.name": "fitnets"}), str(tmp_path))
+  with pytest.raises(ValueError, match="larger than the training set"):
+    train_and_evaluate(tiny_config("teacher", batch_size=4096), str(tmp_path))
+
+
+def test_missing_teacher_is_trained_first_when_a_teacher_config_is_given(tmp_path, monkeypatch):
+  teacher_cfg = tmp_path / "tiny_teacher.py"
+  teacher_cfg.write_text(
+      "import sys\nsys.path.insert(0, %r)\nfrom conftest import tiny_config\n\n"
+      "def get_config():\n  return tiny_config('teacher', num_epochs=1)\n" % os.path.dirname(__file__))
+  config = tiny_config("kd", num_epochs=1, **{"teacher.checkpoint": str(tmp_path / "t" / "model"),
+                                             "teacher.config": str(teacher_cfg)})
+  summary = train_and_evaluate(config, str(tmp_path / "student"))
+  assert os.path.isfile(tmp_path / "t" / "model" / checkpoints.MODEL_META)
+  assert summary["teacher_accuracy"] > 0.15  # a 1-epoch width-4 teacher; chance is 0.1
+
