@@ -1,0 +1,287 @@
+"""scripts/reproduce.py's machinery: grids, skipping finished runs, CSV aggregation, reports, plots.
+
+Everything but the two `slow` tests uses a fake trainer and synthetic results, so the grid logic is
+tested without training; the slow ones run the real loop on a tiny grid.
+"""
+
+import json
+import math
+import os
+
+import pytest
+
+from dnd_jax import experiments as ex
+from dnd_jax import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# --- grids and names ----------------------------------------------------------------------------
+
+
+def test_run_names_are_readable_and_unique():
+  assert ex.run_name("pdnd", 60, 1, 0.2) == "pdnd_e60_f0.2_s1"
+  assert ex.RunSpec("kd", 200, 0).name == "kd_e200_f1_s0"
+  for name in ex.EXPERIMENTS:
+    specs = ex.expand(ex.make_plan(name).experiment)
+    names = [s.name for s in specs]
+    assert len(names) == len(set(names)), name
+
+
+def test_paper_grids_have_the_papers_size():
+  t2 = ex.make_plan("table2_cifar100").experiment
+  assert (t2.epochs, t2.seeds, t2.methods) == ((60, 100, 200), (0, 1, 2), ex.METHODS)
+  assert len(ex.expand(t2)) == 5 * 3 * 3
+  t3 = ex.make_plan("table3_data_efficiency").experiment
+  assert t3.fractions == (0.2, 0.4, 0.6, 0.8, 1.0) and t3.epochs == (200,)
+  assert ex.make_plan("figure4_epochs").experiment.epochs == (20, 40, 60, 100, 150, 200)
+  assert ex.make_plan("table1_imagewoof").experiment.dataset == "imagewoof"
+
+
+def test_scale_and_command_line_shrink_a_grid():
+  plan = ex.make_plan("table2_fashion", "cpu")
+  assert plan.experiment.epochs == (2, 4) and plan.overrides["model.width"] == 8
+  plan = ex.make_plan("table2_fashion", "cpu", epochs=[2], seeds=ex.parse_seeds("1"),
+                      methods=["kd", "pdnd"], overrides={"data.fraction": 0.05})
+  assert [s.name for s in ex.expand(plan.experiment)] == ["kd_e2_f1_s0", "pdnd_e2_f1_s0"]
+  assert plan.overrides["data.fraction"] == 0.05
+  # Extra overrides get their own output folder; grid flags alone do not.
+  assert plan.out != ex.make_plan("table2_fashion", "cpu").out
+  assert ex.make_plan("table2_fashion", "cpu", seeds=[0]).out == ex.make_plan(
+      "table2_fashion", "cpu").out
+  with pytest.raises(ValueError, match="Unknown method"):
+    ex.make_plan("table2_fashion", methods=["nope"])
+
+
+def test_parsing_of_seeds_lists_and_overrides():
+  assert ex.parse_seeds("3") == (0, 1, 2)
+  assert ex.parse_seeds("0,4") == (0, 4)
+  assert ex.parse_list("2,4") == (2, 4)
+  assert ex.parse_overrides(["model.width=8", "data.fraction=0.1", "method.head_mse_on=logits"]) == {
+      "model.width": 8, "data.fraction": 0.1, "method.head_mse_on": "logits"}
+  with pytest.raises(ValueError):
+    ex.parse_overrides(["model.width"])
+
+
+def test_run_config_applies_overrides_to_student_and_teacher(tmp_path):
+  plan = ex.make_plan("table3_fashion", "cpu", out=str(tmp_path))
+  spec = ex.RunSpec("pdnd", 4, 1, 0.2)
+  config = ex.run_config(plan, spec)
+  assert (config.num_epochs, config.seed, config.model.width) == (4, 1, 8)
+  assert config.data.fraction == pytest.approx(0.1 * 0.2)  # relative to the scale's share
+  assert (config.teacher.width, config.teacher.depth) == (8, 34)
+  assert config.teacher.checkpoint == os.path.join(str(tmp_path), "teacher", "model")
+  assert config.teacher.config == ""
+  teacher = ex.teacher_config(plan)
+  assert (teacher.model.width, teacher.num_epochs, teacher.method.name) == (8, 8, "teacher")
+  assert ex.stagewise_config(plan, spec).model.depth == 18
+  with pytest.raises(KeyError, match="no field"):
+    ex.apply_overrides(config, {"model.widht": 3})
+
+
+# --- running: skip finished, resume unfinished, refuse changed configs --------------------------
+
+
+def _fake_trainer(calls, accuracy=0.5):
+  """Writes what train_and_evaluate writes (config, metrics, summary) without training."""
+
+  def train(config, workdir):
+    calls.append(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      for e in range(1, config.num_epochs + 1):
+        f.write(json.dumps({"epoch": e, "test_accuracy": accuracy * e / config.num_epochs}) + "\n")
+    summary = {"final_accuracy": accuracy, "best_accuracy": accuracy, "best_epoch": 1,
+               "teacher_accuracy": 0.9, "train_time_s": 60.0, "time_per_epoch_s": 30.0,
+               "eval_split": "test", "device_kind": "cpu"}
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f)
+    os.makedirs(os.path.join(workdir, "model"), exist_ok=True)
+    with open(os.path.join(workdir, "model", "model.json"), "w") as f:
+      json.dump({}, f)
+    return summary
+
+  return train
+
+
+def test_run_plan_trains_teacher_once_and_skips_finished_runs(tmp_path):
+  plan = ex.make_plan("table2_fashion", "tiny", methods=["kd", "dnd"], epochs=[1, 2],
+                      out=str(tmp_path))
+  finished = plan.run_dir(ex.RunSpec("dnd", 2, 0))
+  os.makedirs(finished)
+  with open(os.path.join(finished, "summary.json"), "w") as f:
+    json.dump({"final_accuracy": 0.7, "best_accuracy": 0.8}, f)
+  calls = []
+  rows = ex.run_plan(plan, train_fn=_fake_trainer(calls))
+  assert calls[0] == plan.teacher_dir
+  assert sorted(os.path.basename(c) for c in calls[1:]) == ["dnd_e1_f1_s0", "kd_e1_f1_s0",
+                                                            "kd_e2_f1_s0"]
+  assert [r["status"] for r in rows] == ["finished"] * 4
+  assert os.path.isfile(plan.csv_path)
+  calls.clear()
+  ex.run_plan(plan, train_fn=_fake_trainer(calls))
+  assert calls == []  # everything finished: nothing trains, not even the teacher
+
+
+def test_changed_config_is_refused_not_mixed(tmp_path):
+  plan = ex.make_plan("table2_fashion", "tiny", methods=["kd"], out=str(tmp_path))
+  ex.run_plan(plan, train_fn=_fake_trainer([]))
+  changed = ex.make_plan("table2_fashion", "tiny", methods=["kd"], out=str(tmp_path),
+                         overrides={"model.width": 2})
+  with pytest.raises(ValueError, match="different config"):
+    ex.run_plan(changed, train_fn=_fake_trainer([]))
+
+
+def test_collect_marks_missing_runs(tmp_path):
+  plan = ex.make_plan("table2_fashion", "tiny", methods=["kd", "pdnd"], out=str(tmp_path))
+  rows = ex.collect(plan)
+  assert [r["status"] for r in rows] == ["missing", "missing"]
+  assert all(r["final_accuracy"] is None for r in rows)
+
+
+# --- aggregation --------------------------------------------------------------------------------
+
+
+def _rows(values: dict, epochs_key=None) -> list[dict]:
+  rows = []
+  for (method, epochs, fraction), accs in values.items():
+    for seed, acc in enumerate(accs):
+      rows.append({"method": method, "epochs": epochs, "fraction": fraction, "seed": seed,
+                   "status": "finished", "best_accuracy": acc, "final_accuracy": acc - 0.01,
+                   "train_time_s": 120.0, "time_per_epoch_s": 2.0, "teacher_accuracy": 0.8,
+                   "device_kind": "cpu", "workdir": f"/nonexistent/{method}_{epochs}_{seed}"})
+  return rows
+
+
+def test_aggregate_gives_mean_and_sample_std_over_seeds(tmp_path):
+  rows = _rows({("kd", 60, 1.0): [0.70, 0.72, 0.74], ("dnd", 60, 1.0): [0.8]})
+  rows.append({**rows[0], "seed": 9, "status": "missing", "best_accuracy": None})
+  agg = report.aggregate(rows, "best_accuracy")
+  mean, std, n = agg[("kd", 60, 1.0)]
+  assert (mean, n) == (pytest.approx(0.72), 3)
+  assert std == pytest.approx(0.02)  # sample std (ddof = 1)
+  mean, std, n = agg[("dnd", 60, 1.0)]
+  assert (mean, n) == (pytest.approx(0.8), 1) and math.isnan(std)
+  assert report.fmt_acc(agg[("kd", 60, 1.0)]) == "72.00 ± 2.00"
+  assert report.fmt_acc(agg[("dnd", 60, 1.0)], expected_n=3) == "80.00 (n=1)"
+  # The CSV round trip keeps the numbers.
+  path = str(tmp_path / "grid.csv")
+  ex.write_csv([{**r, "experiment": "x"} for r in rows], path)
+  back = ex.read_csv(path)
+  assert report.aggregate(back, "best_accuracy")[("kd", 60, 1.0)][0] == pytest.approx(0.72)
+  assert back[-1]["best_accuracy"] is None and back[0]["epochs"] == 60
+
+
+def test_budget_pairing_with_the_papers_grid():
+  assert report.match_budgets((60, 100, 200), (60, 100, 200), True) == {60: 60, 100: 100, 200: 200}
+  assert report.match_budgets((20, 60), (60, 100, 200), True) == {60: 60}
+  assert report.match_budgets((2, 4, 6), (60, 100, 200), False) == {2: 60, 4: 100, 6: 200}
+  assert report.match_budgets((2, 4, 6, 10, 15, 20), (60, 100, 200), False) == {
+      6: 60, 10: 100, 20: 200}
+
+
+# --- reports and plots --------------------------------------------------------------------------
+
+
+def test_markdown_report_puts_the_papers_numbers_beside_ours(tmp_path):
+  plan = ex.make_plan("table2_cifar100", seeds=[0, 1], out=str(tmp_path))
+  values = {(m, e, 1.0): [0.70 + 0.01 * i, 0.72 + 0.01 * i]
+            for i, m in enumerate(ex.METHODS) for e in (60, 100, 200)}
+  rows = _rows(values)
+  ex.write_csv(rows, plan.csv_path)
+  text = report.write_report(plan, ex.read_csv(plan.csv_path), plots=False)
+  assert "| KD approach | 60 ep.: acc. (%) | time (min) | paper, CIFAR-100 60 ep." in text
+  kd_row = next(line for line in text.splitlines() if line.startswith("| Vanilla KD |"))
+  assert "71.00 ± 1.41" in kd_row and "2.00" in kd_row and "76.19 ± 0.28 (37 min)" in kd_row
+  pdnd_row = next(line for line in text.splitlines() if line.startswith("| Progressive DnD |"))
+  assert "79.39 ± 0.16 (35 min)" in pdnd_row and "75.00 ± 1.41" in pdnd_row
+  assert "the paper's CIFAR-100 teacher: 78.39%" in text
+  assert "Progressive DnD − Vanilla KD +4.00 pts" in text and "+3.20 pts" in text
+  assert os.path.isfile(plan.report_path)
+
+
+def test_fraction_report_and_all_plots_are_written_as_png(tmp_path):
+  plan = ex.make_plan("table3_data_efficiency", out=str(tmp_path))
+  rows = []
+  for m in ex.METHODS:
+    for fr in plan.experiment.fractions:
+      workdir = str(tmp_path / "runs" / ex.run_name(m, 200, 0, fr))
+      _fake_trainer([], accuracy=0.5 + 0.3 * fr)(_tiny_config(200), workdir)
+      rows += [{"method": m, "epochs": 200, "fraction": fr, "seed": 0, "status": "finished",
+                "best_accuracy": 0.5 + 0.3 * fr, "final_accuracy": 0.5 + 0.3 * fr,
+                "train_time_s": 10.0, "workdir": workdir}]
+  text = report.write_report(plan, rows)
+  assert "| Vanilla KD | 56.00 | 55.65 |" in text  # ours at 20% beside the paper's 20%
+  png = os.path.join(plan.figures_dir, "table3_data_efficiency_fractions.png")
+  budgets = ex.make_plan("table2_fashion", "tiny", out=str(tmp_path))
+  curves = [report.plot_epoch_curves(budgets, _synthetic_budget_rows(tmp_path), str(tmp_path / "c.png")),
+            report.plot_budgets(budgets, _synthetic_budget_rows(tmp_path), report.load_paper(),
+                                str(tmp_path / "b.png"))]
+  stage = ex.make_plan("figure2a_fashion", "tiny", out=str(tmp_path))
+  curves.append(report.plot_stagewise(stage, _synthetic_budget_rows(tmp_path, ex.STAGEWISE_VARIANTS),
+                                      str(tmp_path / "s.png")))
+  for path in [png, *curves]:
+    with open(path, "rb") as f:
+      assert f.read(8) == PNG_MAGIC, path
+
+
+def _tiny_config(epochs):
+  config = ex.load_config_file("configs/kd_fashion.py")
+  config.num_epochs = epochs
+  return config
+
+
+def _synthetic_budget_rows(tmp_path, methods=ex.METHODS):
+  rows = []
+  for m in methods:
+    for seed in (0, 1):
+      workdir = str(tmp_path / "curves" / f"{m}_{seed}")
+      _fake_trainer([], accuracy=0.6 + 0.05 * seed)(_tiny_config(3), workdir)
+      rows.append({"method": m, "epochs": 1, "fraction": 1.0, "seed": seed, "status": "finished",
+                   "best_accuracy": 0.6, "final_accuracy": 0.6, "train_time_s": 1.0,
+                   "workdir": workdir})
+  return rows
+
+
+# --- the real loop, tiny ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tiny_grid_end_to_end(tmp_path):
+  """Teacher, one distilled run and the report, for real (width 4, 8 px, 2% of the data)."""
+  plan = ex.make_plan("table2_fashion", "tiny", methods=["dnd"], out=str(tmp_path))
+  rows = ex.run_plan(plan)
+  assert [r["status"] for r in rows] == ["finished"]
+  row = rows[0]
+  assert 0.0 <= row["final_accuracy"] <= 1.0 and row["teacher_accuracy"] is not None
+  assert os.path.isfile(os.path.join(plan.run_dir(ex.RunSpec("dnd", 1, 0)), "metrics.jsonl"))
+  text = report.write_report(plan, ex.read_csv(plan.csv_path))
+  assert "| DnD |" in text and os.path.isfile(
+      os.path.join(plan.figures_dir, "table2_fashion_curves.png"))
+
+
+@pytest.mark.slow
+def test_stagewise_routine_trains_only_the_reinitialised_stage(tmp_path):
+  """Figure 2a's loop: the naive run (faked: an untrained exported ResNet18) then one R3 run."""
+  import jax  # noqa: PLC0415
+
+  from dnd_jax import checkpoints, stagewise  # noqa: PLC0415
+  from dnd_jax.data import load_dataset  # noqa: PLC0415
+  from dnd_jax.models import build_model, init_variables  # noqa: PLC0415
+
+  plan = ex.make_plan("figure2a_fashion", "tiny", out=str(tmp_path))
+  config = ex.stagewise_config(plan, ex.RunSpec("naive", 1, 0))
+  dataset = load_dataset(config.data)
+  model = build_model(config.model, dataset.num_classes)
+  variables = init_variables(model, jax.random.key(0), dataset.image_shape)
+  naive = str(tmp_path / "naive")
+  checkpoints.save_model(os.path.join(naive, "model"), variables,
+                         checkpoints.architecture(config.model, 10, dataset.image_shape),
+                         {"accuracy": 0.1})
+  summary = stagewise.train_reinitialised_stage(config, str(tmp_path / "r3"),
+                                                os.path.join(naive, "model"), "end2end")
+  assert summary["method"] == "r3_end2end" and summary["epochs"] == 1
+  assert 0.0 <= summary["final_accuracy"] <= 1.0
+  assert os.path.isfile(str(tmp_path / "r3" / "metrics.jsonl"))
