@@ -62,7 +62,11 @@ def check_stage_shapes(student: ResNet, teacher: ResNet, method: Method, image_s
 
 
 def prepare_teacher(config, dataset: Dataset, dtype) -> tuple[ResNet, dict, dict]:
-  """The frozen teacher: loaded from `config.teacher.checkpoint`, or trained first if missing."""
+  """The frozen teacher: loaded from `config.teacher.checkpoint`, or trained first if missing.
+
+  Returns the model, its variables, and its `model.json` (plus `trained_here_wall_s` when this
+  call trained it).
+  """
   path = config.teacher.checkpoint
   if not os.path.isfile(os.path.join(path, checkpoints.MODEL_META)):
     if not config.teacher.config:
@@ -82,10 +86,15 @@ def prepare_teacher(config, dataset: Dataset, dtype) -> tuple[ResNet, dict, dict
           f"Trained the teacher into {exported}, but config.teacher.checkpoint is {path!r}; "
           "point it at <teacher workdir>/model.")
     _log(f"Teacher trained: final accuracy {summary['final_accuracy']:.4f}.")
+    trained_here_s = summary["wall_time_s"]
+  else:
+    trained_here_s = 0.0
   teacher = build_model(config.teacher, dataset.num_classes, dtype)
   arch = checkpoints.architecture(config.teacher, dataset.num_classes, dataset.image_shape)
   abstract = jax.eval_shape(lambda: init_variables(teacher, jax.random.key(0), dataset.image_shape))
   variables, meta = checkpoints.load_model(path, arch, abstract)
+  if trained_here_s:
+    meta = {**meta, "trained_here_wall_s": trained_here_s}
   return teacher, variables, meta
 
 
@@ -182,7 +191,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   put = lambda x: jax.device_put(x, repl)  # noqa: E731
   state = put(state)
-  train_images, train_labels = put(dataset.train_images), put(dataset.train_labels)
+  # replicated in one process; in a multi-host run each host places only its share of the rows
+  train_images = parallel.put_dataset(dataset.train_images, mesh)
+  train_labels = parallel.put_dataset(dataset.train_labels, mesh)
   eval_images, eval_labels = put(dataset.eval_images), put(dataset.eval_labels)
   teacher_vars = put(teacher_vars) if teacher_vars is not None else None
 
@@ -201,34 +212,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     meta["teacher_accuracy"] = float(correct) / len(dataset.eval_labels)
     _log(f"Teacher {dataset.eval_split} accuracy: {meta['teacher_accuracy']:.4f}")
 
-  compiled: dict[int, Any] = {}
+  compiled: dict[tuple[int, int], Any] = {}
 
-  def phase_step(phase: int, perm):
-    """The compiled step of a phase, compiled (and timed) on first use."""
-    if phase not in compiled:
+  def phase_step(phase: int, perm, n: int = 1):
+    """The compiled step of a phase (n steps per dispatch), compiled (and timed) on first use."""
+    if (phase, n) not in compiled:
       step_fn = steps.make_train_step(
           model=model, teacher=teacher, method=method, groups=method.partition(phase),
           method_config=config.method, data_config=config.data, tx=tx, mean=dataset.mean,
           std=dataset.std, batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
           seed=config.seed, batch_sharding=batch_sharding)
       sums = steps.zero_metrics_like(step_fn, state, train_images, train_labels, perm, teacher_vars)
-      jitted = jax.jit(steps.accumulate_metrics(step_fn), donate_argnums=(0, 1),
-                       out_shardings=(repl, repl))
+      jitted = jax.jit(steps.repeat_steps(steps.accumulate_metrics(step_fn), n),
+                       donate_argnums=(0, 1), out_shardings=(repl, repl))
       t0 = time.perf_counter()
-      compiled[phase] = (jitted.lower(state, put(sums), train_images, train_labels, perm,
-                                      teacher_vars).compile(), sums)
+      compiled[phase, n] = (jitted.lower(state, put(sums), train_images, train_labels, perm,
+                                         teacher_vars).compile(), sums)
       meta["compile_time_s"] += time.perf_counter() - t0
-    return compiled[phase]
+    return compiled[phase, n]
 
   make_perm = jax.jit(lambda key: jax.random.permutation(key, n_train).astype(jnp.int32),
                       out_shardings=repl)
   perm_key = jax.random.fold_in(root_key, 2)
+  per_dispatch = int(config.get("steps_per_dispatch", 1))
 
   for epoch in range(meta["epoch"], config.num_epochs):
     perm = make_perm(jax.random.fold_in(perm_key, epoch))
     first_step = epoch * steps_per_epoch
     phase = bisect.bisect_right(phase_starts, first_step) - 1
-    step_fn, zero_sums = phase_step(phase, perm)
+    step_fn, zero_sums = phase_step(phase, perm, per_dispatch)
     sums = put(zero_sums)
     finished_parts = []  # metric sums of earlier partitions, when a phase boundary falls mid-epoch
     compile_before = meta["compile_time_s"]
@@ -236,18 +248,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                disable=not config.log.progress_bar, file=sys.stderr, leave=False,
                dynamic_ncols=True)
     t0 = time.perf_counter()
-    for i in range(steps_per_epoch):
+    i = 0
+    while i < steps_per_epoch:
       global_step = first_step + i
       if phase + 1 < len(phase_starts) and global_step >= phase_starts[phase + 1]:
         phase += 1  # Progressive DnD changes partition mid-epoch when a boundary falls there
         finished_parts.append(sums)
-        step_fn, zero_sums = phase_step(phase, perm)
+        step_fn, zero_sums = phase_step(phase, perm, per_dispatch)
         sums = put(zero_sums)
-      state, sums = step_fn(state, sums, train_images, train_labels, perm, teacher_vars)
-      bar.update(1)
-      if config.log.progress_bar and (i + 1) % config.log.refresh_steps == 0:
+      # several steps per dispatch while they stay inside the epoch and the partition, else one
+      phase_end = phase_starts[phase + 1] if phase + 1 < len(phase_starts) else total_steps
+      n = per_dispatch if min(steps_per_epoch - i, phase_end - global_step) >= per_dispatch else 1
+      run = step_fn if n == per_dispatch else phase_step(phase, perm, 1)[0]
+      state, sums = run(state, sums, train_images, train_labels, perm, teacher_vars)
+      i += n
+      bar.update(n)
+      refresh = config.log.refresh_steps
+      if config.log.progress_bar and i // refresh > (i - n) // refresh:
         m = _means([sums])
-        rate = (i + 1) * config.batch_size / (time.perf_counter() - t0)
+        rate = i * config.batch_size / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.3f}", img_s=f"{rate:.0f}")
     train = _means(finished_parts + [sums])  # waits for the epoch's last step
     # a partition compiled mid-epoch is compile time, not training time
@@ -306,7 +325,8 @@ def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluat
       "train_time_s": meta["train_time_s"], "compile_time_s": meta["compile_time_s"],
       "time_per_epoch_s": meta["train_time_s"] / max(len(history), 1),
       "images_per_s": (float(np.median([r["images_per_s"] for r in history])) if history else 0.0),
-      "wall_time_s": time.perf_counter() - wall_start,
+      # this run's own wall time; a teacher trained first by this command is reported apart
+      "wall_time_s": time.perf_counter() - wall_start - teacher_meta.get("trained_here_wall_s", 0.0),
   }
   if split == "validation":
     test_images, test_labels = jax.device_put(dataset.test_images), dataset.test_labels
@@ -318,6 +338,8 @@ def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluat
       summary["best_test_accuracy"] = float(correct) / len(test_labels)
   if teacher_meta:
     summary["teacher_checkpoint"] = config.teacher.checkpoint
+    if "trained_here_wall_s" in teacher_meta:
+      summary["teacher_training_wall_s"] = teacher_meta["trained_here_wall_s"]
   with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
     json.dump(summary, f, indent=2)
   print(format_summary(summary), flush=True)
@@ -340,4 +362,6 @@ def format_summary(s: dict) -> str:
   lines.append(f"   time: {s['wall_time_s']:.1f}s wall, {s['train_time_s']:.1f}s training, "
                f"{s['time_per_epoch_s']:.2f}s/epoch, compile {s['compile_time_s']:.1f}s, "
                f"{s['images_per_s']:.0f} images/s")
+  if "teacher_training_wall_s" in s:
+    lines.append(f"   (+ {s['teacher_training_wall_s']:.1f}s to train the teacher first)")
   return "\n".join(lines)

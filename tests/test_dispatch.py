@@ -52,3 +52,29 @@ def test_steps_per_dispatch_must_be_positive():
   assert steps.repeat_steps(len, 1) is len
   with pytest.raises(ValueError, match="steps_per_dispatch must be at least 1"):
     steps.repeat_steps(len, 0)
+
+
+@pytest.mark.slow
+def test_training_loop_with_several_steps_per_dispatch_matches_one_per_dispatch(tmp_path):
+  """The loop's wiring: 18 steps an epoch at 4 per dispatch is 4 dispatches of 4, then 2 single
+  steps; two epochs of that end where two epochs of single steps do.
+
+  The scan body rounds differently from the lone step, and at a normal learning rate the width-4
+  network's near-degenerate BatchNorm channels blow such differences up within a few steps; a
+  tiny learning rate keeps them at rounding level, so a wrong batch, a skipped step or a miscounted
+  sum stands out.
+  """
+  from conftest import tiny_config  # noqa: PLC0415
+  from dnd_jax.train import read_metrics, train_and_evaluate  # noqa: PLC0415
+
+  histories = {}
+  for k in (1, 4):
+    config = tiny_config("teacher", **{"model.depth": 18, "data.fraction": 0.01,
+                                        "num_epochs": 2, "steps_per_dispatch": k,
+                                        "optim.lr": 1e-6})
+    train_and_evaluate(config, str(tmp_path / f"k{k}"))
+    histories[k] = read_metrics(str(tmp_path / f"k{k}"))
+  assert [row["step"] for row in histories[4]] == [row["step"] for row in histories[1]] == [18, 36]
+  for one, four in zip(histories[1], histories[4]):
+    for key in ("train_loss", "train_accuracy", "test_accuracy", "test_loss"):
+      assert four[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
