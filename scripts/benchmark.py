@@ -1,0 +1,520 @@
+"""Time every method's training step, next to the PyTorch reference of the same step, in one run.
+
+For each method (teacher CE, vanilla KD, AT, Jacobian, DnD, memory-lean DnD, and each Progressive
+DnD phase), batch size and dtype, on synthetic data (random uint8 images resident on the device,
+so nothing is downloaded), it builds the training step exactly as `dnd_jax.train` does (jitted,
+donated, batch sharded over every device, gather + augmentation inside) and reports:
+
+  compile time          lower + compile, no persistent cache
+  ms/step, images/s     median over timed steps after warm-up, each step synchronised
+  loop ms/step          the same steps dispatched back to back as the training loop does (one
+                        synchronisation at the end): what an epoch costs per step
+  host ms/step          time the loop spends in Python per step (the step call + a progress-bar
+                        update); hidden behind the device while it is below loop ms/step
+  peak, temp memory     XLA's memory analysis of the compiled step (argument + output - aliased +
+                        temporaries; a compile-time figure), and its temporaries alone
+  GFLOP/step, % peak    XLA's cost analysis of the compiled step, and the share of the device's
+                        peak it reaches at the measured speed (n/a for unknown devices)
+
+and, on the same device in the same run, `benchmarks/torch_reference.py` (eager and, where it
+works, torch.compile) for the methods it implements (teacher, kd, dnd, pdnd phases), with XLA's
+FLOP count of the same step for its % of peak. With `--steps-per-dispatch K > 1` the methods of
+`--scan-methods` get a second row running K steps per dispatch (`lax.scan`, as
+`config.steps_per_dispatch` does).
+
+It writes <out>/benchmark.json and <out>/benchmark.md. Defaults depend on the backend: tiny on a
+CPU (so that it runs in minutes), the paper's CIFAR-100 shapes on an accelerator. The full GPU run:
+
+    python scripts/benchmark.py --width 64 --image-size 32 --batch-sizes 128,256,512 \\
+        --dtypes float32,bfloat16 --steps 30 --warmup 5 --dataset-size 50000 \\
+        --torch eager,compile --steps-per-dispatch 8 --out runs/benchmark_gpu
+
+(which is also what `python scripts/benchmark.py` does on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import traceback
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from dnd_jax import parallel, steps  # noqa: E402
+from dnd_jax.configs import base_config  # noqa: E402
+from dnd_jax.data import cifar100  # noqa: E402
+from dnd_jax.methods import get_method  # noqa: E402
+from dnd_jax.models import ResNet, init_variables  # noqa: E402
+from dnd_jax.optim import make_optimizer  # noqa: E402
+
+# case -> (dnd_jax method, phase, memory_lean). "teacher" trains the ResNet34 itself with CE.
+CASES = {
+    "teacher": ("teacher", 0, False),
+    "kd": ("kd", 0, False),
+    "at": ("at", 0, False),
+    "jacobian": ("jacobian", 0, False),
+    "dnd": ("dnd", 0, False),
+    "dnd_lean": ("dnd", 0, True),
+    "pdnd_p1": ("pdnd", 0, False),
+    "pdnd_p2": ("pdnd", 1, False),
+    "pdnd_p3": ("pdnd", 2, False),
+}
+# The cases the PyTorch reference implements: case -> (its method, fixed phase).
+TORCH_CASES = {"teacher": ("teacher", None), "kd": ("kd", None), "dnd": ("dnd", None),
+               "pdnd_p1": ("pdnd", 0), "pdnd_p2": ("pdnd", 1), "pdnd_p3": ("pdnd", 2)}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+TOTAL_STEPS = 10_000  # only sets the schedules' shape; the timed steps are the first few
+
+# Dense (no structured sparsity) peak tensor throughput in TFLOP/s, from the vendors' data sheets:
+# NVIDIA H100 (SXM / PCIe / NVL) and H200 product briefs, A100 data sheet, L4, L40S, A10 and V100
+# data sheets (their tables quote "with sparsity" figures, halved here); Google Cloud TPU system
+# architecture pages (v4, v5e, v5p, v6e). fp32 rows are measured against TF32 where the device has
+# it, since XLA (and cuDNN in PyTorch) run fp32 convolutions on TF32 tensor cores by default; plain
+# fp32 is much lower (H100 SXM: 67 TFLOP/s). TPUs run fp32 matmuls and convolutions as one bf16
+# pass by default. First match wins, so longer names come first.
+PEAK_TFLOPS = [
+    ("H100 PCIe", {"bfloat16": 756.0, "float32": 378.0}),
+    ("H100 NVL", {"bfloat16": 835.0, "float32": 417.0}),
+    ("H100", {"bfloat16": 989.0, "float32": 494.0}),  # SXM; fp32 67 without TF32
+    ("H200", {"bfloat16": 989.0, "float32": 494.0}),  # same compute as H100 SXM
+    ("A100", {"bfloat16": 312.0, "float32": 156.0}),  # SXM and PCIe; fp32 19.5 without TF32
+    ("L40S", {"bfloat16": 362.0, "float32": 183.0}),
+    ("L4", {"bfloat16": 121.0, "float32": 60.0}),
+    ("A10", {"bfloat16": 125.0, "float32": 62.5}),
+    ("V100", {"bfloat16": None, "float32": 15.7}),  # no bf16 tensor cores
+    ("TPU v6", {"bfloat16": 918.0, "float32": 918.0}),
+    ("TPU v5 lite", {"bfloat16": 197.0, "float32": 197.0}),
+    ("TPU v5e", {"bfloat16": 197.0, "float32": 197.0}),
+    ("TPU v5", {"bfloat16": 459.0, "float32": 459.0}),  # v5p
+    ("TPU v4", {"bfloat16": 275.0, "float32": 275.0}),
+]
+
+PRESETS = {
+    "cpu": dict(width=8, image_size=16, batch_sizes="128", dtypes="float32,bfloat16", steps=5,
+                warmup=2, dataset_size=1024, torch="eager", steps_per_dispatch=1),
+    "accelerator": dict(width=64, image_size=32, batch_sizes="128,256,512",
+                        dtypes="float32,bfloat16", steps=30, warmup=5, dataset_size=50_000,
+                        torch="eager,compile", steps_per_dispatch=8),
+}
+
+
+def peak_tflops(device_kind: str, dtype: str) -> float | None:
+  for pattern, peaks in PEAK_TFLOPS:
+    if pattern.lower() in device_kind.lower():
+      return peaks.get(dtype)
+  return None
+
+
+def _log(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def _median_ms(seconds: list[float]) -> float:
+  return 1e3 * statistics.median(seconds)
+
+
+def _cost_flops(compiled) -> float | None:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per device program
+    cost = cost[0] if cost else None
+  return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+class _NullBar:
+  """The loop's per-step progress-bar cost without printing: a tqdm writing to /dev/null."""
+
+  def __init__(self, total: int):
+    from tqdm.auto import tqdm  # noqa: PLC0415
+    self._file = open(os.devnull, "w")  # noqa: SIM115
+    self.bar = tqdm(total=total, file=self._file, leave=False)
+
+  def close(self):
+    self.bar.close()
+    self._file.close()
+
+
+def time_loop(run, state, warmup: int, n: int):
+  """Warm-up, then `n` synchronised steps, then `n` steps dispatched back to back.
+
+  `run(state) -> state` must return something `jax.block_until_ready` (or a torch sync) can wait
+  on; returns (state, synced step times, loop time per step, host time per step).
+  """
+  for _ in range(warmup):
+    state = run.step(state)
+  run.sync(state)
+  synced = []
+  for _ in range(n):
+    t0 = time.perf_counter()
+    state = run.step(state)
+    run.sync(state)
+    synced.append(time.perf_counter() - t0)
+  bar = _NullBar(n)
+  host = []
+  t_all = time.perf_counter()
+  for _ in range(n):
+    t0 = time.perf_counter()
+    state = run.step(state)
+    bar.bar.update(1)
+    host.append(time.perf_counter() - t0)
+  run.sync(state)
+  loop = (time.perf_counter() - t_all) / n
+  bar.close()
+  return state, synced, loop, host
+
+
+class _Runner:
+  def __init__(self, step, sync):
+    self.step, self.sync = step, sync
+
+
+# --- JAX ----------------------------------------------------------------------------------------
+
+
+class JaxBench:
+  """Shared inputs of every JAX row: the mesh, the resident synthetic data, initial variables."""
+
+  def __init__(self, args):
+    self.args = args
+    self.mesh = parallel.make_mesh()
+    self.repl = parallel.replicated(self.mesh)
+    self.image_shape = (args.image_size, args.image_size, 3)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.dataset_size, *self.image_shape), dtype=np.uint8)
+    labels = rng.integers(0, args.num_classes, (args.dataset_size,), dtype=np.int32)
+    self.images = parallel.put_dataset(images, self.mesh)
+    self.labels = parallel.put_dataset(labels, self.mesh)
+    self.perm = jax.device_put(rng.permutation(args.dataset_size).astype(np.int32), self.repl)
+    self._vars: dict[int, dict] = {}
+
+  def model(self, depth: int, dtype) -> ResNet:
+    return ResNet(depth=depth, num_classes=self.args.num_classes, width=self.args.width,
+                  stem="cifar", dtype=dtype)
+
+  def variables(self, depth: int) -> dict:
+    """fp32 variables (the same for either compute dtype), made once per depth and kept on the
+    host, so that every row's `device_put` makes fresh buffers for its step to donate."""
+    if depth not in self._vars:
+      key = jax.random.key(depth)
+      self._vars[depth] = jax.device_get(
+          init_variables(self.model(depth, jnp.float32), key, self.image_shape))
+    return self._vars[depth]
+
+  def row(self, case: str, batch: int, dtype_name: str, per_dispatch: int = 1) -> dict:
+    args = self.args
+    method_name, phase, lean = CASES[case]
+    method = get_method(method_name)
+    dtype = DTYPES[dtype_name]
+    config = base_config("cifar100", method_name)
+    config.method.memory_lean = lean
+    depth = 34 if method_name == "teacher" else 18
+    model = self.model(depth, dtype)
+    teacher = self.model(34, dtype) if method.needs_teacher else None
+    teacher_vars = jax.device_put(self.variables(34), self.repl) if teacher is not None else None
+    tx = make_optimizer(config.optim, TOTAL_STEPS, TOTAL_STEPS / len(method.phases))
+    steps_per_epoch = args.dataset_size // batch
+    if steps_per_epoch == 0:
+      raise ValueError(f"--dataset-size {args.dataset_size} is smaller than the batch {batch}.")
+    step_fn = steps.make_train_step(
+        model=model, teacher=teacher, method=method, groups=method.partition(phase),
+        method_config=config.method, data_config=config.data, tx=tx, mean=cifar100.MEAN,
+        std=cifar100.STD, batch_size=batch, steps_per_epoch=steps_per_epoch, seed=0,
+        batch_sharding=parallel.batch_sharded(self.mesh))
+    state = jax.device_put(steps.create_train_state(self.variables(depth), tx), self.repl)
+    data = (self.images, self.labels, self.perm, teacher_vars)
+    sums = jax.device_put(steps.zero_metrics_like(step_fn, state, *data), self.repl)
+    jitted = jax.jit(steps.repeat_steps(steps.accumulate_metrics(step_fn), per_dispatch),
+                     donate_argnums=(0, 1), out_shardings=(self.repl, self.repl))
+    t0 = time.perf_counter()
+    compiled = jitted.lower(state, sums, *data).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    flops = _cost_flops(compiled)
+
+    runner = _Runner(lambda carry: compiled(*carry, *data), jax.block_until_ready)
+    (state, sums), synced, loop, host = time_loop(runner, (state, sums), args.warmup, args.steps)
+    loss = float(sums["loss"]) / max(float(sums["count"]), 1.0)
+    step_s = statistics.median(synced) / per_dispatch
+    row = {
+        "framework": "jax", "case": case, "batch": batch, "dtype": dtype_name,
+        "steps_per_dispatch": per_dispatch, "compile_s": compile_s,
+        "ms_per_step": 1e3 * step_s, "images_per_s": batch / step_s,
+        "loop_ms_per_step": 1e3 * loop / per_dispatch,
+        "host_ms_per_step": _median_ms(host) / per_dispatch,
+        "peak_mib": None, "temp_mib": None,
+        "gflop_per_step": None if flops is None else flops / 1e9 / per_dispatch,
+        "mean_loss": loss, "loss_finite": math.isfinite(loss),
+    }
+    if mem is not None:
+      peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+              + mem.temp_size_in_bytes)
+      row["peak_mib"] = peak / 2 ** 20
+      row["temp_mib"] = mem.temp_size_in_bytes / 2 ** 20
+    del compiled, state, sums
+    return row
+
+
+# --- PyTorch ------------------------------------------------------------------------------------
+
+
+def torch_row(args, case: str, batch: int, dtype_name: str, compile: bool) -> dict:
+  import torch  # noqa: PLC0415
+
+  from benchmarks import torch_reference as tr  # noqa: PLC0415
+
+  method, phase = TORCH_CASES[case]
+  cuda = torch.cuda.is_available()
+  device = torch.device("cuda" if cuda else "cpu")
+  student, teacher = tr.build_models(34 if method == "teacher" else 18, 34, args.num_classes,
+                                     width=args.width, device=device)
+  if method == "teacher":
+    teacher = None
+  step = tr.make_torch_step(method, student, teacher, batch, total_steps=TOTAL_STEPS, phase=phase,
+                            bf16=dtype_name == "bfloat16", compile=compile)
+  g = torch.Generator(device="cpu").manual_seed(0)
+  images = torch.randn(batch, 3, args.image_size, args.image_size, generator=g).to(device)
+  labels = torch.randint(0, args.num_classes, (batch,), generator=g).to(device)
+  sync = torch.cuda.synchronize if cuda else (lambda: None)
+  if cuda:
+    torch.cuda.reset_peak_memory_stats()
+  t0 = time.perf_counter()
+  loss = step(images, labels)  # the first call compiles under torch.compile
+  sync()
+  first_s = time.perf_counter() - t0
+  runner = _Runner(lambda last: step(images, labels), lambda last: sync())
+  loss, synced, loop, host = time_loop(runner, loss, max(args.warmup - 1, 0), args.steps)
+  step_s = statistics.median(synced)
+  loss = float(loss)
+  return {
+      "framework": "torch.compile" if compile else "torch eager", "case": case, "batch": batch,
+      "dtype": dtype_name, "steps_per_dispatch": 1,
+      "compile_s": first_s if compile else None,
+      "ms_per_step": 1e3 * step_s, "images_per_s": batch / step_s,
+      "loop_ms_per_step": 1e3 * loop, "host_ms_per_step": _median_ms(host),
+      "peak_mib": torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None,
+      "temp_mib": None, "gflop_per_step": None,
+      "mean_loss": loss, "loss_finite": math.isfinite(loss),
+  }
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def add_flop_shares(rows: list[dict], device_kind: str) -> None:
+  """% of the device's peak, from XLA's FLOP count of the single-step JAX row of the same case
+  (the scanned row's own count is unreliable: cost analysis undercounts inside loops)."""
+  flops = {(r["case"], r["batch"], r["dtype"]): r["gflop_per_step"] for r in rows
+           if r["framework"] == "jax" and r["steps_per_dispatch"] == 1 and "error" not in r}
+  for r in rows:
+    gflop = flops.get((r["case"], r["batch"], r["dtype"]))
+    peak = peak_tflops(device_kind, r["dtype"])
+    r["xla_gflop_per_step"] = gflop
+    r["peak_tflops"] = peak
+    r["pct_of_peak"] = (None if gflop is None or peak is None or "error" in r
+                        else 100.0 * gflop * 1e9 / (r["ms_per_step"] / 1e3) / (peak * 1e12))
+
+
+def _fmt(v, spec: str) -> str:
+  return "n/a" if v is None else format(v, spec)
+
+
+def targets(rows: list[dict]) -> list[str]:
+  """The issue's targets, read off the rows (reported, not asserted)."""
+  index = {(r["framework"], r["case"], r["batch"], r["dtype"], r["steps_per_dispatch"]): r
+           for r in rows if "error" not in r}
+  lines = []
+  for (fw, case, batch, dtype, k), r in sorted(index.items()):
+    if fw != "jax" or k != 1 or not case.startswith("pdnd"):
+      continue
+    parts = [f"{case} batch {batch} {dtype}: {r['images_per_s']:,.0f} images/s"]
+    for other in ("torch eager", "torch.compile"):
+      t = index.get((other, case, batch, dtype, 1))
+      if t is not None:
+        parts.append(f"{r['images_per_s'] / t['images_per_s']:.2f}x {other}")
+    lines.append("- " + ", ".join(parts))
+  for (fw, case, batch, dtype, k), r in sorted(index.items()):
+    kd = index.get(("jax", "kd", batch, dtype, 1))
+    dnd = index.get(("jax", "dnd", batch, dtype, 1))
+    if fw == "jax" and case == "dnd_lean" and k == 1 and kd and r["peak_mib"] and kd["peak_mib"]:
+      lines.append(
+          f"- memory-lean DnD batch {batch} {dtype}: peak {r['peak_mib']:.1f} MiB = "
+          f"{r['peak_mib'] / kd['peak_mib']:.2f}x vanilla KD's ({kd['peak_mib']:.1f} MiB)"
+          + (f", {r['peak_mib'] / dnd['peak_mib']:.2f}x default DnD's" if dnd else "")
+          + f"; temporaries {r['temp_mib'] / kd['temp_mib']:.2f}x KD's")
+  return lines
+
+
+def markdown(result: dict) -> str:
+  meta = result["meta"]
+  lines = [
+      f"Device: {meta['device_count']} x {meta['device_kind']} ({meta['backend']}); "
+      f"host {meta['host']}; {meta['date']}",
+      f"Shapes: ResNet34 teacher -> ResNet18 student, width {meta['width']}, "
+      f"{meta['image_size']}x{meta['image_size']}x3 synthetic uint8 images, "
+      f"{meta['num_classes']} classes, {meta['dataset_size']} resident images; "
+      f"{meta['warmup']} warm-up + {meta['steps']} timed steps.",
+      f"Versions: jax {meta['jax']}, jaxlib {meta['jaxlib']}, flax {meta['flax']}, "
+      f"torch {meta['torch']}; Python {meta['python']}.",
+      f"Command: `{meta['command']}`",
+      "",
+      "| method | batch | dtype | framework | compile s | ms/step | images/s | loop ms/step | "
+      "host ms/step | peak MiB | temp MiB | GFLOP/step (XLA) | % of peak |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in result["rows"]:
+    fw = r["framework"] + (f" x{r['steps_per_dispatch']}/dispatch"
+                           if r["steps_per_dispatch"] > 1 else "")
+    if "error" in r:
+      lines.append(f"| {r['case']} | {r['batch']} | {r['dtype']} | {fw} | error: "
+                   f"{r['error'][:80]} | | | | | | | | |")
+      continue
+    lines.append(
+        f"| {r['case']} | {r['batch']} | {r['dtype']} | {fw} | {_fmt(r['compile_s'], '.1f')} | "
+        f"{r['ms_per_step']:.2f} | {r['images_per_s']:,.0f} | {r['loop_ms_per_step']:.2f} | "
+        f"{r['host_ms_per_step']:.3f} | {_fmt(r['peak_mib'], '.1f')} | "
+        f"{_fmt(r['temp_mib'], '.1f')} | {_fmt(r['xla_gflop_per_step'], '.2f')} | "
+        f"{_fmt(r['pct_of_peak'], '.1f')} |")
+  lines += ["", "Targets (reported, not asserted):", ""] + (targets(result["rows"]) or ["- none"])
+  return "\n".join(lines) + "\n"
+
+
+def _versions() -> dict:
+  import flax  # noqa: PLC0415
+  import jaxlib  # noqa: PLC0415
+  try:
+    import torch  # noqa: PLC0415
+    torch_version = torch.__version__
+  except ImportError:
+    torch_version = "not installed"
+  return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+          "torch": torch_version, "python": platform.python_version()}
+
+
+def _host() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                   platform.processor())
+  except OSError:
+    model = platform.processor()
+  return f"{model}, {os.cpu_count()} cores"
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--methods", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
+  p.add_argument("--batch-sizes", help="comma list (cpu: 128; accelerator: 128,256,512)")
+  p.add_argument("--dtypes", help="comma list of float32, bfloat16")
+  p.add_argument("--width", type=int, help="ResNet base width (64 is the paper's; cpu default 8)")
+  p.add_argument("--image-size", type=int, help="image side (32 is CIFAR's; cpu default 16)")
+  p.add_argument("--num-classes", type=int, default=100)
+  p.add_argument("--dataset-size", type=int, help="synthetic images resident on the device")
+  p.add_argument("--steps", type=int, help="timed steps per row")
+  p.add_argument("--warmup", type=int, help="untimed steps per row after compiling")
+  p.add_argument("--torch", help="comma list of eager, compile; 'none' skips PyTorch")
+  p.add_argument("--steps-per-dispatch", type=int,
+                 help="K > 1 adds a row of K steps per dispatch for each --scan-methods case")
+  p.add_argument("--scan-methods", default="dnd,pdnd_p3")
+  p.add_argument("--preset", choices=sorted(PRESETS),
+                 help="defaults for unset flags; by default 'cpu' on a CPU, else 'accelerator'")
+  p.add_argument("--out", default=None, help="output folder (default runs/benchmark_<backend>)")
+  args = p.parse_args(argv)
+  preset = PRESETS[args.preset or ("cpu" if jax.default_backend() == "cpu" else "accelerator")]
+  for key, value in preset.items():
+    if getattr(args, key) is None:
+      setattr(args, key, value)
+  args.methods = [m for m in args.methods.split(",") if m]
+  unknown = [m for m in args.methods if m not in CASES]
+  if unknown:
+    p.error(f"unknown --methods {unknown}; choose from {', '.join(CASES)}")
+  args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b]
+  args.dtypes = [d for d in args.dtypes.split(",") if d]
+  if any(d not in DTYPES for d in args.dtypes):
+    p.error(f"--dtypes must be from {sorted(DTYPES)}")
+  args.torch = [] if args.torch in ("none", "") else args.torch.split(",")
+  if any(t not in ("eager", "compile") for t in args.torch):
+    p.error("--torch takes eager, compile or none")
+  args.scan_methods = [m for m in args.scan_methods.split(",") if m]
+  args.out = args.out or os.path.join("runs", f"benchmark_{jax.default_backend()}")
+  return args
+
+
+def run(args) -> dict:
+  devices = jax.devices()
+  kind = devices[0].device_kind
+  meta = {
+      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+      "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+      "backend": jax.default_backend(), "device_kind": kind, "device_count": len(devices),
+      "host": _host(), "width": args.width, "image_size": args.image_size,
+      "num_classes": args.num_classes, "dataset_size": args.dataset_size, "steps": args.steps,
+      "warmup": args.warmup, "compilation_cache": jax.config.jax_compilation_cache_dir,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), **_versions(),
+  }
+  bench = JaxBench(args)
+  rows = []
+
+  def attempt(label: str, fn, base: dict):
+    _log(f"[benchmark] {label} ...")
+    try:
+      row = fn()
+      _log(f"[benchmark] {label}: {row['ms_per_step']:.2f} ms/step, "
+           f"{row['images_per_s']:,.0f} images/s")
+    except Exception as e:  # a failing row (out of memory, torch.compile) must not end the run
+      traceback.print_exc()
+      row = {**base, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+    rows.append(row)
+
+  for dtype in args.dtypes:
+    for batch in args.batch_sizes:
+      for case in args.methods:
+        base = {"case": case, "batch": batch, "dtype": dtype, "steps_per_dispatch": 1}
+        attempt(f"jax {case} b{batch} {dtype}", lambda: bench.row(case, batch, dtype),
+                {**base, "framework": "jax"})
+        k = args.steps_per_dispatch
+        if k > 1 and case in args.scan_methods:
+          attempt(f"jax {case} b{batch} {dtype} x{k}", lambda: bench.row(case, batch, dtype, k),
+                  {**base, "framework": "jax", "steps_per_dispatch": k})
+        if case in TORCH_CASES:
+          for mode in args.torch:
+            fw = "torch.compile" if mode == "compile" else "torch eager"
+            attempt(f"{fw} {case} b{batch} {dtype}",
+                    lambda: torch_row(args, case, batch, dtype, mode == "compile"),
+                    {**base, "framework": fw})
+  add_flop_shares(rows, kind)
+  return {"meta": meta, "rows": rows}
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  result = run(args)
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "benchmark.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  text = markdown(result)
+  with open(os.path.join(args.out, "benchmark.md"), "w") as f:
+    f.write(text)
+  print(text)
+  _log(f"[benchmark] wrote {args.out}/benchmark.json and benchmark.md")
+  return result
+
+
+if __name__ == "__main__":
+  main()
