@@ -182,7 +182,8 @@ def parse_overrides(items: Iterable[str]) -> dict:
   return out
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: dict) -> ml_collections.ConfigDict:
   """Set dotted fields; an unknown field is an error (as `--config.x=y` makes it)."""
   for key, value in overrides.items():
     *path, leaf = key.split(".")

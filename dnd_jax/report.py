@@ -27,7 +27,8 @@ LABELS = {"kd": "Vanilla KD", "at": "AT+CE", "jacobian": "Jacobian+CE", "dnd": "
           "feature": "R3-ResNet18 (feature)", "end2end": "R3-ResNet18 (end2end)"}
 PAPER_METHOD = {"kd": "vanilla_kd", "at": "at_ce", "jacobian": "jacobian_ce", "dnd": "dnd",
                 "pdnd": "pdnd"}
-DATASET_LABELS = {"cifar100": "CIFAR-100", "imagewoof": "Imagewoof", "fashion_mnist": "Fashion-MNIST"}
+DATASET_LABELS = {"cifar100": "CIFAR-100", "imagewoof": "Imagewoof",
+                  "fashion_mnist": "Fashion-MNIST"}
 COLORS = {"kd": "tab:blue", "at": "tab:orange", "jacobian": "tab:green", "dnd": "tab:red",
           "pdnd": "tab:purple", "naive": "tab:gray", "feature": "tab:red", "end2end": "tab:blue"}
 
@@ -133,7 +134,9 @@ def _paper_cell(paper_rows, method, epochs=None, fraction=None) -> dict | None:
 def _fmt_paper(r: dict | None, with_time: bool = True) -> str:
   if r is None:
     return "—"
-  text = f"{r['acc_mean']:.2f}" + (f" ± {r['acc_std']:.2f}" if r.get("acc_std") is not None else "")
+  text = f"{r['acc_mean']:.2f}"
+  if r.get("acc_std") is not None:
+    text += f" ± {r['acc_std']:.2f}"
   if with_time and r.get("time_min") is not None:
     text += f" ({r['time_min']:g} min)"
   return text
@@ -204,12 +207,13 @@ def stagewise_table(plan: Plan, rows: list[dict]) -> str:
   exp = plan.experiment
   epochs = max(exp.epochs)
   shown = sorted({1, 2, epochs} & set(range(1, epochs + 1)))
-  header = (["run"] + [f"acc. after epoch {e} (%)" for e in shown]
+  header = (["run", "before training (%)"] + [f"after epoch {e} (%)" for e in shown]
             + ["best (%)", "time (min)"])
   lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
   for m in exp.methods:
     curve = mean_curve(plan, rows, m, epochs)
-    cells = [LABELS.get(m, m)]
+    start = [r["start_accuracy"] for r in _summaries(rows, m, epochs) if "start_accuracy" in r]
+    cells = [LABELS.get(m, m), fmt_acc(mean_std(start)) if start else "—"]
     for e in shown:
       cells.append(fmt_acc(curve.get(e)))
     cells.append(fmt_acc(aggregate(rows, "best_accuracy").get((m, epochs, max(exp.fractions)))))
@@ -276,7 +280,8 @@ def budget_claims(plan: Plan, rows: list[dict], paper: list[dict]) -> list[str]:
     if not ours:
       continue
     best = max(ours)[1]
-    text = f"{e} epochs: best method here {LABELS[best]} ({100 * max(ours)[0]:.2f}%)"
+    text = (f"Budget {e} epoch{'s' if e != 1 else ''}: best method here {LABELS[best]} "
+            f"({100 * max(ours)[0]:.2f}%)")
     for other in ("dnd", "pdnd"):
       if other in exp.methods and "kd" in exp.methods:
         text += f"; {LABELS[other]} − Vanilla KD {_pp(get(other, e) - get('kd', e))} pts"
@@ -293,7 +298,7 @@ def budget_claims(plan: Plan, rows: list[dict], paper: list[dict]) -> list[str]:
   if len(budgets) > 1 and "pdnd" in exp.methods and "kd" in exp.methods:
     lo, hi = budgets[0], budgets[-1]
     text = (f"Progressive DnD at {lo} epochs vs Vanilla KD at {hi} epochs (the paper's headline: "
-            f"PDnD with few epochs matches KD with many): here {100 * get('pdnd', lo):.2f}% vs "
+            f"PDnD with few epochs beats KD with many): here {100 * get('pdnd', lo):.2f}% vs "
             f"{100 * get('kd', hi):.2f}%")
     if lo in pairing and hi in pairing and pval("pdnd", pairing[lo]) is not None:
       text += (f"; paper {pval('pdnd', pairing[lo]):.2f}% ({pairing[lo]} ep.) vs "
@@ -304,7 +309,8 @@ def budget_claims(plan: Plan, rows: list[dict], paper: list[dict]) -> list[str]:
     ratios = []
     for m in exp.methods:
       mine = [per_epoch[(m, e, fraction)][0] / per_epoch[("kd", e, fraction)][0]
-              for e in budgets if (m, e, fraction) in per_epoch and ("kd", e, fraction) in per_epoch]
+              for e in budgets
+              if (m, e, fraction) in per_epoch and ("kd", e, fraction) in per_epoch]
       theirs = [r["time_min"] / k["time_min"] for r in prow for k in prow
                 if r["method"] == PAPER_METHOD.get(m) and k["method"] == "vanilla_kd"
                 and r["epochs"] == k["epochs"] and r.get("time_min") and k.get("time_min")]
@@ -329,7 +335,8 @@ def fraction_claims(plan: Plan, rows: list[dict], paper: list[dict]) -> list[str
   lo, hi = fracs[0], fracs[-1]
   for m in ("dnd", "pdnd"):
     if m in exp.methods and "kd" in exp.methods:
-      text = f"{LABELS[m]} − Vanilla KD with {100 * lo:g}% of the data: {_pp(get(m, lo) - get('kd', lo))} pts"
+      text = (f"{LABELS[m]} − Vanilla KD with {100 * lo:g}% of the data: "
+              f"{_pp(get(m, lo) - get('kd', lo))} pts")
       p, k = _paper_cell(prow, m, fraction=lo), _paper_cell(prow, "kd", fraction=lo)
       if p and k:
         text += f" (paper {p['acc_mean'] - k['acc_mean']:+.2f})"
@@ -532,6 +539,7 @@ def write_report(plan: Plan, rows: list[dict], command: str | None = None,
   devices = sorted({r["device_kind"] for r in done if r.get("device_kind")})
   teacher = mean_std([r.get("teacher_accuracy") for r in done])
   paper_teacher = next((r["teacher_acc"] for r in _paper_rows(plan, paper)), None)
+  default_command = f"python scripts/reproduce.py {exp.name} --scale {plan.scale.name}"
   lines = [f"# {exp.title or exp.name}", "",
            f"- Experiment `{exp.name}` on {DATASET_LABELS.get(exp.dataset, exp.dataset)}, scale "
            f"`{plan.scale.name}` ({plan.scale.description}).",
@@ -540,11 +548,12 @@ def write_report(plan: Plan, rows: list[dict], command: str | None = None,
            f"{', '.join(f'{f:g}' for f in exp.fractions)}.",
            f"- Config overrides: {json.dumps(plan.overrides) if plan.overrides else 'none'}.",
            f"- Runs finished: {len(done)} of {len(rows)}; device: {', '.join(devices) or 'n/a'}.",
-           f"- Command: `{command or f'python scripts/reproduce.py {exp.name} --scale {plan.scale.name}'}`"]
+           f"- Command: `{command or default_command}`"]
   if teacher[2]:
     paper_note = ""
     if paper_teacher:
-      paper_note = f" (the paper's {DATASET_LABELS.get(exp.paper[1], '')} teacher: {paper_teacher:.2f}%)"
+      paper_note = (f" (the paper's {DATASET_LABELS.get(exp.paper[1], '')} teacher: "
+                    f"{paper_teacher:.2f}%)")
     lines.append(f"- Teacher accuracy: {100 * teacher[0]:.2f}%{paper_note}.")
   lines.append("")
   if exp.role == "budgets":

@@ -1,4 +1,4 @@
-"""Figure 2a (paper section 4.1): stagewise consistency, on a trained ResNet18 with one stage redone.
+"""Figure 2a (paper section 4.1): stagewise consistency, a trained ResNet18 with one stage redone.
 
 The paper trains a ResNet18 naively (cross-entropy), re-initialises its third stage, freezes the
 rest, and trains stage 3 alone in two ways:
@@ -84,8 +84,9 @@ def make_stage_step(model, variant: str, stage: int, data_config, tx, mean, std,
     h_in = jax.lax.stop_gradient(apply_range(frozen, images, 1, stage - 1))
 
     def loss_fn(params):
-      out, updated = model.apply({"params": {name: params}, "batch_stats": {name: state.batch_stats}},
-                                 h_in, stage, stage, True, method="stages", mutable=["batch_stats"])
+      variables = {"params": {name: params}, "batch_stats": {name: state.batch_stats}}
+      out, updated = model.apply(variables, h_in, stage, stage, True, method="stages",
+                                 mutable=["batch_stats"])
       out = out[-1]
       if variant == "feature":
         target = jax.lax.stop_gradient(apply_range(trained_stage, h_in, stage, stage))
@@ -99,7 +100,8 @@ def make_stage_step(model, variant: str, stage: int, data_config, tx, mean, std,
 
     grads, (stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+    new_state = state.replace(step=state.step + 1,
+                              params=optax.apply_updates(state.params, updates),
                               batch_stats=stats, opt_state=opt_state)
     return new_state, metrics
 
@@ -135,7 +137,8 @@ def train_reinitialised_stage(config, workdir: str, trained_path: str, variant: 
   n_train = len(dataset.train_labels)
   steps_per_epoch = n_train // config.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f"config.batch_size={config.batch_size} exceeds the {n_train} training images.")
+    raise ValueError(f"config.batch_size={config.batch_size} exceeds the {n_train} training "
+                     "images.")
   total_steps = steps_per_epoch * config.num_epochs
   tx = make_optimizer(config.optim, total_steps, total_steps)
   lr_schedule, _ = make_schedules(config.optim, total_steps, total_steps)

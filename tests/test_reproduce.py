@@ -57,8 +57,8 @@ def test_parsing_of_seeds_lists_and_overrides():
   assert ex.parse_seeds("3") == (0, 1, 2)
   assert ex.parse_seeds("0,4") == (0, 4)
   assert ex.parse_list("2,4") == (2, 4)
-  assert ex.parse_overrides(["model.width=8", "data.fraction=0.1", "method.head_mse_on=logits"]) == {
-      "model.width": 8, "data.fraction": 0.1, "method.head_mse_on": "logits"}
+  parsed = ex.parse_overrides(["model.width=8", "data.fraction=0.1", "method.head_mse_on=logits"])
+  assert parsed == {"model.width": 8, "data.fraction": 0.1, "method.head_mse_on": "logits"}
   with pytest.raises(ValueError):
     ex.parse_overrides(["model.width"])
 
@@ -216,12 +216,12 @@ def test_fraction_report_and_all_plots_are_written_as_png(tmp_path):
   assert "| Vanilla KD | 56.00 | 55.65 |" in text  # ours at 20% beside the paper's 20%
   png = os.path.join(plan.figures_dir, "table3_data_efficiency_fractions.png")
   budgets = ex.make_plan("table2_fashion", "tiny", out=str(tmp_path))
-  curves = [report.plot_epoch_curves(budgets, _synthetic_budget_rows(tmp_path), str(tmp_path / "c.png")),
-            report.plot_budgets(budgets, _synthetic_budget_rows(tmp_path), report.load_paper(),
-                                str(tmp_path / "b.png"))]
+  synthetic = _synthetic_budget_rows(tmp_path)
+  curves = [report.plot_epoch_curves(budgets, synthetic, str(tmp_path / "c.png")),
+            report.plot_budgets(budgets, synthetic, report.load_paper(), str(tmp_path / "b.png"))]
   stage = ex.make_plan("figure2a_fashion", "tiny", out=str(tmp_path))
-  curves.append(report.plot_stagewise(stage, _synthetic_budget_rows(tmp_path, ex.STAGEWISE_VARIANTS),
-                                      str(tmp_path / "s.png")))
+  stage_rows = _synthetic_budget_rows(tmp_path, ex.STAGEWISE_VARIANTS)
+  curves.append(report.plot_stagewise(stage, stage_rows, str(tmp_path / "s.png")))
   for path in [png, *curves]:
     with open(path, "rb") as f:
       assert f.read(8) == PNG_MAGIC, path
@@ -263,8 +263,9 @@ def test_tiny_grid_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_stagewise_routine_trains_only_the_reinitialised_stage(tmp_path):
-  """Figure 2a's loop: the naive run (faked: an untrained exported ResNet18) then one R3 run."""
+@pytest.mark.parametrize("variant", ["feature", "end2end"])
+def test_stagewise_routine_retrains_one_stage_and_reports(tmp_path, variant):
+  """Figure 2a's loop on a stand-in for the naive run (an untrained exported ResNet18)."""
   import jax  # noqa: PLC0415
 
   from dnd_jax import checkpoints, stagewise  # noqa: PLC0415
@@ -281,7 +282,8 @@ def test_stagewise_routine_trains_only_the_reinitialised_stage(tmp_path):
                          checkpoints.architecture(config.model, 10, dataset.image_shape),
                          {"accuracy": 0.1})
   summary = stagewise.train_reinitialised_stage(config, str(tmp_path / "r3"),
-                                                os.path.join(naive, "model"), "end2end")
-  assert summary["method"] == "r3_end2end" and summary["epochs"] == 1
-  assert 0.0 <= summary["final_accuracy"] <= 1.0
+                                                os.path.join(naive, "model"), variant)
+  assert summary["method"] == f"r3_{variant}" and summary["epochs"] == 1
+  assert summary["reinitialised_stage"] == 3 and summary["trained_accuracy"] == 0.1
+  assert 0.0 <= summary["start_accuracy"] <= 1.0 and 0.0 <= summary["final_accuracy"] <= 1.0
   assert os.path.isfile(str(tmp_path / "r3" / "metrics.jsonl"))
