@@ -225,6 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       sums = steps.zero_metrics_like(step_fn, state, train_images, train_labels, perm, teacher_vars)
       jitted = jax.jit(steps.repeat_steps(steps.accumulate_metrics(step_fn), n),
                        donate_argnums=(0, 1), out_shardings=(repl, repl))
+      jax.block_until_ready(state)  # mid-epoch, the queued steps finish before compile time counts
       t0 = time.perf_counter()
       compiled[phase, n] = (jitted.lower(state, put(sums), train_images, train_labels, perm,
                                          teacher_vars).compile(), sums)
