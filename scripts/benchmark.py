@@ -56,7 +56,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from dnd_jax import parallel, steps  # noqa: E402
 from dnd_jax.configs import base_config  # noqa: E402
-from dnd_jax.data import cifar100  # noqa: E402
+from dnd_jax.data import augment, cifar100  # noqa: E402
 from dnd_jax.methods import get_method  # noqa: E402
 from dnd_jax.models import ResNet, init_variables  # noqa: E402
 from dnd_jax.optim import make_optimizer  # noqa: E402
@@ -78,6 +78,7 @@ TORCH_CASES = {"teacher": ("teacher", None), "kd": ("kd", None), "dnd": ("dnd", 
                "pdnd_p1": ("pdnd", 0), "pdnd_p2": ("pdnd", 1), "pdnd_p3": ("pdnd", 2)}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 TOTAL_STEPS = 10_000  # only sets the schedules' shape; the timed steps are the first few
+CALIBRATION_PASSES = 40
 
 # Dense (no structured sparsity) peak tensor throughput in TFLOP/s, from the vendors' data sheets:
 # NVIDIA H100 (SXM / PCIe / NVL) and H200 product briefs, A100 data sheet, L4, L40S, A10 and V100
@@ -206,11 +207,29 @@ class JaxBench:
 
   def variables(self, depth: int) -> dict:
     """fp32 variables (the same for either compute dtype), made once per depth and kept on the
-    host, so that every row's `device_put` makes fresh buffers for its step to donate."""
+    host, so that every row's `device_put` makes fresh buffers for its step to donate.
+
+    The BatchNorm running statistics are calibrated on augmented synthetic batches, the inputs
+    the step feeds the teacher, as a trained network's are: with the initial ones (mean 0,
+    variance 1) an inference-mode ResNet34's activations grow with depth, the distillation losses
+    are in the hundreds and climbing, and a step computing on overflowing values (or denormals,
+    which are slow on CPUs) is not a representative timing.
+    """
     if depth not in self._vars:
-      key = jax.random.key(depth)
-      self._vars[depth] = jax.device_get(
-          init_variables(self.model(depth, jnp.float32), key, self.image_shape))
+      model = self.model(depth, jnp.float32)
+      variables = init_variables(model, jax.random.key(depth), self.image_shape)
+      batch = self.images[:min(self.args.dataset_size, 128)]
+      data_config = base_config("cifar100", "kd").data
+
+      @jax.jit
+      def calibrate(v, key):
+        x = augment.train_preprocess(batch, key, data_config, cifar100.MEAN, cifar100.STD)
+        _, updated = model.apply(v, x, train=True, mutable=["batch_stats"])
+        return {"params": v["params"], "batch_stats": updated["batch_stats"]}
+
+      for i in range(CALIBRATION_PASSES):  # momentum 0.9: 0.9**40 of the initial value is left
+        variables = calibrate(variables, jax.random.key(i))
+      self._vars[depth] = jax.device_get(variables)
     return self._vars[depth]
 
   def row(self, case: str, batch: int, dtype_name: str, per_dispatch: int = 1) -> dict:
@@ -270,23 +289,28 @@ class JaxBench:
 # --- PyTorch ------------------------------------------------------------------------------------
 
 
-def torch_row(args, case: str, batch: int, dtype_name: str, compile: bool) -> dict:
+def torch_row(bench: JaxBench, case: str, batch: int, dtype_name: str, compile: bool) -> dict:
+  """The PyTorch reference's step, from the same (calibrated) weights as the JAX row."""
   import torch  # noqa: PLC0415
 
   from benchmarks import torch_reference as tr  # noqa: PLC0415
 
+  args = bench.args
   method, phase = TORCH_CASES[case]
   cuda = torch.cuda.is_available()
   device = torch.device("cuda" if cuda else "cpu")
-  student, teacher = tr.build_models(34 if method == "teacher" else 18, 34, args.num_classes,
-                                     width=args.width, device=device)
-  if method == "teacher":
-    teacher = None
+  student = tr.from_variables(bench.variables(34 if method == "teacher" else 18)).to(device)
+  teacher = None if method == "teacher" else tr.from_variables(bench.variables(34)).to(device)
   step = tr.make_torch_step(method, student, teacher, batch, total_steps=TOTAL_STEPS, phase=phase,
                             bf16=dtype_name == "bfloat16", compile=compile)
-  g = torch.Generator(device="cpu").manual_seed(0)
-  images = torch.randn(batch, 3, args.image_size, args.image_size, generator=g).to(device)
-  labels = torch.randint(0, args.num_classes, (batch,), generator=g).to(device)
+  if not cuda:  # as many threads as this process may use (taskset), like XLA's CPU client
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+  # one augmented, normalised batch of the same synthetic data, resident on the device (NCHW)
+  rows = np.arange(batch) % args.dataset_size
+  x = augment.train_preprocess(bench.images[rows], jax.random.key(0),
+                               base_config("cifar100", "kd").data, cifar100.MEAN, cifar100.STD)
+  images = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(device)
+  labels = torch.from_numpy(np.asarray(bench.labels[rows]).astype(np.int64)).to(device)
   sync = torch.cuda.synchronize if cuda else (lambda: None)
   if cuda:
     torch.cuda.reset_peak_memory_stats()
@@ -361,7 +385,7 @@ def markdown(result: dict) -> str:
   meta = result["meta"]
   lines = [
       f"Device: {meta['device_count']} x {meta['device_kind']} ({meta['backend']}); "
-      f"host {meta['host']}; {meta['date']}",
+      f"host {meta['host']} ({meta['cpu_affinity']} usable by this run); {meta['date']}",
       f"Shapes: ResNet34 teacher -> ResNet18 student, width {meta['width']}, "
       f"{meta['image_size']}x{meta['image_size']}x3 synthetic uint8 images, "
       f"{meta['num_classes']} classes, {meta['dataset_size']} resident images; "
@@ -377,6 +401,8 @@ def markdown(result: dict) -> str:
   for r in result["rows"]:
     fw = r["framework"] + (f" x{r['steps_per_dispatch']}/dispatch"
                            if r["steps_per_dispatch"] > 1 else "")
+    if not r.get("loss_finite", True):
+      fw += " (loss not finite!)"
     if "error" in r:
       lines.append(f"| {r['case']} | {r['batch']} | {r['dtype']} | {fw} | error: "
                    f"{r['error'][:80]} | | | | | | | | |")
@@ -466,7 +492,8 @@ def run(args) -> dict:
       "host": _host(), "width": args.width, "image_size": args.image_size,
       "num_classes": args.num_classes, "dataset_size": args.dataset_size, "steps": args.steps,
       "warmup": args.warmup, "compilation_cache": jax.config.jax_compilation_cache_dir,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""), **_versions(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "cpu_affinity": len(os.sched_getaffinity(0)), **_versions(),
   }
   bench = JaxBench(args)
   rows = []
@@ -496,7 +523,7 @@ def run(args) -> dict:
           for mode in args.torch:
             fw = "torch.compile" if mode == "compile" else "torch eager"
             attempt(f"{fw} {case} b{batch} {dtype}",
-                    lambda: torch_row(args, case, batch, dtype, mode == "compile"),
+                    lambda: torch_row(bench, case, batch, dtype, mode == "compile"),
                     {**base, "framework": fw})
   add_flop_shares(rows, kind)
   return {"meta": meta, "rows": rows}
