@@ -29,8 +29,9 @@ def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
   c.batch_size = BATCH_SIZE[dataset]
   c.eval_batch_size = 500
   # Training steps per dispatch (a lax.scan in one compiled call): > 1 hides the host's per-step
-  # overhead where the device outruns it; steps before an epoch or phase end that do not fill a
-  # dispatch run one at a time (a second compiled step).
+  # overhead where the device outruns it (GPU, TPU; keep 1 on a CPU, see steps.repeat_steps);
+  # steps before an epoch or phase end that do not fill a dispatch run one at a time (a second
+  # compiled step).
   c.steps_per_dispatch = 1
   c.data = default_data_config(dataset)
 

@@ -223,6 +223,11 @@ def repeat_steps(step_fn, n: int):
   behind the device's work (small models, fast devices). The step reads its batch and its
   augmentation key from `state.step`, so n steps here equal n single dispatches, provided they
   stay within one epoch (one permutation) and one partition, as the training loop arranges.
+
+  Not on a CPU: XLA:CPU (jax 0.10.2) runs this step inside a rolled loop about 7-10x slower than
+  on its own (docs/benchmarks.md), while there the host's ~0.5 ms per dispatch is hidden behind
+  a step of ~100 ms anyway. Unrolling restores the speed but grows compile time with n (x2.8
+  for n = 4).
   """
   if n < 1:
     raise ValueError(f"config.steps_per_dispatch must be at least 1, got {n}.")
