@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from dnd_jax import steps
+from dnd_jax.data import augment
 from dnd_jax.configs import base_config
 from dnd_jax.methods import DND_GROUPS, METHODS, get_method
 from dnd_jax.models import ResNet, init_variables
@@ -128,7 +129,9 @@ def test_teacher_is_frozen_and_progressive_dnd_keeps_optimizer_state(setup):
 
   # Recompute the phase-1 update by hand from the state before it: the momentum buffer must be
   # mu * (buffer carried over from phase 0) + (g + wd * p), i.e. not reset at the switch.
-  x = (images[8:12].astype(jnp.float32) / 255.0 - 0.5) / 0.25
+  data_config = base_config("fashion_mnist", "pdnd").data
+  data_config.crop_padding, data_config.flip = 0, False
+  x = augment.train_preprocess(images[8:12], jax.random.key(0), data_config, (0.5,), (0.25,))
   feats = teacher.apply(t_vars, x, method="stages")
   grads = jax.grad(lambda p: steps.group_losses(
       p, before.batch_stats, model=student, groups=pdnd.partition(1), method=pdnd,
@@ -139,8 +142,10 @@ def test_teacher_is_frozen_and_progressive_dnd_keeps_optimizer_state(setup):
   old_trace = before.opt_state.inner_state[1].trace
   expected = jax.tree.map(lambda t, g, p: mu * t + g + wd * p, old_trace, grads, before.params)
   new_trace = state.opt_state.inner_state[1].trace
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-5),
-               new_trace, expected)
+  # BatchNorm over 4 examples at 1x1 spatial size (stage 4) amplifies fp32 rounding, so compare
+  # each tensor by its relative error in norm
+  for a, b in zip(jax.tree.leaves(new_trace), jax.tree.leaves(expected)):
+    assert float(jnp.linalg.norm(a - b)) <= 1e-3 * float(jnp.linalg.norm(b)) + 1e-6
   # ... and is far from what a reset buffer would hold
   reset = jax.tree.map(lambda g, p: g + wd * p, grads, before.params)
   gap = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new_trace, reset)))
