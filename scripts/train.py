@@ -2,6 +2,8 @@
 
 Flags: --config (an ml_collections config file; override any field with --config.a.b=value) and
 --workdir (default runs/<config file name>). Running the same command again resumes the run.
+Bad input (a missing or corrupt data file, a missing or mismatched teacher, an invalid config
+value) ends with one `error:` line that says what is wrong and how to fix it.
 """
 
 import os
@@ -30,7 +32,13 @@ def main(argv):
   name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
   workdir = FLAGS.workdir or os.path.join("runs", name)
   setup_runtime()
-  train_and_evaluate(FLAGS.config, workdir)
+  try:
+    train_and_evaluate(FLAGS.config, workdir)
+  except (ValueError, FloatingPointError) as e:  # bad input: data, checkpoints, config values
+    if os.environ.get("DND_JAX_TRACEBACK"):
+      raise
+    print(f"error: {e}\n(set DND_JAX_TRACEBACK=1 for the traceback)", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":
