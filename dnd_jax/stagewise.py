@@ -35,8 +35,7 @@ from dnd_jax import checkpoints, steps
 from dnd_jax.data import augment, load_dataset
 from dnd_jax.models import build_model, init_variables
 from dnd_jax.optim import make_optimizer, make_schedules
-from dnd_jax.train import (SUMMARY_FILE, append_metrics, read_metrics, resolve_dtype,
-                           write_metrics)
+from dnd_jax.train import SUMMARY_FILE, append_metrics, resolve_dtype, resume_or_start
 
 VARIANTS = ("feature", "end2end")
 STAGE = 3  # the paper re-initialises the third stage
@@ -145,18 +144,7 @@ def train_reinitialised_stage(config, workdir: str, trained_path: str, variant: 
   state = steps.create_train_state(
       {"params": fresh["params"][name], "batch_stats": fresh["batch_stats"][name]}, tx)
 
-  ckpts = checkpoints.TrainCheckpoints(workdir, config.checkpoint.keep)
-  meta = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "train_time_s": 0.0,
-          "compile_time_s": 0.0}
-  history: list[dict] = []
-  latest = ckpts.latest_step()
-  if latest is not None:
-    state, meta = ckpts.restore(latest, jax.eval_shape(lambda: state))
-    history = [row for row in read_metrics(workdir) if row["epoch"] <= meta["epoch"]]
-    write_metrics(workdir, history)
-    _log(f"Resuming {workdir} from epoch {meta['epoch']}.")
-  elif read_metrics(workdir):
-    write_metrics(workdir, [])
+  ckpts, state, meta, history = resume_or_start(workdir, config.checkpoint.keep, state)
 
   step_fn = make_stage_step(model, variant, stage, config.data, tx, dataset.mean, dataset.std,
                             config.batch_size, steps_per_epoch, config.seed)

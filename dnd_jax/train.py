@@ -137,6 +137,29 @@ def _means(parts: list[dict]) -> dict:
   return {k: totals[k] / max(counts[k], 1.0) for k in totals}
 
 
+def resume_or_start(workdir: str, keep: int, state):
+  """The run's checkpoints, and the state, bookkeeping and metrics history to continue from.
+
+  With a checkpoint in the workdir, the state and `meta` (epoch, best accuracy, times) are
+  restored and metrics of epochs after it (done by a run killed before its next checkpoint) are
+  dropped, since they will be redone; without one, the run starts from `state` and any stray
+  metrics are cleared.
+  """
+  ckpts = checkpoints.TrainCheckpoints(workdir, keep)
+  meta = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "train_time_s": 0.0,
+          "compile_time_s": 0.0}
+  history: list[dict] = []
+  latest = ckpts.latest_step()
+  if latest is not None:
+    state, meta = ckpts.restore(latest, jax.eval_shape(lambda: state))
+    history = [row for row in read_metrics(workdir) if row["epoch"] <= meta["epoch"]]
+    write_metrics(workdir, history)
+    _log(f"Resuming {workdir} from epoch {meta['epoch']} (step {latest}).")
+  elif read_metrics(workdir):
+    write_metrics(workdir, [])
+  return ckpts, state, meta, history
+
+
 # --- the loop -----------------------------------------------------------------------------------
 
 
@@ -176,18 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   variables = init_variables(model, jax.random.fold_in(root_key, 0), image_shape)
   state = steps.create_train_state(variables, tx)
 
-  ckpts = checkpoints.TrainCheckpoints(workdir, config.checkpoint.keep)
-  meta = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "train_time_s": 0.0,
-          "compile_time_s": 0.0}
-  history: list[dict] = []
-  latest = ckpts.latest_step()
-  if latest is not None:
-    state, meta = ckpts.restore(latest, jax.eval_shape(lambda: state))
-    history = [row for row in read_metrics(workdir) if row["epoch"] <= meta["epoch"]]
-    write_metrics(workdir, history)
-    _log(f"Resuming {workdir} from epoch {meta['epoch']} (step {latest}).")
-  elif read_metrics(workdir):
-    write_metrics(workdir, [])  # a run killed before its first checkpoint starts from scratch
+  ckpts, state, meta, history = resume_or_start(workdir, config.checkpoint.keep, state)
 
   put = lambda x: jax.device_put(x, repl)  # noqa: E731
   state = put(state)
