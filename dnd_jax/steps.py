@@ -35,16 +35,22 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
+  # Key data of the augmentation stream (step i uses fold_in(key, i)). Held in the state rather
+  # than baked into the compiled step, so runs that differ only in their seed share one compiled
+  # program (and hit the persistent compilation cache).
+  rng: jax.Array
 
   @property
   def variables(self) -> dict:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def create_train_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:
+def create_train_state(variables: dict, tx: optax.GradientTransformation,
+                       seed: int = 0) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                     batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(variables["params"]))
+                    opt_state=tx.init(variables["params"]),
+                    rng=jax.random.key_data(jax.random.key(seed)))
 
 
 def group_losses(params, batch_stats, *, model: ResNet, groups: tuple[Group, ...], method: Method,
@@ -150,7 +156,7 @@ def sequential_group_grads(params, batch_stats, *, model: ResNet, teacher: ResNe
 
 def make_train_step(*, model: ResNet, teacher: ResNet | None, method: Method,
                     groups: tuple[Group, ...], method_config, data_config, tx, mean, std,
-                    batch_size: int, steps_per_epoch: int, seed: int, batch_sharding=None):
+                    batch_size: int, steps_per_epoch: int, batch_sharding=None):
   """A pure function (state, images, labels, perm, teacher_vars) -> (new state, metrics).
 
   `method_config.memory_lean` (when the partition has several groups) differentiates the groups
@@ -172,7 +178,7 @@ def make_train_step(*, model: ResNet, teacher: ResNet | None, method: Method,
     if batch_sharding is not None:
       batch_u8 = jax.lax.with_sharding_constraint(batch_u8, batch_sharding)
       labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
-    key = jax.random.fold_in(jax.random.key(seed), state.step)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     images = augment.train_preprocess(batch_u8, key, data_config, mean, std)
 
     teacher_feats, teacher_logits_fn = None, None

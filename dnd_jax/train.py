@@ -197,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   root_key = jax.random.key(config.seed)
   variables = init_variables(model, jax.random.fold_in(root_key, 0), image_shape)
-  state = steps.create_train_state(variables, tx)
+  state = steps.create_train_state(variables, tx, config.seed)
 
   ckpts, state, meta, history = resume_or_start(workdir, config.checkpoint.keep, state)
 
@@ -233,7 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           model=model, teacher=teacher, method=method, groups=method.partition(phase),
           method_config=config.method, data_config=config.data, tx=tx, mean=dataset.mean,
           std=dataset.std, batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
-          seed=config.seed, batch_sharding=batch_sharding)
+          batch_sharding=batch_sharding)
       sums = steps.zero_metrics_like(step_fn, state, train_images, train_labels, perm, teacher_vars)
       jitted = jax.jit(steps.repeat_steps(steps.accumulate_metrics(step_fn), n),
                        donate_argnums=(0, 1), out_shardings=(repl, repl))

@@ -250,7 +250,7 @@ class JaxBench:
     step_fn = steps.make_train_step(
         model=model, teacher=teacher, method=method, groups=method.partition(phase),
         method_config=config.method, data_config=config.data, tx=tx, mean=cifar100.MEAN,
-        std=cifar100.STD, batch_size=batch, steps_per_epoch=steps_per_epoch, seed=0,
+        std=cifar100.STD, batch_size=batch, steps_per_epoch=steps_per_epoch,
         batch_sharding=parallel.batch_sharded(self.mesh))
     state = jax.device_put(steps.create_train_state(self.variables(depth), tx), self.repl)
     data = (self.images, self.labels, self.perm, teacher_vars)

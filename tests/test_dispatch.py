@@ -28,7 +28,7 @@ def test_three_steps_in_one_dispatch_equal_three_dispatches():
   raw = steps.make_train_step(
       model=model, teacher=None, method=get_method("teacher"), groups=((1, 5),),
       method_config=config.method, data_config=config.data, tx=tx, mean=(0.5,) * 3,
-      std=(0.25,) * 3, batch_size=BATCH, steps_per_epoch=STEPS, seed=0)
+      std=(0.25,) * 3, batch_size=BATCH, steps_per_epoch=STEPS)
   state = steps.create_train_state(variables, tx)
   args = (images, labels, perm, None)
   sums = steps.zero_metrics_like(raw, state, *args)

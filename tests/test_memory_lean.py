@@ -40,7 +40,7 @@ def _compiled_step(setup, groups, lean):
   fn = steps.make_train_step(
       model=student, teacher=teacher, method=get_method("pdnd"), groups=groups,
       method_config=config.method, data_config=config.data, tx=tx, mean=(0.5,) * 3,
-      std=(0.25,) * 3, batch_size=BATCH, steps_per_epoch=2, seed=0)
+      std=(0.25,) * 3, batch_size=BATCH, steps_per_epoch=2)
   state = steps.create_train_state(s_vars, tx)
   compiled = jax.jit(fn).lower(state, images, labels, perm, t_vars).compile()
   return compiled, state
@@ -80,4 +80,4 @@ def test_memory_lean_is_refused_without_a_teacher(setup):
     steps.make_train_step(
         model=student, teacher=None, method=get_method("dnd"), groups=DND_GROUPS,
         method_config=config.method, data_config=config.data, tx=tx, mean=(0.5,) * 3,
-        std=(0.25,) * 3, batch_size=BATCH, steps_per_epoch=2, seed=0)
+        std=(0.25,) * 3, batch_size=BATCH, steps_per_epoch=2)

@@ -61,7 +61,7 @@ def _worker() -> dict:
       return steps.make_train_step(
           model=model, teacher=model, method=method, groups=method.partition(0),
           method_config=config.method, data_config=config.data, tx=tx, mean=(0.5,) * 3,
-          std=(0.25,) * 3, batch_size=batch_size, steps_per_epoch=2, seed=0,
+          std=(0.25,) * 3, batch_size=batch_size, steps_per_epoch=2,
           batch_sharding=batch_sharding)
 
     state = steps.create_train_state(s_vars, tx)

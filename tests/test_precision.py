@@ -39,7 +39,7 @@ def results():
     step = jax.jit(steps.make_train_step(
         model=model, teacher=model, method=get_method("dnd"), groups=DND_GROUPS,
         method_config=config.method, data_config=config.data, tx=tx, mean=(0.5,) * 3,
-        std=(0.25,) * 3, batch_size=BATCH, steps_per_epoch=2, seed=0))
+        std=(0.25,) * 3, batch_size=BATCH, steps_per_epoch=2))
     out[dtype] = jax.device_get(step(steps.create_train_state(s_vars, tx), images, labels, perm,
                                      t_vars))
   return s_vars, out
