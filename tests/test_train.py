@@ -147,3 +147,16 @@ def test_missing_teacher_is_trained_first_when_a_teacher_config_is_given(tmp_pat
   assert os.path.isfile(tmp_path / "t" / "model" / checkpoints.MODEL_META)
   assert summary["teacher_accuracy"] > 0.15  # a 1-epoch width-4 teacher; chance is 0.1
 
+
+
+def test_validation_split_selects_and_reports_test_accuracy_of_both_models(tmp_path):
+  config = tiny_config("teacher", num_epochs=2, **{"data.val_fraction": 0.2})
+  summary = train_and_evaluate(config, str(tmp_path))
+  history = read_metrics(str(tmp_path))
+  assert summary["eval_split"] == "validation"
+  assert "validation_accuracy" in history[0] and "test_accuracy" not in history[0]
+  assert summary["best_accuracy"] == max(r["validation_accuracy"] for r in history)
+  for key in ("final_test_accuracy", "best_test_accuracy"):
+    assert 0.2 < summary[key] <= 1.0  # measured on the 10,000 official test images
+  if summary["best_epoch"] == 2:
+    assert summary["best_test_accuracy"] == summary["final_test_accuracy"]
