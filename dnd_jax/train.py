@@ -125,6 +125,40 @@ def append_metrics(workdir: str, row: dict) -> None:
     os.fsync(f.fileno())
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      flat.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      flat[f"{prefix}{k}"] = v
+  return flat
+
+
+def record_config(config, workdir: str) -> None:
+  """Write the run's config to the workdir, warning when a resumed run's config has changed.
+
+  Changing e.g. `num_epochs` or `optim.lr` between a run and its resumption changes the schedule
+  from the resumed step on; that is allowed (it is how a run is extended) but worth a line.
+  """
+  path = os.path.join(workdir, "config.json")
+  text = config.to_json_best_effort(indent=2)
+  if os.path.exists(path):
+    with open(path) as f:
+      try:
+        before = _flatten(json.load(f))
+      except json.JSONDecodeError:
+        before = {}
+    now = _flatten(json.loads(text))
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if before and changed:
+      _log("Warning: the config differs from the one this workdir was started with: " +
+           ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed))
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
 def _means(parts: list[dict]) -> dict:
   """Per-step means from running sums; with several partitions in one epoch, each metric is
   averaged over the steps that reported it."""
@@ -167,8 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train `config.model` with `config.method` and return the run's summary (also in the workdir)."""
   wall_start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  record_config(config, workdir)
 
   method = get_method(config.method.name)
   dtype = resolve_dtype(config.model.dtype)

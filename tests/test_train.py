@@ -160,3 +160,13 @@ def test_validation_split_selects_and_reports_test_accuracy_of_both_models(tmp_p
     assert 0.2 < summary[key] <= 1.0  # measured on the 10,000 official test images
   if summary["best_epoch"] == 2:
     assert summary["best_test_accuracy"] == summary["final_test_accuracy"]
+
+
+def test_resuming_with_a_changed_config_says_what_changed(tmp_path, capsys):
+  train_and_evaluate(tiny_config("teacher", num_epochs=1), str(tmp_path))
+  capsys.readouterr()
+  summary = train_and_evaluate(tiny_config("teacher", num_epochs=2), str(tmp_path))
+  err = capsys.readouterr().err
+  assert "Resuming" in err and "num_epochs 1 -> 2" in err
+  assert [r["epoch"] for r in read_metrics(str(tmp_path))] == [1, 2]
+  assert summary["epochs"] == 2
