@@ -31,11 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dnd_jax import checkpoints, steps
+from dnd_jax import checkpoints, losses, steps
 from dnd_jax.data import augment, load_dataset
 from dnd_jax.models import build_model, init_variables
 from dnd_jax.optim import make_optimizer, make_schedules
-from dnd_jax.train import SUMMARY_FILE, append_metrics, resolve_dtype, resume_or_start
+from dnd_jax.train import (SUMMARY_FILE, append_metrics, mean_metrics, resolve_dtype,
+                           resume_or_start)
 
 VARIANTS = ("feature", "end2end")
 STAGE = 3  # the paper re-initialises the third stage
@@ -62,7 +63,7 @@ def _split_stage(tree: dict, stage: int) -> tuple[dict, dict]:
 
 
 def make_stage_step(model, variant: str, stage: int, data_config, tx, mean, std, batch_size: int,
-                    steps_per_epoch: int, seed: int):
+                    steps_per_epoch: int):
   """(state, frozen, trained_stage, images, labels, perm) -> (state, metrics) for one stage.
 
   `state` holds only the stage's parameters and BatchNorm statistics; `frozen` holds the trained
@@ -78,7 +79,7 @@ def make_stage_step(model, variant: str, stage: int, data_config, tx, mean, std,
     offset = (state.step % steps_per_epoch) * batch_size
     idx = jax.lax.dynamic_slice_in_dim(perm, offset, batch_size)
     labels = labels_all[idx]
-    key = jax.random.fold_in(jax.random.key(seed), state.step)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     images = augment.train_preprocess(images_u8[idx], key, data_config, mean, std)
     h_in = jax.lax.stop_gradient(apply_range(frozen, images, 1, stage - 1))
 
@@ -89,13 +90,14 @@ def make_stage_step(model, variant: str, stage: int, data_config, tx, mean, std,
       out = out[-1]
       if variant == "feature":
         target = jax.lax.stop_gradient(apply_range(trained_stage, h_in, stage, stage))
-        loss = jnp.mean(jnp.square(out.astype(jnp.float32) - target.astype(jnp.float32)))
+        loss = losses.mse(out, target)
         logits = jax.lax.stop_gradient(apply_range(frozen, out, stage + 1, 5))
       else:
         logits = apply_range(frozen, out, stage + 1, 5)
-        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-      accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-      return loss, (updated["batch_stats"][name], {"loss": loss, "accuracy": accuracy})
+        loss = losses.cross_entropy(logits, labels)
+      metrics = {"loss": loss, "accuracy": losses.accuracy(logits, labels),
+                 "count": jnp.ones((), jnp.float32)}
+      return loss, (updated["batch_stats"][name], metrics)
 
     grads, (stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -142,12 +144,12 @@ def train_reinitialised_stage(config, workdir: str, trained_path: str, variant: 
   tx = make_optimizer(config.optim, total_steps, total_steps)
   lr_schedule, _ = make_schedules(config.optim, total_steps, total_steps)
   state = steps.create_train_state(
-      {"params": fresh["params"][name], "batch_stats": fresh["batch_stats"][name]}, tx)
+      {"params": fresh["params"][name], "batch_stats": fresh["batch_stats"][name]}, tx, config.seed)
 
   ckpts, state, meta, history = resume_or_start(workdir, config.checkpoint.keep, state)
 
   step_fn = make_stage_step(model, variant, stage, config.data, tx, dataset.mean, dataset.std,
-                            config.batch_size, steps_per_epoch, config.seed)
+                            config.batch_size, steps_per_epoch)
   train_images, train_labels = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
   eval_images, eval_labels = jnp.asarray(dataset.eval_images), jnp.asarray(dataset.eval_labels)
   evaluate = jax.jit(steps.make_evaluate(model, config.data, dataset.mean, dataset.std,
@@ -171,21 +173,21 @@ def train_reinitialised_stage(config, workdir: str, trained_path: str, variant: 
 
   t0 = time.perf_counter()
   perm0 = make_perm(jax.random.fold_in(perm_key, 0))
-  jitted = jax.jit(step_fn, donate_argnums=(0,)).lower(
-      state, frozen, trained_stage, train_images, train_labels, perm0).compile()
+  data = (frozen, trained_stage, train_images, train_labels)
+  zero_sums = steps.zero_metrics_like(step_fn, state, *data, perm0)
+  jitted = jax.jit(steps.accumulate_metrics(step_fn), donate_argnums=(0, 1)).lower(
+      state, jax.device_put(zero_sums), *data, perm0).compile()
   meta["compile_time_s"] += time.perf_counter() - t0
 
   split = dataset.eval_split
   for epoch in range(meta["epoch"], config.num_epochs):
     perm = make_perm(jax.random.fold_in(perm_key, epoch))
     t0 = time.perf_counter()
-    parts = []
+    sums = jax.device_put(zero_sums)
     for _ in range(steps_per_epoch):
-      state, metrics = jitted(state, frozen, trained_stage, train_images, train_labels, perm)
-      parts.append(metrics)
-    parts = jax.device_get(parts)
+      state, sums = jitted(state, sums, *data, perm)
+    train = mean_metrics([sums])  # waits for the epoch's last step
     epoch_time = time.perf_counter() - t0
-    train = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
     acc, eval_loss = accuracy_of(whole(state))
     meta["train_time_s"] += epoch_time
     meta["epoch"] = epoch + 1

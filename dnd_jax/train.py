@@ -159,7 +159,7 @@ def record_config(config, workdir: str) -> None:
   os.replace(path + ".tmp", path)
 
 
-def _means(parts: list[dict]) -> dict:
+def mean_metrics(parts: list[dict]) -> dict:
   """Per-step means from running sums; with several partitions in one epoch, each metric is
   averaged over the steps that reported it."""
   totals, counts = {}, {}
@@ -311,10 +311,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       bar.update(n)
       refresh = config.log.refresh_steps
       if config.log.progress_bar and i // refresh > (i - n) // refresh:
-        m = _means([sums])
+        m = mean_metrics([sums])
         rate = i * config.batch_size / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.3f}", img_s=f"{rate:.0f}")
-    train = _means(finished_parts + [sums])  # waits for the epoch's last step
+    train = mean_metrics(finished_parts + [sums])  # waits for the epoch's last step
     # a partition compiled mid-epoch is compile time, not training time
     epoch_time = time.perf_counter() - t0 - (meta["compile_time_s"] - compile_before)
     bar.close()
