@@ -1,6 +1,6 @@
 """PyTorch reference of dnd_jax's models and training steps, to time both frameworks side by side.
 
-DESIGN section 4 measures the speed claim "next to a PyTorch implementation of the same steps".
+docs/design.md section 4 measures the speed claim "next to a PyTorch implementation of the same steps".
 This module is that implementation, written the way a PyTorch user would (channels_last, optional
 bf16 autocast, optional torch.compile), and tests/test_torch_reference.py checks that one step of
 it gives the same loss and the same updated parameters as dnd_jax, so a timing comparison is a
@@ -12,7 +12,7 @@ comparison of the same computation.
   options; `stages(x, first, last)` runs a range of the five stages, as in dnd_jax.
 * Steps: teacher training (CE), vanilla KD, DnD and Progressive DnD (any partition of the five
   stages into contiguous groups, each group fed the detached teacher feature), with PyTorch's SGD
-  and OneCycleLR / CyclicLR(triangular2) as DESIGN section 2 sets them.
+  and OneCycleLR / CyclicLR(triangular2) as docs/design.md section 2 sets them.
 
     step = make_torch_step("dnd", student, teacher, batch_size=128, total_steps=390 * 60)
     loss = step(images, labels)   # one optimiser step; returns the loss, detached
@@ -33,7 +33,7 @@ STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 BASE_LR = {"dnd": 0.05, "pdnd": 0.05, "kd": 0.01, "teacher": 0.01}
 SCHEDULE = {"dnd": "onecycle", "pdnd": "cyclic", "kd": "onecycle", "teacher": "onecycle"}
 METHODS = tuple(BASE_LR)
-# dnd_jax.configs.base_config's method defaults (the paper's reading; DESIGN section 1).
+# dnd_jax.configs.base_config's method defaults (the paper's reading; docs/design.md section 1).
 METHOD_DEFAULTS = {"head_mse_on": "probs", "label_weight": 1.0, "hinton_weight": 0.0, "tau": 4.0,
                    "alpha": 0.9}
 
@@ -114,7 +114,7 @@ class ResNet(nn.Module):
     return nn.Sequential(*layers)
 
   def stage(self, k: int, x: torch.Tensor) -> torch.Tensor:
-    """Stage k of DESIGN section 1 (1: stem + layer1, 2-4: layer2-4, 5: pool + fc)."""
+    """Stage k of docs/design.md section 1 (1: stem + layer1, 2-4: layer2-4, 5: pool + fc)."""
     if k == 1:
       return self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
     if k in (2, 3, 4):
@@ -201,7 +201,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
                                                               cfg["tau"])
 
 
-# --- optimiser (DESIGN section 2) ---------------------------------------------------------------
+# --- optimiser (docs/design.md section 2) ---------------------------------------------------------------
 
 
 def make_torch_optimizer(parameters, *, schedule: str, lr: float, total_steps: int,

@@ -1,6 +1,6 @@
 """Training methods as data: a stage partition per phase, and one loss per group of stages.
 
-DESIGN section 1: every method (DnD, Progressive DnD, vanilla KD, AT+CE, Jacobian+CE, teacher
+docs/design.md section 1: every method (DnD, Progressive DnD, vanilla KD, AT+CE, Jacobian+CE, teacher
 training) is a partition of the five stages into contiguous groups plus a loss for each group. The
 trainer runs each group's student stages on the *stopped teacher feature* at the group's input,
 sums the group losses, and so every student parameter gets its gradient from its own group alone.

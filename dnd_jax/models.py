@@ -4,7 +4,7 @@ DnD trains each student stage on the teacher's feature at that stage's input, so
 essential capability is `stages(x, first, last)`: run stages `first..last` on an input that is the
 output of stage `first - 1` (or the image when `first == 1`) and return every stage's output.
 
-Stages (DESIGN section 1):
+Stages (docs/design.md section 1):
   1: stem (conv + BN + ReLU [+ max-pool]) and layer1      2: layer2      3: layer3      4: layer4
   5: global average pool and the fully connected layer (logits)
 

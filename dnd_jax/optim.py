@@ -99,7 +99,7 @@ def make_schedules(optim_config, total_steps: int, phase_steps: int) -> tuple[Sc
   """The config's (lr, momentum) schedules.
 
   `phase_steps` is the length of one Progressive-DnD phase; the cyclic schedule puts one
-  triangle in each phase (DESIGN section 2), so its step_size_up is half a phase.
+  triangle in each phase (docs/design.md section 2), so its step_size_up is half a phase.
   """
   name = optim_config.schedule
   lr = float(optim_config.lr)

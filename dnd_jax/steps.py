@@ -5,7 +5,7 @@ with the epoch's permutation, augments it from a key derived from the step numbe
 teacher once (inference mode) for every stage output, and then, for each group of the partition,
 runs the student's stages on the stopped teacher feature at the group's input. The group losses
 are summed and differentiated once; since no group sees another group's student output, each
-parameter's gradient comes from its own group (DESIGN section 1). The host only dispatches.
+parameter's gradient comes from its own group (docs/design.md section 1). The host only dispatches.
 
 With `method.memory_lean` the groups are instead differentiated one after another
 (`sequential_group_grads`), so only one group's activations are alive at a time; `repeat_steps`

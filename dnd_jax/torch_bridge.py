@@ -1,6 +1,6 @@
 """Exact conversion between PyTorch (torchvision-layout) ResNet18/34 weights and dnd_jax variables.
 
-Users bring teachers trained in PyTorch and take their students back to PyTorch (DESIGN section 5:
+Users bring teachers trained in PyTorch and take their students back to PyTorch (docs/design.md section 5:
 "export the student alone; import PyTorch weights exactly"). The two layouts hold the same numbers:
 
   torchvision                              dnd_jax (`dnd_jax.models.ResNet`)
