@@ -13,16 +13,18 @@ import os
 import ml_collections
 
 from dnd_jax.data import default_data_config
+from dnd_jax.methods import get_method
 
-# Paper Table 5: base lr 0.05 for DnD / Progressive DnD, 0.01 for the others; batch 128 (CIFAR-100)
-# and 64 (Imagewoof); Fashion-MNIST (not in the paper) uses CIFAR's batch.
-BASE_LR = {"dnd": 0.05, "pdnd": 0.05, "kd": 0.01, "at": 0.01, "jacobian": 0.01, "teacher": 0.01}
+# Paper Table 5: batch 128 (CIFAR-100) and 64 (Imagewoof); Fashion-MNIST (not in the paper) uses
+# CIFAR's batch. What differs by method (base lr, schedule, depth, its loss's fields) is the
+# method's own (`dnd_jax.methods.Method`).
 BATCH_SIZE = {"cifar100": 128, "imagewoof": 64, "fashion_mnist": 128}
 STEM = {"cifar100": "cifar", "imagewoof": "imagenet", "fashion_mnist": "cifar"}
 SHORT_NAME = {"cifar100": "cifar", "imagewoof": "imagewoof", "fashion_mnist": "fashion"}
 
 
 def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
+  m = get_method(method)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.num_epochs = 60
@@ -37,7 +39,7 @@ def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
 
   # The network being trained: the student, or the teacher itself for method "teacher".
   c.model = ml_collections.ConfigDict()
-  c.model.depth = 34 if method == "teacher" else 18
+  c.model.depth = m.student_depth
   c.model.width = 64
   c.model.stem = STEM[dataset]
   c.model.dtype = "float32"  # "bfloat16": bf16 compute, fp32 parameters, statistics and losses
@@ -51,32 +53,25 @@ def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
   c.teacher.checkpoint = f"runs/teacher_{SHORT_NAME[dataset]}/model"
   c.teacher.config = f"configs/teacher_{SHORT_NAME[dataset]}.py"
 
+  # The method's name, the shared switch below, then the method's own fields (see its `config`).
   c.method = ml_collections.ConfigDict()
   c.method.name = method
-  c.method.head_mse_on = "probs"  # DnD head MSE on softmax probabilities (Table 4) or "logits"
-  c.method.label_weight = 1.0     # weight of the head's CE with the labels (paper Eq. 4)
-  c.method.hinton_weight = 0.0    # optional tau^2 * KL term at the DnD head
-  c.method.tau = 4.0              # temperature (KD; DnD's optional Hinton term)
-  c.method.alpha = 0.9            # vanilla KD: (1 - alpha) * CE + alpha * tau^2 * KL
-  c.method.beta = 1000.0          # AT: CE + beta / 2 * sum of AT terms
-  # Jacobian+CE weight lambda; see README "Jacobian matching" for where this value comes from.
-  c.method.jacobian_weight = 1.0
-  c.method.memory_lean = False    # DnD: update groups one after another (lower peak memory)
+  c.method.memory_lean = False    # groups updated one after another (lower peak memory)
+  c.method.update(dict(m.config))
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.lr = BASE_LR[method]
+  c.optim.lr = m.base_lr
   c.optim.momentum = 0.9
   c.optim.weight_decay = 5e-4
-  c.optim.schedule = "cyclic" if method == "pdnd" else "onecycle"
+  c.optim.schedule = m.schedule
   c.optim.cycle_momentum = True
   c.optim.max_lr_factor = 10.0     # max_lr = 10 x lr (both schedules)
   c.optim.base_lr_factor = 3e-3    # CyclicLR base_lr = 3e-3 x lr
   c.optim.pct_start = 0.3          # OneCycleLR's PyTorch defaults from here on
   c.optim.div_factor = 25.0
   c.optim.final_div_factor = 1e4
-  # PyTorch's momentum range: OneCycleLR 0.85-0.95, CyclicLR 0.8-0.9.
-  c.optim.base_momentum = 0.8 if method == "pdnd" else 0.85
-  c.optim.max_momentum = 0.9 if method == "pdnd" else 0.95
+  # the momentum range cycled by the schedule (PyTorch's: OneCycleLR 0.85-0.95, CyclicLR 0.8-0.9)
+  c.optim.base_momentum, c.optim.max_momentum = m.momentum_range
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_epochs = 1

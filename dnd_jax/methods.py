@@ -5,8 +5,15 @@ training) is a partition of the five stages into contiguous groups plus a loss f
 trainer runs each group's student stages on the *stopped teacher feature* at the group's input,
 sums the group losses, and so every student parameter gets its gradient from its own group alone.
 
-To add a method: write its group loss here (a function of `GroupOutputs` and the method config
-that returns `(loss, metrics)`), register it in `METHODS`, and add a config.
+A `Method` also carries everything else that differs between methods, so that no other module
+tests a method's name: its defaults (base learning rate, schedule and momentum range of paper
+Table 5, the depth of the network it trains), its own fields of `config.method` with their
+defaults, what it needs (a teacher, the whole student in its loss), which stages it trains, and
+its label in reports.
+
+To add a method: write its group loss (a function of `GroupOutputs` and `config.method` that
+returns `(loss, metrics)`), call `register(Method(...))` with it (here, or in your own module
+before the config is built), and write a config file that calls `base_config(data, name)`.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import dataclasses
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 from dnd_jax import losses
 from dnd_jax.models import NUM_STAGES
@@ -54,12 +62,29 @@ GroupLoss = Callable[[GroupOutputs, "ml_collections.ConfigDict"], tuple[jax.Arra
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A named method: its phases (start as a fraction of training, partition) and its group loss."""
+  """A named method: its phases (start as a fraction of training, partition), its group loss,
+  and its defaults and needs.
+
+  `config` holds the method's own fields of `config.method` with their defaults (every method
+  also has `name` and `memory_lean`). `trained_stages` (None: all) are the stages it updates;
+  the others stay frozen, parameters and BatchNorm statistics alike, and the run starts from the
+  trained network at `config.method.init_from` with the trained stages re-initialised
+  (`dnd_jax.freeze`).
+  """
 
   name: str
   phases: tuple[tuple[float, tuple[Group, ...]], ...]
   group_loss: GroupLoss
+  label: str = ""                  # in reports; the name when empty
+  config: dict = dataclasses.field(default_factory=dict)
   needs_teacher: bool = True
+  needs_whole_student: bool = False  # its loss runs the whole student (no memory_lean)
+  student_depth: int = 18          # depth of the network it trains
+  base_lr: float = 0.01            # paper Table 5
+  schedule: str = "onecycle"       # optim.schedule: "onecycle", "cyclic" or "constant"
+  momentum_range: tuple[float, float] = (0.85, 0.95)  # PyTorch's: OneCycleLR 0.85-0.95
+  paper_name: str | None = None    # its rows in the paper's published results, if any
+  trained_stages: tuple[int, ...] | None = None
 
   def phase_starts(self, total_steps: int) -> list[int]:
     """First step of each phase; `round` keeps 1/3 of 300 at 100, not 99."""
@@ -71,6 +96,25 @@ class Method:
 
   def partition(self, phase: int) -> tuple[Group, ...]:
     return self.phases[phase][1]
+
+  @property
+  def display_name(self) -> str:
+    return self.label or self.name
+
+  def check_config(self, cfg) -> None:
+    """A clear error for a `config.method` block this method cannot run with."""
+    missing = sorted(set(self.config) - set(cfg.keys()))
+    if missing:
+      raise ValueError(
+          f"config.method lacks {', '.join(missing)}, which method {self.name!r} needs: build "
+          f"the config with base_config(<data>, {self.name!r}) rather than changing method.name.")
+    if self.needs_whole_student and cfg.get("memory_lean", False):
+      raise ValueError(f"Method {self.name!r} runs the whole student in its loss, which cannot "
+                       "be split by group: set config.method.memory_lean=False.")
+    if self.trained_stages is not None and not cfg.get("init_from"):
+      raise ValueError(f"Method {self.name!r} retrains stages {self.trained_stages} of a trained "
+                       "network: set config.method.init_from to its exported model folder "
+                       "(<workdir>/model).")
 
 
 # --- group losses -------------------------------------------------------------------------------
@@ -143,27 +187,31 @@ def jacobian_loss(g: GroupOutputs, cfg) -> tuple[jax.Array, dict]:
   return ce + cfg.jacobian_weight * jac, {"ce": ce, "jacobian": jac}
 
 
+def reinit_feature_loss(g: GroupOutputs, cfg) -> tuple[jax.Array, dict]:
+  """Figure 2a "feature": MSE between the re-initialised stage's output and the trained network's
+  own output of that stage (the teacher here is the trained network), on the trained network's
+  features at the stage's input. Groups without the stage add nothing (they are frozen)."""
+  k = REINIT_STAGE
+  if not g.first <= k <= g.last:
+    return jnp.zeros((), jnp.float32), {}
+  mse = losses.mse(g.student[k - g.first], g.teacher[k - 1])
+  return mse, {f"mse_{k}": mse}
+
+
 # --- the registry -------------------------------------------------------------------------------
 
 ALL_STAGES: tuple[Group, ...] = ((1, NUM_STAGES),)
 DND_GROUPS: tuple[Group, ...] = ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5))
-
-METHODS: dict[str, Method] = {
-    "teacher": Method("teacher", ((0.0, ALL_STAGES),), ce_loss, needs_teacher=False),
-    "dnd": Method("dnd", ((0.0, DND_GROUPS),), dnd_loss),
-    "pdnd": Method("pdnd", ((0.0, DND_GROUPS),
-                            (1.0 / 3.0, ((1, 2), (3, 4), (5, 5))),
-                            (2.0 / 3.0, ((1, 4), (5, 5)))), dnd_loss),
-    "kd": Method("kd", ((0.0, ALL_STAGES),), kd_loss),
-    "at": Method("at", ((0.0, ALL_STAGES),), at_loss),
-    "jacobian": Method("jacobian", ((0.0, ALL_STAGES),), jacobian_loss),
+REINIT_STAGE = 3  # Figure 2a re-initialises the third stage
+_DND_CONFIG = {
+    "head_mse_on": "probs",  # head MSE on softmax probabilities (Table 4) or "logits"
+    "label_weight": 1.0,     # weight of the head's CE with the labels (paper Eq. 4)
+    "hinton_weight": 0.0,    # optional tau^2 * KL term at the head
+    "tau": 4.0,              # temperature of that term
 }
+_REINIT_CONFIG = {"init_from": ""}  # the trained network's exported model folder (<workdir>/model)
 
-
-def get_method(name: str) -> Method:
-  if name not in METHODS:
-    raise ValueError(f"Unknown method {name!r}; config.method.name must be one of {sorted(METHODS)}.")
-  return METHODS[name]
+METHODS: dict[str, Method] = {}
 
 
 def tiles_all_stages(groups: tuple[Group, ...]) -> bool:
@@ -176,7 +224,46 @@ def tiles_all_stages(groups: tuple[Group, ...]) -> bool:
   return expected == NUM_STAGES + 1
 
 
-for _m in METHODS.values():
-  for _, _groups in _m.phases:
-    assert tiles_all_stages(_groups), (_m.name, _groups)
-del _m, _groups
+def register(method: Method) -> Method:
+  """Add a method to the registry (checked: every phase's groups tile the five stages)."""
+  for _, groups in method.phases:
+    if not tiles_all_stages(groups):
+      raise ValueError(f"Method {method.name!r}: groups {groups} do not tile stages 1..5 in order.")
+  METHODS[method.name] = method
+  return method
+
+
+def get_method(name: str) -> Method:
+  if name not in METHODS:
+    raise ValueError(f"Unknown method {name!r}; config.method.name must be one of {sorted(METHODS)}.")
+  return METHODS[name]
+
+
+register(Method("teacher", ((0.0, ALL_STAGES),), ce_loss, label="Teacher (cross-entropy)",
+                needs_teacher=False, student_depth=34))
+register(Method("kd", ((0.0, ALL_STAGES),), kd_loss, label="Vanilla KD",
+                config={"tau": 4.0, "alpha": 0.9},  # (1 - alpha) * CE + alpha * tau^2 * KL
+                paper_name="vanilla_kd"))
+register(Method("at", ((0.0, ALL_STAGES),), at_loss, label="AT+CE",
+                config={"beta": 1000.0},  # CE + beta / 2 * sum of AT terms
+                paper_name="at_ce"))
+register(Method("jacobian", ((0.0, ALL_STAGES),), jacobian_loss, label="Jacobian+CE",
+                # lambda; see README "Jacobian matching" for where this value comes from
+                config={"jacobian_weight": 1.0},
+                needs_whole_student=True, paper_name="jacobian_ce"))
+register(Method("dnd", ((0.0, DND_GROUPS),), dnd_loss, label="DnD", config=_DND_CONFIG,
+                base_lr=0.05, paper_name="dnd"))
+register(Method("pdnd", ((0.0, DND_GROUPS),
+                         (1.0 / 3.0, ((1, 2), (3, 4), (5, 5))),
+                         (2.0 / 3.0, ((1, 4), (5, 5)))), dnd_loss, label="Progressive DnD",
+                config=_DND_CONFIG, base_lr=0.05, schedule="cyclic",
+                momentum_range=(0.8, 0.9),  # PyTorch's CyclicLR
+                paper_name="pdnd"))
+# Figure 2a: a trained ResNet18 with stage 3 re-initialised, trained alone (the rest frozen)
+# on the trained stage's output ("feature") or on the labels through the whole network ("end2end").
+register(Method("reinit_feature", ((0.0, ((1, REINIT_STAGE - 1), (REINIT_STAGE, NUM_STAGES))),),
+                reinit_feature_loss, label=f"R{REINIT_STAGE}-ResNet18 (feature)",
+                config=_REINIT_CONFIG, trained_stages=(REINIT_STAGE,)))
+register(Method("reinit_end2end", ((0.0, ALL_STAGES),), ce_loss,
+                label=f"R{REINIT_STAGE}-ResNet18 (end2end)", config=_REINIT_CONFIG,
+                needs_teacher=False, trained_stages=(REINIT_STAGE,)))

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from dnd_jax import checkpoints, parallel, steps
+from dnd_jax import checkpoints, freeze, parallel, steps
 from dnd_jax.configs import load_config_file
 from dnd_jax.data import Dataset, load_dataset
 from dnd_jax.methods import Method, get_method
@@ -204,6 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   record_config(config, workdir)
 
   method = get_method(config.method.name)
+  method.check_config(config.method)
   dtype = resolve_dtype(config.model.dtype)
   dataset = load_dataset(config.data)
   image_shape = dataset.image_shape
@@ -220,7 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      f"({n_train} images); lower it or raise data.fraction.")
   total_steps = steps_per_epoch * config.num_epochs
   phase_starts = method.phase_starts(total_steps)
-  tx = make_optimizer(config.optim, total_steps, total_steps / len(method.phases))
+  tx = freeze.mask_optimizer(make_optimizer(config.optim, total_steps,
+                                            total_steps / len(method.phases)), method)
   lr_schedule, _ = make_schedules(config.optim, total_steps, total_steps / len(method.phases))
 
   teacher, teacher_vars, teacher_meta = None, None, {}
@@ -230,6 +232,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   root_key = jax.random.key(config.seed)
   variables = init_variables(model, jax.random.fold_in(root_key, 0), image_shape)
+  if method.trained_stages is not None:
+    variables, _ = freeze.start_from_trained(method, config.method, config.model, variables,
+                                             dataset.num_classes, image_shape)
   state = steps.create_train_state(variables, tx, config.seed)
 
   ckpts, state, meta, history = resume_or_start(workdir, config.checkpoint.keep, state)
@@ -256,6 +261,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     correct, _ = t_eval(teacher_vars, eval_images, eval_labels)
     meta["teacher_accuracy"] = float(correct) / len(dataset.eval_labels)
     _log(f"Teacher {dataset.eval_split} accuracy: {meta['teacher_accuracy']:.4f}")
+  if method.trained_stages is not None and "start_accuracy" not in meta:
+    # the trained network with its re-initialised stages, before any step: where the curve starts
+    meta["start_accuracy"] = eval_accuracy(state.variables)[0]
 
   compiled: dict[tuple[int, int], Any] = {}
 
@@ -267,6 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           method_config=config.method, data_config=config.data, tx=tx, mean=dataset.mean,
           std=dataset.std, batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
           batch_sharding=batch_sharding)
+      step_fn = freeze.keep_frozen_statistics(step_fn, method)
       sums = steps.zero_metrics_like(step_fn, state, train_images, train_labels, perm, teacher_vars)
       jitted = jax.jit(steps.repeat_steps(steps.accumulate_metrics(step_fn), n),
                        donate_argnums=(0, 1), out_shardings=(repl, repl))
@@ -382,6 +391,8 @@ def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluat
     if best is not None:
       correct, _ = evaluate(best[0], test_images, test_labels)
       summary["best_test_accuracy"] = float(correct) / len(test_labels)
+  if "start_accuracy" in meta:
+    summary["start_accuracy"] = meta["start_accuracy"]
   if teacher_meta:
     summary["teacher_checkpoint"] = config.teacher.checkpoint
     if "trained_here_wall_s" in teacher_meta:
