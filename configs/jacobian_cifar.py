@@ -1,15 +1,4 @@
-"""Jacobian+CE (Srinivas & Fleuret 2018), ResNet34 -> ResNet18, on CIFAR-100 (paper Table 2).
+"""The packaged config `dnd_jax/configs/jacobian_cifar.py` (read its docstring); kept here so that
+`python scripts/train.py --config configs/jacobian_cifar.py` works from the repository root."""
 
-  python scripts/train.py --config configs/jacobian_cifar.py --workdir runs/jacobian_cifar
-
-The teacher is loaded from runs/teacher_cifar/model, and trained first with
-configs/teacher_cifar.py if it is not there (override with --config.teacher.checkpoint=...).
-"""
-
-from dnd_jax.configs import base_config
-
-
-def get_config():
-  config = base_config("cifar100", "jacobian")
-  config.num_epochs = 60
-  return config
+from dnd_jax.configs.jacobian_cifar import get_config  # noqa: F401

@@ -1,15 +1,4 @@
-"""Vanilla KD (Hinton et al. 2015), ResNet34 -> ResNet18, on Imagewoof (v2, 160 px) (paper Table 1).
+"""The packaged config `dnd_jax/configs/kd_imagewoof.py` (read its docstring); kept here so that
+`python scripts/train.py --config configs/kd_imagewoof.py` works from the repository root."""
 
-  python scripts/train.py --config configs/kd_imagewoof.py --workdir runs/kd_imagewoof
-
-The teacher is loaded from runs/teacher_imagewoof/model, and trained first with
-configs/teacher_imagewoof.py if it is not there (override with --config.teacher.checkpoint=...).
-"""
-
-from dnd_jax.configs import base_config
-
-
-def get_config():
-  config = base_config("imagewoof", "kd")
-  config.num_epochs = 60
-  return config
+from dnd_jax.configs.kd_imagewoof import get_config  # noqa: F401

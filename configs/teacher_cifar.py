@@ -1,12 +1,4 @@
-"""Teacher training: ResNet34 with cross-entropy, on CIFAR-100 (paper Table 2).
+"""The packaged config `dnd_jax/configs/teacher_cifar.py` (read its docstring); kept here so that
+`python scripts/train.py --config configs/teacher_cifar.py` works from the repository root."""
 
-  python scripts/train.py --config configs/teacher_cifar.py --workdir runs/teacher_cifar
-"""
-
-from dnd_jax.configs import base_config
-
-
-def get_config():
-  config = base_config("cifar100", "teacher")
-  config.num_epochs = 200
-  return config
+from dnd_jax.configs.teacher_cifar import get_config  # noqa: F401

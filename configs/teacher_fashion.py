@@ -1,12 +1,4 @@
-"""Teacher training: ResNet34 with cross-entropy, on Fashion-MNIST (not in the paper).
+"""The packaged config `dnd_jax/configs/teacher_fashion.py` (read its docstring); kept here so that
+`python scripts/train.py --config configs/teacher_fashion.py` works from the repository root."""
 
-  python scripts/train.py --config configs/teacher_fashion.py --workdir runs/teacher_fashion
-"""
-
-from dnd_jax.configs import base_config
-
-
-def get_config():
-  config = base_config("fashion_mnist", "teacher")
-  config.num_epochs = 30
-  return config
+from dnd_jax.configs.teacher_fashion import get_config  # noqa: F401

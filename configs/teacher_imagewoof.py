@@ -1,12 +1,4 @@
-"""Teacher training: ResNet34 with cross-entropy, on Imagewoof (v2, 160 px) (paper Table 1).
+"""The packaged config `dnd_jax/configs/teacher_imagewoof.py` (read its docstring); kept here so that
+`python scripts/train.py --config configs/teacher_imagewoof.py` works from the repository root."""
 
-  python scripts/train.py --config configs/teacher_imagewoof.py --workdir runs/teacher_imagewoof
-"""
-
-from dnd_jax.configs import base_config
-
-
-def get_config():
-  config = base_config("imagewoof", "teacher")
-  config.num_epochs = 200
-  return config
+from dnd_jax.configs.teacher_imagewoof import get_config  # noqa: F401

@@ -9,7 +9,7 @@
 Every run is `train_and_evaluate` in its own workdir under --out (default
 runs/reproduce/<dataset>_<scale>[_<hash of extra overrides>]); finished runs are skipped, unfinished
 ones resume. The grid's CSV, a markdown report with the paper's figures beside ours, and PNG
-plots land in the same folder. Experiments and scales are defined in dnd_jax/experiments.py.
+plots land in the same folder. Experiments and scales are defined in dnd_jax/reproduce/grids.py.
 """
 
 import argparse
@@ -19,15 +19,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dnd_jax import experiments  # noqa: E402
+from dnd_jax.reproduce import grids, plan, run  # noqa: E402
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("experiment", nargs="?", help="one of: " + ", ".join(experiments.EXPERIMENTS))
+  p.add_argument("experiment", nargs="?", help="one of: " + ", ".join(grids.EXPERIMENTS))
   p.add_argument("--list", action="store_true", help="list experiments and scales, then exit")
-  p.add_argument("--scale", default="paper", choices=list(experiments.SCALES),
+  p.add_argument("--scale", default="paper", choices=list(grids.SCALES),
                  help="shrink the grid and networks (default: paper)")
   p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                  help="config override for every run, teacher included (e.g. model.width=8)")
@@ -37,6 +37,7 @@ def parse_args(argv=None):
   p.add_argument("--epochs", help="comma list of epoch budgets, e.g. 2,4")
   p.add_argument("--seeds", help="a count (3 = seeds 0,1,2) or a comma list (0,4)")
   p.add_argument("--fractions", help="comma list of data fractions (of the scale's data)")
+  p.add_argument("--max-lrs", help="comma list of maximal learning rates (Figures 2b and 3)")
   p.add_argument("--teacher-epochs", type=int, help="epochs of the grid's teacher")
   p.add_argument("--teacher", help="use this exported teacher (<workdir>/model) instead of "
                  "training one")
@@ -51,44 +52,45 @@ def parse_args(argv=None):
   return args
 
 
-def plan_from_args(args) -> experiments.Plan:
-  return experiments.make_plan(
+def plan_from_args(args) -> plan.Plan:
+  return plan.make_plan(
       args.experiment, args.scale,
-      overrides=experiments.parse_overrides(args.override),
-      teacher_overrides=experiments.parse_overrides(args.teacher_override),
+      overrides=plan.parse_overrides(args.override),
+      teacher_overrides=plan.parse_overrides(args.teacher_override),
       methods=args.methods.split(",") if args.methods else None,
-      epochs=experiments.parse_list(args.epochs) if args.epochs else None,
-      seeds=experiments.parse_seeds(args.seeds) if args.seeds else None,
-      fractions=experiments.parse_list(args.fractions, float) if args.fractions else None,
+      epochs=plan.parse_list(args.epochs) if args.epochs else None,
+      seeds=plan.parse_seeds(args.seeds) if args.seeds else None,
+      fractions=plan.parse_list(args.fractions, float) if args.fractions else None,
+      max_lrs=plan.parse_list(args.max_lrs, float) if args.max_lrs else None,
       teacher_epochs=args.teacher_epochs, teacher_path=args.teacher, out=args.out)
 
 
 def main(argv=None):
   args = parse_args(argv)
   if args.list:
-    for e in experiments.EXPERIMENTS.values():
+    for e in grids.EXPERIMENTS.values():
       print(f"{e.name:32s} {e.title}")
     print()
-    for s in experiments.SCALES.values():
+    for s in grids.SCALES.values():
       print(f"--scale {s.name:8s} {s.description}")
     return
-  plan = plan_from_args(args)
+  the_plan = plan_from_args(args)
   command = "python scripts/reproduce.py " + " ".join(
       shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
       if a not in ("--report-only", "--dry-run"))
   if args.report_only or args.dry_run:
-    rows = experiments.run_plan(plan, dry_run=True) if args.dry_run else experiments.collect(plan)
+    rows = run.run_plan(the_plan, dry_run=True) if args.dry_run else run.collect(the_plan)
     if args.dry_run:
       return
-    experiments.write_csv(rows, plan.csv_path)
+    run.write_csv(rows, the_plan.csv_path)
   else:
     from dnd_jax.runtime import setup_runtime  # noqa: PLC0415
     setup_runtime()
-    rows = experiments.run_plan(plan)
-  from dnd_jax import report  # noqa: PLC0415
-  text = report.write_report(plan, rows, command=command, plots=not args.no_plots)
+    rows = run.run_plan(the_plan)
+  from dnd_jax.reproduce import report  # noqa: PLC0415
+  text = report.write_report(the_plan, rows, command=command, plots=not args.no_plots)
   print(text)
-  print(f"CSV: {plan.csv_path}\nreport: {plan.report_path}", file=sys.stderr)
+  print(f"CSV: {the_plan.csv_path}\nreport: {the_plan.report_path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """scripts/reproduce.py's machinery: grids, skipping finished runs, CSV aggregation, reports, plots.
 
-Everything but the two `slow` tests uses a fake trainer and synthetic results, so the grid logic is
-tested without training; the slow ones run the real loop on a tiny grid.
+Everything but the `slow` tests uses a fake trainer and synthetic results, so the grid logic is
+tested without training; the slow ones run the real loop on tiny grids.
 """
 
 import json
@@ -10,8 +10,9 @@ import os
 
 import pytest
 
-from dnd_jax import experiments as ex
-from dnd_jax import report
+from dnd_jax.configs import load_config_file
+from dnd_jax.reproduce import grids, plots, report, run, tables
+from dnd_jax.reproduce import plan as ex
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -20,18 +21,18 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_run_names_are_readable_and_unique():
-  assert ex.run_name("pdnd", 60, 1, 0.2) == "pdnd_e60_f0.2_s1"
-  assert ex.RunSpec("kd", 200, 0).name == "kd_e200_f1_s0"
-  for name in ex.EXPERIMENTS:
-    specs = ex.expand(ex.make_plan(name).experiment)
+  assert grids.run_name("pdnd", 60, 1, 0.2) == "pdnd_e60_f0.2_s1"
+  assert grids.RunSpec("kd", 200, 0).name == "kd_e200_f1_s0"
+  for name in grids.EXPERIMENTS:
+    specs = grids.expand(ex.make_plan(name).experiment)
     names = [s.name for s in specs]
     assert len(names) == len(set(names)), name
 
 
 def test_paper_grids_have_the_papers_size():
   t2 = ex.make_plan("table2_cifar100").experiment
-  assert (t2.epochs, t2.seeds, t2.methods) == ((60, 100, 200), (0, 1, 2), ex.METHODS)
-  assert len(ex.expand(t2)) == 5 * 3 * 3
+  assert (t2.epochs, t2.seeds, t2.arm_names) == ((60, 100, 200), (0, 1, 2), grids.METHODS)
+  assert len(grids.expand(t2)) == 5 * 3 * 3
   t3 = ex.make_plan("table3_data_efficiency").experiment
   assert t3.fractions == (0.2, 0.4, 0.6, 0.8, 1.0) and t3.epochs == (200,)
   assert ex.make_plan("figure4_epochs").experiment.epochs == (20, 40, 60, 100, 150, 200)
@@ -43,7 +44,7 @@ def test_scale_and_command_line_shrink_a_grid():
   assert plan.experiment.epochs == (2, 4) and plan.overrides["model.width"] == 8
   plan = ex.make_plan("table2_fashion", "cpu", epochs=[2], seeds=ex.parse_seeds("1"),
                       methods=["kd", "pdnd"], overrides={"data.fraction": 0.05})
-  assert [s.name for s in ex.expand(plan.experiment)] == ["kd_e2_f1_s0", "pdnd_e2_f1_s0"]
+  assert [s.name for s in grids.expand(plan.experiment)] == ["kd_e2_f1_s0", "pdnd_e2_f1_s0"]
   assert plan.overrides["data.fraction"] == 0.05
   # Extra overrides get their own output folder; grid flags alone do not.
   assert plan.out != ex.make_plan("table2_fashion", "cpu").out
@@ -65,7 +66,7 @@ def test_parsing_of_seeds_lists_and_overrides():
 
 def test_run_config_applies_overrides_to_student_and_teacher(tmp_path):
   plan = ex.make_plan("table3_fashion", "cpu", out=str(tmp_path))
-  spec = ex.RunSpec("pdnd", 4, 1, 0.2)
+  spec = grids.RunSpec("pdnd", 4, 1, 0.2)
   config = ex.run_config(plan, spec)
   assert (config.num_epochs, config.seed, config.model.width) == (4, 1, 8)
   assert config.data.fraction == pytest.approx(0.1 * 0.2)  # relative to the scale's share
@@ -74,7 +75,13 @@ def test_run_config_applies_overrides_to_student_and_teacher(tmp_path):
   assert config.teacher.config == ""
   teacher = ex.teacher_config(plan)
   assert (teacher.model.width, teacher.num_epochs, teacher.method.name) == (8, 8, "teacher")
-  assert ex.stagewise_config(plan, spec).model.depth == 18
+  stage = ex.make_plan("figure2a_fashion", "cpu", out=str(tmp_path))
+  naive = ex.run_config(stage, grids.RunSpec("naive", 4, 0))
+  assert (naive.model.depth, naive.method.name) == (18, "teacher")
+  feature = ex.run_config(stage, grids.RunSpec("feature", 4, 0))
+  trained = os.path.join(str(tmp_path), "runs", "naive_e4_f1_s0", "model")
+  assert feature.method.init_from == feature.teacher.checkpoint == trained
+  assert (feature.teacher.depth, feature.teacher.width, feature.model.depth) == (18, 8, 18)
   with pytest.raises(KeyError, match="no field"):
     ex.apply_overrides(config, {"model.widht": 3})
 
@@ -109,34 +116,34 @@ def _fake_trainer(calls, accuracy=0.5):
 def test_run_plan_trains_teacher_once_and_skips_finished_runs(tmp_path):
   plan = ex.make_plan("table2_fashion", "tiny", methods=["kd", "dnd"], epochs=[1, 2],
                       out=str(tmp_path))
-  finished = plan.run_dir(ex.RunSpec("dnd", 2, 0))
+  finished = plan.run_dir(grids.RunSpec("dnd", 2, 0))
   os.makedirs(finished)
   with open(os.path.join(finished, "summary.json"), "w") as f:
     json.dump({"final_accuracy": 0.7, "best_accuracy": 0.8}, f)
   calls = []
-  rows = ex.run_plan(plan, train_fn=_fake_trainer(calls))
+  rows = run.run_plan(plan, train_fn=_fake_trainer(calls))
   assert calls[0] == plan.teacher_dir
   assert sorted(os.path.basename(c) for c in calls[1:]) == ["dnd_e1_f1_s0", "kd_e1_f1_s0",
                                                             "kd_e2_f1_s0"]
   assert [r["status"] for r in rows] == ["finished"] * 4
   assert os.path.isfile(plan.csv_path)
   calls.clear()
-  ex.run_plan(plan, train_fn=_fake_trainer(calls))
+  run.run_plan(plan, train_fn=_fake_trainer(calls))
   assert calls == []  # everything finished: nothing trains, not even the teacher
 
 
 def test_changed_config_is_refused_not_mixed(tmp_path):
   plan = ex.make_plan("table2_fashion", "tiny", methods=["kd"], out=str(tmp_path))
-  ex.run_plan(plan, train_fn=_fake_trainer([]))
+  run.run_plan(plan, train_fn=_fake_trainer([]))
   changed = ex.make_plan("table2_fashion", "tiny", methods=["kd"], out=str(tmp_path),
                          overrides={"model.width": 2})
   with pytest.raises(ValueError, match="different config"):
-    ex.run_plan(changed, train_fn=_fake_trainer([]))
+    run.run_plan(changed, train_fn=_fake_trainer([]))
 
 
 def test_collect_marks_missing_runs(tmp_path):
   plan = ex.make_plan("table2_fashion", "tiny", methods=["kd", "pdnd"], out=str(tmp_path))
-  rows = ex.collect(plan)
+  rows = run.collect(plan)
   assert [r["status"] for r in rows] == ["missing", "missing"]
   assert all(r["final_accuracy"] is None for r in rows)
 
@@ -158,27 +165,27 @@ def _rows(values: dict, epochs_key=None) -> list[dict]:
 def test_aggregate_gives_mean_and_sample_std_over_seeds(tmp_path):
   rows = _rows({("kd", 60, 1.0): [0.70, 0.72, 0.74], ("dnd", 60, 1.0): [0.8]})
   rows.append({**rows[0], "seed": 9, "status": "missing", "best_accuracy": None})
-  agg = report.aggregate(rows, "best_accuracy")
-  mean, std, n = agg[("kd", 60, 1.0)]
+  agg = tables.aggregate(rows, "best_accuracy")
+  mean, std, n = agg[("kd", 60, 1.0, None)]
   assert (mean, n) == (pytest.approx(0.72), 3)
   assert std == pytest.approx(0.02)  # sample std (ddof = 1)
-  mean, std, n = agg[("dnd", 60, 1.0)]
+  mean, std, n = agg[("dnd", 60, 1.0, None)]
   assert (mean, n) == (pytest.approx(0.8), 1) and math.isnan(std)
-  assert report.fmt_acc(agg[("kd", 60, 1.0)]) == "72.00 ± 2.00"
-  assert report.fmt_acc(agg[("dnd", 60, 1.0)], expected_n=3) == "80.00 (n=1)"
+  assert tables.fmt_acc(agg[("kd", 60, 1.0, None)]) == "72.00 ± 2.00"
+  assert tables.fmt_acc(agg[("dnd", 60, 1.0, None)], expected_n=3) == "80.00 (n=1)"
   # The CSV round trip keeps the numbers.
   path = str(tmp_path / "grid.csv")
-  ex.write_csv([{**r, "experiment": "x"} for r in rows], path)
-  back = ex.read_csv(path)
-  assert report.aggregate(back, "best_accuracy")[("kd", 60, 1.0)][0] == pytest.approx(0.72)
+  run.write_csv([{**r, "experiment": "x"} for r in rows], path)
+  back = run.read_csv(path)
+  assert tables.aggregate(back, "best_accuracy")[("kd", 60, 1.0, None)][0] == pytest.approx(0.72)
   assert back[-1]["best_accuracy"] is None and back[0]["epochs"] == 60
 
 
 def test_budget_pairing_with_the_papers_grid():
-  assert report.match_budgets((60, 100, 200), (60, 100, 200), True) == {60: 60, 100: 100, 200: 200}
-  assert report.match_budgets((20, 60), (60, 100, 200), True) == {60: 60}
-  assert report.match_budgets((2, 4, 6), (60, 100, 200), False) == {2: 60, 4: 100, 6: 200}
-  assert report.match_budgets((2, 4, 6, 10, 15, 20), (60, 100, 200), False) == {
+  assert tables.match_budgets((60, 100, 200), (60, 100, 200), True) == {60: 60, 100: 100, 200: 200}
+  assert tables.match_budgets((20, 60), (60, 100, 200), True) == {60: 60}
+  assert tables.match_budgets((2, 4, 6), (60, 100, 200), False) == {2: 60, 4: 100, 6: 200}
+  assert tables.match_budgets((2, 4, 6, 10, 15, 20), (60, 100, 200), False) == {
       6: 60, 10: 100, 20: 200}
 
 
@@ -188,10 +195,10 @@ def test_budget_pairing_with_the_papers_grid():
 def test_markdown_report_puts_the_papers_numbers_beside_ours(tmp_path):
   plan = ex.make_plan("table2_cifar100", seeds=[0, 1], out=str(tmp_path))
   values = {(m, e, 1.0): [0.70 + 0.01 * i, 0.72 + 0.01 * i]
-            for i, m in enumerate(ex.METHODS) for e in (60, 100, 200)}
+            for i, m in enumerate(grids.METHODS) for e in (60, 100, 200)}
   rows = _rows(values)
-  ex.write_csv(rows, plan.csv_path)
-  text = report.write_report(plan, ex.read_csv(plan.csv_path), plots=False)
+  run.write_csv(rows, plan.csv_path)
+  text = report.write_report(plan, run.read_csv(plan.csv_path), plots=False)
   assert "| KD approach | 60 ep.: acc. (%) | time (min) | paper, CIFAR-100 60 ep." in text
   kd_row = next(line for line in text.splitlines() if line.startswith("| Vanilla KD |"))
   assert "71.00 ± 1.41" in kd_row and "2.00" in kd_row and "76.19 ± 0.28 (37 min)" in kd_row
@@ -205,9 +212,9 @@ def test_markdown_report_puts_the_papers_numbers_beside_ours(tmp_path):
 def test_fraction_report_and_all_plots_are_written_as_png(tmp_path):
   plan = ex.make_plan("table3_data_efficiency", out=str(tmp_path))
   rows = []
-  for m in ex.METHODS:
+  for m in grids.METHODS:
     for fr in plan.experiment.fractions:
-      workdir = str(tmp_path / "runs" / ex.run_name(m, 200, 0, fr))
+      workdir = str(tmp_path / "runs" / grids.run_name(m, 200, 0, fr))
       _fake_trainer([], accuracy=0.5 + 0.3 * fr)(_tiny_config(200), workdir)
       rows += [{"method": m, "epochs": 200, "fraction": fr, "seed": 0, "status": "finished",
                 "best_accuracy": 0.5 + 0.3 * fr, "final_accuracy": 0.5 + 0.3 * fr,
@@ -217,23 +224,23 @@ def test_fraction_report_and_all_plots_are_written_as_png(tmp_path):
   png = os.path.join(plan.figures_dir, "table3_data_efficiency_fractions.png")
   budgets = ex.make_plan("table2_fashion", "tiny", out=str(tmp_path))
   synthetic = _synthetic_budget_rows(tmp_path)
-  curves = [report.plot_epoch_curves(budgets, synthetic, str(tmp_path / "c.png")),
-            report.plot_budgets(budgets, synthetic, report.load_paper(), str(tmp_path / "b.png"))]
+  curves = [plots.plot_epoch_curves(budgets, synthetic, [], str(tmp_path / "c.png")),
+            plots.plot_budgets(budgets, synthetic, tables.load_paper(), str(tmp_path / "b.png"))]
   stage = ex.make_plan("figure2a_fashion", "tiny", out=str(tmp_path))
-  stage_rows = _synthetic_budget_rows(tmp_path, ex.STAGEWISE_VARIANTS)
-  curves.append(report.plot_stagewise(stage, stage_rows, str(tmp_path / "s.png")))
+  stage_rows = _synthetic_budget_rows(tmp_path, stage.experiment.arm_names)
+  curves.append(plots.plot_epoch_curves(stage, stage_rows, [], str(tmp_path / "s.png")))
   for path in [png, *curves]:
     with open(path, "rb") as f:
       assert f.read(8) == PNG_MAGIC, path
 
 
 def _tiny_config(epochs):
-  config = ex.load_config_file("configs/kd_fashion.py")
+  config = load_config_file("configs/kd_fashion.py")
   config.num_epochs = epochs
   return config
 
 
-def _synthetic_budget_rows(tmp_path, methods=ex.METHODS):
+def _synthetic_budget_rows(tmp_path, methods=grids.METHODS):
   rows = []
   for m in methods:
     for seed in (0, 1):
@@ -252,38 +259,65 @@ def _synthetic_budget_rows(tmp_path, methods=ex.METHODS):
 def test_tiny_grid_end_to_end(tmp_path):
   """Teacher, one distilled run and the report, for real (width 4, 8 px, 2% of the data)."""
   plan = ex.make_plan("table2_fashion", "tiny", methods=["dnd"], out=str(tmp_path))
-  rows = ex.run_plan(plan)
+  rows = run.run_plan(plan)
   assert [r["status"] for r in rows] == ["finished"]
   row = rows[0]
   assert 0.0 <= row["final_accuracy"] <= 1.0 and row["teacher_accuracy"] is not None
-  assert os.path.isfile(os.path.join(plan.run_dir(ex.RunSpec("dnd", 1, 0)), "metrics.jsonl"))
-  text = report.write_report(plan, ex.read_csv(plan.csv_path))
+  assert os.path.isfile(os.path.join(plan.run_dir(grids.RunSpec("dnd", 1, 0)), "metrics.jsonl"))
+  text = report.write_report(plan, run.read_csv(plan.csv_path))
   assert "| DnD |" in text and os.path.isfile(
       os.path.join(plan.figures_dir, "table2_fashion_curves.png"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["feature", "end2end"])
-def test_stagewise_routine_retrains_one_stage_and_reports(tmp_path, variant):
-  """Figure 2a's loop on a stand-in for the naive run (an untrained exported ResNet18)."""
-  import jax  # noqa: PLC0415
+def test_tiny_figure2a_grid_retrains_stage_3_of_the_naive_run(tmp_path):
+  """Figure 2a on the one loop: the naive ResNet18 first, then stage 3 re-initialised and
+  retrained both ways from it; the report shows where each curve started."""
+  plan = ex.make_plan("figure2a_fashion", "tiny", out=str(tmp_path), overrides={"batch_size": 64})
+  rows = run.run_plan(plan)
+  assert [r["status"] for r in rows] == ["finished"] * 3
+  naive, feature, end2end = rows
+  assert naive["start_accuracy"] is None
+  for row in (feature, end2end):
+    assert 0.0 <= row["start_accuracy"] <= 1.0
+  assert feature["teacher_accuracy"] == pytest.approx(naive["final_accuracy"])
+  text = report.write_report(plan, run.read_csv(plan.csv_path), plots=False)
+  assert "| R3-ResNet18 (feature) |" in text and "before training (%)" in text
 
-  from dnd_jax import checkpoints, stagewise  # noqa: PLC0415
-  from dnd_jax.data import load_dataset  # noqa: PLC0415
-  from dnd_jax.models import build_model, init_variables  # noqa: PLC0415
 
-  plan = ex.make_plan("figure2a_fashion", "tiny", out=str(tmp_path))
-  config = ex.stagewise_config(plan, ex.RunSpec("naive", 1, 0))
-  dataset = load_dataset(config.data)
-  model = build_model(config.model, dataset.num_classes)
-  variables = init_variables(model, jax.random.key(0), dataset.image_shape)
-  naive = str(tmp_path / "naive")
-  checkpoints.save_model(os.path.join(naive, "model"), variables,
-                         checkpoints.architecture(config.model, 10, dataset.image_shape),
-                         {"accuracy": 0.1})
-  summary = stagewise.train_reinitialised_stage(config, str(tmp_path / "r3"),
-                                                os.path.join(naive, "model"), variant)
-  assert summary["method"] == f"r3_{variant}" and summary["epochs"] == 1
-  assert summary["reinitialised_stage"] == 3 and summary["trained_accuracy"] == 0.1
-  assert 0.0 <= summary["start_accuracy"] <= 1.0 and 0.0 <= summary["final_accuracy"] <= 1.0
-  assert os.path.isfile(str(tmp_path / "r3" / "metrics.jsonl"))
+def test_figure2b_and_figure3_grids_and_reports(tmp_path):
+  """Figure 2b: every method under OneCycle with max lr 0.1; Figure 3: KD and DnD over max lrs.
+  Configs, run names, reports and plots, with a fake trainer."""
+  fig2b = ex.make_plan("figure2b_fashion", "tiny", out=str(tmp_path))
+  assert fig2b.experiment.arm_names == grids.METHODS
+  for spec in grids.expand(fig2b.experiment):
+    config = ex.run_config(fig2b, spec)
+    assert (config.optim.schedule, config.optim.lr * config.optim.max_lr_factor) == (
+        "onecycle", pytest.approx(0.1))
+    assert (config.optim.base_momentum, config.optim.max_momentum) == (0.85, 0.95)
+  assert grids.expand(fig2b.experiment)[0].name == "kd_e1_f1_lr0.1_s0"
+  fig3 = ex.make_plan("figure3_fashion", "tiny", out=str(tmp_path), max_lrs=[0.05, 0.5])
+  assert [s.name for s in grids.expand(fig3.experiment)] == [
+      "kd_e1_f1_lr0.05_s0", "dnd_e1_f1_lr0.05_s0", "kd_e1_f1_lr0.5_s0", "dnd_e1_f1_lr0.5_s0"]
+  assert ex.run_config(fig3, grids.RunSpec("dnd", 1, 0, 1.0, 0.5)).optim.lr == pytest.approx(0.05)
+
+  accuracy = {"kd": 0.6, "dnd": 0.7}
+  rows, calls = {}, []
+
+  def train(config, workdir):
+    lr = config.optim.lr * config.optim.max_lr_factor
+    acc = accuracy.get(config.method.name, 0.5) + (0.1 if lr == pytest.approx(0.05) else 0.0)
+    return _fake_trainer(calls, accuracy=acc)(config, workdir)
+
+  for plan in (fig2b, fig3):
+    rows[plan.experiment.name] = run.run_plan(plan, train_fn=train)
+  assert len(calls) == 1 + 5 + 4  # one teacher for both grids (same data and scale), every cell
+  text = report.write_report(fig3, rows["figure3_fashion"])
+  assert "| KD approach | max lr 0.05: acc. (%) | max lr 0.5: acc. (%) |" in text
+  assert "| Vanilla KD | 70.00 | 60.00 |" in text and "| DnD | 80.00 | 70.00 |" in text
+  assert "DnD: best at max lr 0.05 (80.00%)" in text
+  text = report.write_report(fig2b, rows["figure2b_fashion"])
+  assert "| Progressive DnD |" in text and "after epoch 1 (%)" in text
+  for name in ("figure3_fashion_lr.png", "figure2b_fashion_curves.png"):
+    with open(os.path.join(fig3.figures_dir, name), "rb") as f:
+      assert f.read(8) == PNG_MAGIC, name

@@ -1,4 +1,7 @@
-"""The shared config skeleton that every `configs/*.py` file starts from, and config-file loading.
+"""The shared config skeleton that every config file starts from, the packaged configs, and loading.
+
+The configs ship inside the package (`dnd_jax/configs/<method>_<data>.py`); the repository's
+top-level `configs/` holds one-line files that import them, for `scripts/train.py --config`.
 
 A config file is `get_config(arg=None) -> ml_collections.ConfigDict`; it calls `base_config` with
 its data set and method and changes what differs (the paper's Table 5 values are the defaults
@@ -83,13 +86,24 @@ def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
   return c
 
 
+CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def config_path(name: str) -> str:
+  """The packaged config file `name` (e.g. "pdnd_cifar"), readable after any install."""
+  return os.path.join(CONFIG_DIR, f"{name}.py")
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """Load "path/to/config.py" or "path/to/config.py:arg" as ml_collections' config flags do.
 
-  A relative path is looked up from the current folder, then from the repository's configs/.
+  A relative path is looked up from the current folder, then among the packaged configs by its
+  file name, so "configs/teacher_cifar.py" (the name every config uses for its teacher) resolves
+  from any folder and after a non-editable install.
   """
   path, _, arg = spec.partition(":")
-  candidates = [path, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)]
+  candidates = [path] if os.path.isabs(path) else [path, os.path.join(CONFIG_DIR,
+                                                                       os.path.basename(path))]
   found = next((p for p in candidates if os.path.isfile(p)), None)
   if found is None:
     raise FileNotFoundError(f"Config file {path!r} not found (looked in {candidates}).")

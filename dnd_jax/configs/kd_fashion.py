@@ -1,0 +1,15 @@
+"""Vanilla KD (Hinton et al. 2015), ResNet34 -> ResNet18, on Fashion-MNIST (not in the paper).
+
+  python scripts/train.py --config configs/kd_fashion.py --workdir runs/kd_fashion
+
+The teacher is loaded from runs/teacher_fashion/model, and trained first with
+configs/teacher_fashion.py if it is not there (override with --config.teacher.checkpoint=...).
+"""
+
+from dnd_jax.configs import base_config
+
+
+def get_config():
+  config = base_config("fashion_mnist", "kd")
+  config.num_epochs = 20
+  return config

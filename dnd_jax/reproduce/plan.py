@@ -1,0 +1,254 @@
+"""A plan: an experiment at a scale with its overrides and output folder, and every run's config.
+
+All experiments of one data set and scale share one output folder:
+
+  <out>/teacher/            the teacher, trained once (unless --teacher points at one)
+  <out>/runs/<run name>/    one workdir per grid cell, e.g. runs/pdnd_e60_f1_s0
+  <out>/<experiment>.csv    one row per run of the experiment
+  <out>/<experiment>.md     the report, figures under <out>/figures/
+
+so a run that two experiments share (Table 2's 60-epoch runs are also Figure 4's) trains once.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+import ml_collections
+
+from dnd_jax.configs import SHORT_NAME, base_config, config_path, load_config_file
+from dnd_jax.reproduce.grids import EXPERIMENTS, SCALES, Arm, Experiment, RunSpec, Scale
+from dnd_jax.reproduce.records import exported_model
+
+
+# --- command-line values ------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+  """A Python literal when `text` is one (8, 0.1, True, None, (1, 2)), else the string itself."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def parse_overrides(items: Iterable[str]) -> dict:
+  """["model.width=8", ...] -> {"model.width": 8, ...}."""
+  out = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+      raise ValueError(f"Override {item!r} is not of the form key.path=value.")
+    out[key.strip()] = parse_value(value.strip())
+  return out
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+  """Set dotted fields (a dict or (key, value) pairs); an unknown field is an error (as
+  `--config.x=y` makes it)."""
+  for key, value in dict(overrides).items():
+    *path, leaf = key.split(".")
+    node = config
+    for part in path:
+      if part not in node:
+        raise KeyError(f"Override {key!r}: the config has no field {part!r}.")
+      node = node[part]
+    if leaf not in node:
+      raise KeyError(f"Override {key!r}: the config has no field {leaf!r}.")
+    node[leaf] = value
+  return config
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+  """"3" means three seeds (0, 1, 2); "0,4" means seeds 0 and 4."""
+  parts = [p for p in text.split(",") if p.strip()]
+  if len(parts) == 1 and "," not in text:
+    return tuple(range(int(parts[0])))
+  return tuple(int(p) for p in parts)
+
+
+def parse_list(text: str, kind=int) -> tuple:
+  return tuple(kind(p) for p in text.split(",") if p.strip())
+
+
+# --- plans --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """An experiment at a scale with its overrides and output folder: everything needed to run it
+  or report on it."""
+
+  experiment: Experiment
+  scale: Scale
+  out: str
+  overrides: dict  # the scale's overrides, then the command line's
+  teacher_overrides: dict
+  teacher_epochs: int | None
+  teacher_path: str | None  # an existing teacher (an exported model folder); None = train one
+
+  @property
+  def teacher_dir(self) -> str:
+    return os.path.join(self.out, "teacher")
+
+  @property
+  def teacher_checkpoint(self) -> str:
+    return self.teacher_path or exported_model(self.teacher_dir)
+
+  def run_dir(self, spec: RunSpec) -> str:
+    return os.path.join(self.out, "runs", spec.name)
+
+  @property
+  def csv_path(self) -> str:
+    return os.path.join(self.out, f"{self.experiment.name}.csv")
+
+  @property
+  def report_path(self) -> str:
+    return os.path.join(self.out, f"{self.experiment.name}.md")
+
+  @property
+  def figures_dir(self) -> str:
+    return os.path.join(self.out, "figures")
+
+
+def default_out(experiment: Experiment, scale: Scale, extra: dict) -> str:
+  """runs/reproduce/<dataset>_<scale>, plus a short hash of any command-line overrides, so runs
+  with different settings never share a folder while every experiment of one setting does."""
+  name = f"{experiment.dataset}_{scale.name}"
+  if extra:
+    digest = hashlib.sha1(json.dumps(extra, sort_keys=True, default=str).encode()).hexdigest()
+    name += "_" + digest[:8]
+  return os.path.join("runs", "reproduce", name)
+
+
+def make_plan(name: str, scale: str = "paper", *, overrides: dict | None = None,
+              teacher_overrides: dict | None = None, methods: Sequence[str] | None = None,
+              epochs: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
+              fractions: Sequence[float] | None = None, max_lrs: Sequence[float] | None = None,
+              teacher_epochs: int | None = None, teacher_path: str | None = None,
+              out: str | None = None) -> Plan:
+  """The experiment `name` shrunk by `scale`, then by the explicit grid arguments (`methods`
+  picks arms by name)."""
+  if name not in EXPERIMENTS:
+    raise KeyError(f"Unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}.")
+  if scale not in SCALES:
+    raise KeyError(f"Unknown scale {scale!r}; known: {', '.join(SCALES)}.")
+  exp, sc = EXPERIMENTS[name], SCALES[scale]
+  exp = dataclasses.replace(exp, **sc.grids.get(exp.grid_key, {}))
+  changes = {k: tuple(v) for k, v in dict(epochs=epochs, seeds=seeds, fractions=fractions,
+                                          max_lrs=max_lrs).items() if v}
+  if methods:
+    unknown = [m for m in methods if m not in exp.arm_names]
+    if unknown:
+      raise ValueError(f"Unknown method(s) {unknown} for {name}; use some of {exp.arm_names}.")
+    changes["arms"] = tuple(exp.arm(m) for m in methods)
+  exp = dataclasses.replace(exp, **changes)
+  extra = {**(overrides or {}), **{f"teacher:{k}": v for k, v in (teacher_overrides or {}).items()}}
+  if teacher_epochs is not None:
+    extra["teacher:num_epochs"] = teacher_epochs
+  if teacher_path:
+    extra["teacher:path"] = os.path.abspath(teacher_path)
+  return Plan(experiment=exp, scale=sc, out=out or default_out(exp, sc, extra),
+              overrides={**sc.overrides, **(overrides or {})},
+              teacher_overrides=dict(teacher_overrides or {}),
+              teacher_epochs=teacher_epochs if teacher_epochs is not None else sc.teacher_epochs,
+              teacher_path=teacher_path)
+
+
+# --- configs ------------------------------------------------------------------------------------
+
+
+def method_config(method: str, dataset: str) -> ml_collections.ConfigDict:
+  """The packaged configs/<method>_<data>.py, or the method's base config when it has none."""
+  path = config_path(f"{method}_{SHORT_NAME[dataset]}")
+  return load_config_file(path) if os.path.isfile(path) else base_config(dataset, method)
+
+
+def teacher_config(plan: Plan) -> ml_collections.ConfigDict:
+  """The teacher's training config: configs/teacher_<data>.py, the plan's overrides (so a
+  narrower student gets an equally narrow teacher), then the teacher-only overrides."""
+  config = method_config("teacher", plan.experiment.dataset)
+  apply_overrides(config, plan.overrides)
+  apply_overrides(config, plan.teacher_overrides)
+  if plan.teacher_epochs is not None:
+    config.num_epochs = int(plan.teacher_epochs)
+  return config
+
+
+def _set_teacher(config, model_config, checkpoint: str) -> None:
+  """The student's teacher block copies the teacher's architecture, which stage-for-stage
+  transfer needs; the grid provides its teacher itself (config.teacher.config is emptied)."""
+  config.teacher.depth, config.teacher.width = model_config.depth, model_config.width
+  config.teacher.stem = model_config.stem
+  config.teacher.checkpoint = checkpoint
+  config.teacher.config = ""
+
+
+def run_config(plan: Plan, spec: RunSpec) -> ml_collections.ConfigDict:
+  """The config of one grid cell: the arm's method config, the plan's overrides, the
+  experiment's and the arm's, then the cell's budget, seed, data share and max lr; its teacher
+  is the plan's, or the arm it starts from.
+
+  The data subset is drawn with data.subset_seed (not the run's seed), so every method and seed
+  sees the same images and a smaller share is a subset of a larger one.
+  """
+  arm = plan.experiment.arm(spec.method)
+  config = method_config(arm.method, plan.experiment.dataset)
+  apply_overrides(config, plan.overrides)
+  apply_overrides(config, plan.experiment.overrides)
+  apply_overrides(config, arm.overrides)
+  config.num_epochs = int(spec.epochs)
+  config.seed = int(spec.seed)
+  config.data.fraction = float(config.data.fraction) * float(spec.fraction)
+  if spec.max_lr is not None:
+    config.optim.lr = float(spec.max_lr) / float(config.optim.max_lr_factor)
+  if arm.start_from:
+    start = start_spec(spec, arm)
+    trained = exported_model(plan.run_dir(start))
+    config.method.init_from = trained
+    _set_teacher(config, run_config(plan, start).model, trained)
+  else:
+    _set_teacher(config, teacher_config(plan).model, plan.teacher_checkpoint)
+  return config
+
+
+def start_spec(spec: RunSpec, arm: Arm) -> RunSpec:
+  """The cell of the arm that `arm` starts from."""
+  return dataclasses.replace(spec, method=arm.start_from)
+
+
+# Fields that may differ between a stored run and a new request without changing its result.
+_IGNORED_FIELDS = (("log",), ("checkpoint",), ("teacher", "checkpoint"), ("teacher", "config"))
+
+
+def _comparable(config_dict: dict) -> dict:
+  d = copy.deepcopy(config_dict)
+  for path in _IGNORED_FIELDS:
+    node = d
+    for part in path[:-1]:
+      node = node.get(part, {})
+    node.pop(path[-1], None)
+  return d
+
+
+def config_differences(stored: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """What differs between a run's stored config and `config`, fields that never change a
+  result aside."""
+  return _diff(_comparable(stored), _comparable(json.loads(config.to_json_best_effort())))
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+  """Fields whose values differ. A field on one side only is not a difference: it is one the
+  config schema gained (or lost) since the stored run, with the default that run implied."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for k in sorted(set(a) & set(b)):
+      out += _diff(a[k], b[k], f"{prefix}{k}.")
+    return out
+  return [] if a == b else [f"{prefix[:-1]}: stored {a!r}, now {b!r}"]

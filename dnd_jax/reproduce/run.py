@@ -1,0 +1,165 @@
+"""Running a plan (the teacher first, then every unfinished cell) and collecting its results.
+
+Every cell is an ordinary `train_and_evaluate` run in its own workdir, so a grid inherits the
+trainer's resume and summaries. A run whose summary exists is skipped; one without resumes from
+its checkpoint. Before either, the run's config is compared with the one stored in its workdir,
+so a changed override can never be silently mixed with old results.
+
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+
+import ml_collections
+
+from dnd_jax.methods import get_method
+from dnd_jax.reproduce.grids import RunSpec, expand
+from dnd_jax.reproduce.plan import Plan, config_differences, run_config, start_spec, teacher_config
+from dnd_jax.reproduce.records import config_record_of, has_exported_model, summary_of
+
+
+def is_finished(workdir: str) -> bool:
+  return summary_of(workdir) is not None
+
+
+def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuse to skip or resume a run whose workdir was made by a different config."""
+  stored = config_record_of(workdir)
+  diffs = config_differences(stored, config) if stored is not None else []
+  if diffs:
+    raise ValueError(
+        f"{workdir} holds a run with a different config ({'; '.join(diffs[:6])}). Use another "
+        "--out folder for these settings, or delete that run folder to redo it.")
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+def _log(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def _train(config, workdir):
+  from dnd_jax.train import train_and_evaluate  # noqa: PLC0415 (keeps `--help` and tests light)
+  return train_and_evaluate(config, workdir)
+
+
+def ensure_teacher(plan: Plan, train_fn=None) -> str:
+  """The teacher's exported model folder, trained into <out>/teacher first if it is missing."""
+  if plan.teacher_path:
+    if not has_exported_model(plan.teacher_path):
+      raise FileNotFoundError(f"--teacher {plan.teacher_path!r} holds no exported model "
+                              "(model.json); give the <workdir>/model folder of a teacher run.")
+    return plan.teacher_path
+  config = teacher_config(plan)
+  check_same_config(plan.teacher_dir, config)
+  if not is_finished(plan.teacher_dir):
+    _log(f"== teacher: training {config.model.depth}-layer width-{config.model.width} teacher "
+         f"for {config.num_epochs} epochs in {plan.teacher_dir}")
+    (train_fn or _train)(config, plan.teacher_dir)
+  return plan.teacher_checkpoint
+
+
+def run_cell(plan: Plan, spec: RunSpec, train_fn=None) -> None:
+  """Train one cell unless it is finished, training the cell it starts from first."""
+  workdir = plan.run_dir(spec)
+  config = run_config(plan, spec)
+  check_same_config(workdir, config)
+  if is_finished(workdir):
+    return
+  arm = plan.experiment.arm(spec.method)
+  if arm.start_from:
+    run_cell(plan, start_spec(spec, arm), train_fn)
+  _log(f"== {spec.name} -> {workdir}")
+  (train_fn or _train)(config, workdir)
+
+
+def run_plan(plan: Plan, train_fn=None, dry_run: bool = False) -> list[dict]:
+  """Train every unfinished cell of the plan (the teacher first) and return the collected rows.
+
+  `train_fn(config, workdir)` defaults to `train_and_evaluate`; tests pass a fake.
+  """
+  exp = plan.experiment
+  specs = expand(exp)
+  todo = [s for s in specs if not is_finished(plan.run_dir(s))]
+  _log(f"== {exp.name} at scale {plan.scale.name!r} in {plan.out}: {len(specs)} runs, "
+       f"{len(specs) - len(todo)} already finished")
+  if dry_run:
+    for s in specs:
+      _log(f"   {'done' if is_finished(plan.run_dir(s)) else 'todo'}  {plan.run_dir(s)}")
+    return collect(plan)
+  os.makedirs(plan.out, exist_ok=True)
+  if todo and any(get_method(exp.arm(s.method).method).needs_teacher
+                  and not exp.arm(s.method).start_from for s in todo):
+    ensure_teacher(plan, train_fn)
+  for spec in specs:
+    run_cell(plan, spec, train_fn)
+  rows = collect(plan)
+  write_csv(rows, plan.csv_path)
+  return rows
+
+
+# --- collecting ---------------------------------------------------------------------------------
+
+CSV_FIELDS = ("experiment", "scale", "dataset", "method", "epochs", "seed", "fraction", "max_lr",
+              "data_fraction", "status", "final_accuracy", "best_accuracy", "best_epoch",
+              "start_accuracy", "eval_split", "final_test_accuracy", "best_test_accuracy",
+              "teacher_accuracy", "train_time_s", "compile_time_s", "wall_time_s",
+              "time_per_epoch_s", "images_per_s", "device_kind", "workdir")
+
+
+def collect(plan: Plan) -> list[dict]:
+  """One row per grid cell, from its summary (status "finished") or "missing"."""
+  rows = []
+  for spec in expand(plan.experiment):
+    workdir = plan.run_dir(spec)
+    summary = summary_of(workdir) or {}
+    record = config_record_of(workdir) or {}
+    row = {"experiment": plan.experiment.name, "scale": plan.scale.name,
+           "dataset": plan.experiment.dataset, "method": spec.method, "epochs": spec.epochs,
+           "seed": spec.seed, "fraction": spec.fraction, "max_lr": spec.max_lr,
+           "data_fraction": record.get("data", {}).get("fraction"),
+           "status": "finished" if summary else "missing", "workdir": workdir}
+    for key in CSV_FIELDS:
+      if key not in row:
+        row[key] = summary.get(key)
+    rows.append(row)
+  return rows
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in CSV_FIELDS})
+  os.replace(path + ".tmp", path)
+
+
+_INT_FIELDS = ("epochs", "seed", "best_epoch")
+_TEXT_FIELDS = ("experiment", "scale", "dataset", "method", "status", "eval_split",
+                "device_kind", "workdir")
+
+
+def read_csv(path: str) -> list[dict]:
+  """Rows as written by `write_csv`, numbers parsed back; empty cells become None."""
+  rows = []
+  with open(path, newline="") as f:
+    for raw in csv.DictReader(f):
+      row = {k: None for k in CSV_FIELDS}  # a CSV from before a column existed
+      for k, v in raw.items():
+        if v in ("", None):
+          row[k] = None
+        elif k in _TEXT_FIELDS:
+          row[k] = v
+        elif k in _INT_FIELDS:
+          row[k] = int(float(v))
+        else:
+          row[k] = float(v)
+      rows.append(row)
+  return rows
+
