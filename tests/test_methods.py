@@ -171,3 +171,48 @@ def test_the_seed_lives_in_the_state_so_seeds_share_one_compiled_step(setup):
   assert text[0] == text[1]
   keys = [steps.create_train_state(s_vars, tx, seed).rng for seed in (0, 1)]
   assert not np.array_equal(keys[0], keys[1])
+
+
+@pytest.fixture
+def dummy_method():
+  """The README's recipe: one group loss, one registry entry, one config."""
+  from dnd_jax import losses, methods  # noqa: PLC0415
+
+  def smoothed_ce(g, cfg):
+    """Cross-entropy with label smoothing, the method's own field `smoothing`."""
+    n = g.student_out.shape[-1]
+    targets = jax.nn.one_hot(g.labels, n) * (1 - cfg.smoothing) + cfg.smoothing / n
+    ce = optax.softmax_cross_entropy(g.student_out, targets).mean()
+    return ce, {"ce": losses.cross_entropy(g.student_out, g.labels)}
+
+  method = methods.register(methods.Method(
+      "smoothed", ((0.0, methods.ALL_STAGES),), smoothed_ce, label="Label smoothing",
+      config={"smoothing": 0.1}, needs_teacher=False, base_lr=0.02))
+  yield method
+  del methods.METHODS["smoothed"]
+
+
+@pytest.mark.slow
+def test_a_registered_method_gets_its_config_and_trains_end_to_end(dummy_method, tmp_path):
+  from conftest import tiny_config  # noqa: PLC0415
+  from dnd_jax.train import read_metrics, train_and_evaluate  # noqa: PLC0415
+
+  config = tiny_config("smoothed", num_epochs=2, **{"data.fraction": 0.02})
+  assert (config.method.smoothing, config.optim.lr, config.model.depth) == (0.1, 0.02, 18)
+  assert "alpha" not in config.method  # another method's field is not this method's
+  summary = train_and_evaluate(config, str(tmp_path))
+  history = read_metrics(str(tmp_path))
+  assert summary["method"] == "smoothed" and [r["epoch"] for r in history] == [1, 2]
+  assert history[-1]["train_loss"] < history[0]["train_loss"]
+  assert summary["final_accuracy"] > 0.2  # chance is 0.1
+
+
+def test_a_config_without_the_methods_fields_is_a_clear_error():
+  config = base_config("fashion_mnist", "teacher").method
+  config.name = "kd"
+  with pytest.raises(ValueError, match="config.method lacks alpha, tau"):
+    get_method("kd").check_config(config)
+  jac = base_config("fashion_mnist", "jacobian").method
+  jac.memory_lean = True
+  with pytest.raises(ValueError, match="memory_lean=False"):
+    get_method("jacobian").check_config(jac)
