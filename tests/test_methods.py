@@ -79,11 +79,12 @@ def test_dnd_gradient_equals_each_groups_loss_taken_alone(setup):
                  total[k], alone[k])
 
 
-def test_every_method_tiles_the_five_stages():
-  for method in METHODS.values():
-    for _, groups in method.phases:
-      assert groups[0][0] == 1 and groups[-1][1] == 5
-      assert all(a[1] + 1 == b[0] for a, b in zip(groups, groups[1:]))
+def test_the_registry_takes_only_partitions_that_tile_the_five_stages():
+  from dnd_jax.methods import Method, ce_loss, register  # noqa: PLC0415
+  for groups in [((1, 2), (4, 5)), ((1, 3), (3, 5)), ((1, 4),), ((2, 5),)]:
+    with pytest.raises(ValueError, match="do not tile stages 1..5"):
+      register(Method("gappy", ((0.0, groups),), ce_loss))
+  assert "gappy" not in METHODS
   with pytest.raises(ValueError, match="Unknown method 'fitnet'"):
     get_method("fitnet")
 

@@ -72,10 +72,6 @@ class Experiment:
   def label(self, arm_name: str) -> str:
     return self.arm(arm_name).display if arm_name in self.arm_names else arm_name
 
-  @property
-  def needs_teacher(self) -> bool:
-    return any(get_method(a.method).needs_teacher and not a.start_from for a in self.arms)
-
 
 @dataclasses.dataclass(frozen=True)
 class Scale:

@@ -63,6 +63,12 @@ def ensure_teacher(plan: Plan, train_fn=None) -> str:
   return plan.teacher_checkpoint
 
 
+def needs_grid_teacher(arm) -> bool:
+  """Whether the arm is taught by the grid's teacher (an arm that starts from another run is
+  taught, if at all, by that run's network)."""
+  return get_method(arm.method).needs_teacher and not arm.start_from
+
+
 def run_cell(plan: Plan, spec: RunSpec, train_fn=None) -> None:
   """Train one cell unless it is finished, training the cell it starts from first."""
   workdir = plan.run_dir(spec)
@@ -92,8 +98,7 @@ def run_plan(plan: Plan, train_fn=None, dry_run: bool = False) -> list[dict]:
       _log(f"   {'done' if is_finished(plan.run_dir(s)) else 'todo'}  {plan.run_dir(s)}")
     return collect(plan)
   os.makedirs(plan.out, exist_ok=True)
-  if todo and any(get_method(exp.arm(s.method).method).needs_teacher
-                  and not exp.arm(s.method).start_from for s in todo):
+  if any(needs_grid_teacher(exp.arm(s.method)) for s in todo):
     ensure_teacher(plan, train_fn)
   for spec in specs:
     run_cell(plan, spec, train_fn)
