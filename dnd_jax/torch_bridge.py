@@ -391,12 +391,15 @@ def import_teacher(checkpoint: str, config, output: str | None = None) -> tuple[
   (classes, channels). Writes `output` or else `config.teacher.checkpoint`; returns the path and
   the architecture written.
   """
+  from dnd_jax.teacher import architecture_to_build  # noqa: PLC0415
+
   num_classes, channels = dataset_facts(config.data)
   state_dict = load_torch_checkpoint(checkpoint)
+  wanted = architecture_to_build(config)
   variables = torch_state_dict_to_variables(
-      state_dict, int(config.teacher.depth), str(config.teacher.stem),
-      width=int(config.teacher.width), num_classes=num_classes, in_channels=channels)
-  arch = checkpoints.architecture(config.teacher, num_classes, (channels,))
+      state_dict, int(wanted.depth), str(wanted.stem),
+      width=int(wanted.width), num_classes=num_classes, in_channels=channels)
+  arch = checkpoints.architecture(wanted, num_classes, (channels,))
   path = output or config.teacher.checkpoint
   if not path:
     raise TorchBridgeError("No output folder: pass --output or set config.teacher.checkpoint.")
