@@ -23,7 +23,6 @@ be silently mixed with old results.
 from __future__ import annotations
 
 import ast
-import copy
 import csv
 import dataclasses
 import hashlib
@@ -35,10 +34,10 @@ from typing import Any, Iterable, Sequence
 
 import ml_collections
 
+from dnd_jax import workdir as run_folder
 from dnd_jax.configs import SHORT_NAME, load_config_file
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUMMARY_FILE = "summary.json"  # the trainer's; present only once a run has finished
 METHODS = ("kd", "at", "jacobian", "dnd", "pdnd")
 # Roles: "budgets" (accuracy against epoch budget: Tables 1-2, Figures 2b and 4), "fractions"
 # (accuracy against data fraction: Table 3), "stagewise" (Figure 2a).
@@ -232,7 +231,7 @@ class Plan:
 
   @property
   def teacher_checkpoint(self) -> str:
-    return self.teacher_path or os.path.join(self.teacher_dir, "model")
+    return self.teacher_path or run_folder.model_dir(self.teacher_dir)
 
   def run_dir(self, spec: RunSpec) -> str:
     sub = "stagewise" if self.experiment.role == "stagewise" else "runs"
@@ -358,56 +357,18 @@ def stagewise_config(plan: Plan, spec: RunSpec) -> ml_collections.ConfigDict:
   return config
 
 
-# Fields that may differ between a stored run and a new request without changing its result.
-_IGNORED_FIELDS = (("log",), ("checkpoint",), ("teacher", "checkpoint"), ("teacher", "config"))
-
-
-def _comparable(config_dict: dict) -> dict:
-  d = copy.deepcopy(config_dict)
-  for path in _IGNORED_FIELDS:
-    node = d
-    for part in path[:-1]:
-      node = node.get(part, {})
-    node.pop(path[-1], None)
-  return d
-
-
 def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Refuse to skip or resume a run whose workdir was made by a different config."""
-  stored_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(stored_path):
-    return
-  with open(stored_path) as f:
-    stored = _comparable(json.load(f))
-  wanted = _comparable(json.loads(config.to_json_best_effort()))
-  diffs = _diff(stored, wanted)
+  stored = run_folder.read_config(workdir)
+  diffs = run_folder.config_changes(stored, config) if stored else []
   if diffs:
     raise ValueError(
         f"{workdir} holds a run with a different config ({'; '.join(diffs[:6])}). Use another "
         "--out folder for these settings, or delete that run folder to redo it.")
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-  """Fields whose values differ. A field on one side only is not a difference: it is one the
-  config schema gained (or lost) since the stored run, with the default that run implied."""
-  if isinstance(a, dict) and isinstance(b, dict):
-    out = []
-    for k in sorted(set(a) & set(b)):
-      out += _diff(a[k], b[k], f"{prefix}{k}.")
-    return out
-  return [] if a == b else [f"{prefix[:-1]}: stored {a!r}, now {b!r}"]
-
-
-def is_finished(workdir: str) -> bool:
-  return os.path.isfile(os.path.join(workdir, SUMMARY_FILE))
-
-
-def read_summary(workdir: str) -> dict | None:
-  path = os.path.join(workdir, SUMMARY_FILE)
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+is_finished = run_folder.is_finished
+read_summary = run_folder.read_summary
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -420,17 +381,17 @@ def _log(msg: str) -> None:
 def ensure_teacher(plan: Plan, train_fn=None) -> str:
   """The teacher's exported model folder, trained into <out>/teacher first if it is missing."""
   if plan.teacher_path:
-    if not os.path.isfile(os.path.join(plan.teacher_path, "model.json")):
+    if not run_folder.has_model(plan.teacher_path):
       raise FileNotFoundError(f"--teacher {plan.teacher_path!r} holds no exported model "
                               "(model.json); give the <workdir>/model folder of a teacher run.")
     return plan.teacher_path
+  from dnd_jax import teacher  # noqa: PLC0415 (keeps `--help` and tests light)
   config = teacher_config(plan)
   check_same_config(plan.teacher_dir, config)
-  if not is_finished(plan.teacher_dir):
-    _log(f"== teacher: training {config.model.depth}-layer width-{config.model.width} teacher "
-         f"for {config.num_epochs} epochs in {plan.teacher_dir}")
-    (train_fn or _train)(config, plan.teacher_dir)
-  return plan.teacher_checkpoint
+  return teacher.train_into(
+      config, plan.teacher_dir, train_fn or _train,
+      why=f"== teacher: training {config.model.depth}-layer width-{config.model.width} teacher "
+          f"for {config.num_epochs} epochs")
 
 
 def _train(config, workdir):
@@ -493,11 +454,7 @@ def collect(plan: Plan) -> list[dict]:
   for spec in expand(plan.experiment):
     workdir = plan.run_dir(spec)
     summary = read_summary(workdir) or {}
-    data_fraction = None
-    cfg_path = os.path.join(workdir, "config.json")
-    if os.path.isfile(cfg_path):
-      with open(cfg_path) as f:
-        data_fraction = json.load(f).get("data", {}).get("fraction")
+    data_fraction = (run_folder.read_config(workdir) or {}).get("data", {}).get("fraction")
     row = {"experiment": plan.experiment.name, "scale": plan.scale.name,
            "dataset": plan.experiment.dataset, "method": spec.method, "epochs": spec.epochs,
            "seed": spec.seed, "fraction": spec.fraction, "data_fraction": data_fraction,

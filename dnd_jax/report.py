@@ -19,6 +19,7 @@ import math
 import os
 from typing import Iterable, Sequence
 
+from dnd_jax import workdir as run_folder
 from dnd_jax.experiments import REPO_ROOT, Plan, finite
 
 PAPER_CSV = os.path.join(REPO_ROOT, "docs", "paper_results.csv")
@@ -227,19 +228,12 @@ def stagewise_table(plan: Plan, rows: list[dict]) -> str:
 
 def read_curve(workdir: str) -> list[tuple[int, float]]:
   """(epoch, evaluation accuracy) from a run's metrics.jsonl."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.isfile(path):
-    return []
   out = []
-  with open(path) as f:
-    for line in f:
-      if not line.strip():
-        continue
-      row = json.loads(line)
-      for key in ("test_accuracy", "validation_accuracy"):
-        if key in row:
-          out.append((int(row["epoch"]), float(row[key])))
-          break
+  for row in run_folder.read_metrics(workdir):
+    for key in ("test_accuracy", "validation_accuracy"):
+      if key in row:
+        out.append((int(row["epoch"]), float(row[key])))
+        break
   return out
 
 
@@ -508,10 +502,9 @@ def _summaries(rows, method, epochs) -> list[dict]:
   out = []
   for row in rows:
     if row.get("status") == "finished" and row["method"] == method and row["epochs"] == epochs:
-      path = os.path.join(row["workdir"], "summary.json")
-      if os.path.isfile(path):
-        with open(path) as f:
-          out.append(json.load(f))
+      summary = run_folder.read_summary(row["workdir"])
+      if summary is not None:
+        out.append(summary)
   return out
 
 

@@ -21,7 +21,6 @@ grid machinery skips, resumes and collects them like any other run.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -31,12 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dnd_jax import checkpoints, losses, steps
+from dnd_jax import checkpoints, losses, steps, workdir as run_folder
 from dnd_jax.data import augment, load_dataset
 from dnd_jax.models import build_model, init_variables
 from dnd_jax.optim import make_optimizer, make_schedules
-from dnd_jax.train import (SUMMARY_FILE, append_metrics, mean_metrics, resolve_dtype,
-                           resume_or_start)
+from dnd_jax.train import append_metrics, mean_metrics, resolve_dtype, resume_or_start
 
 VARIANTS = ("feature", "end2end")
 STAGE = 3  # the paper re-initialises the third stage
@@ -51,10 +49,10 @@ def run_variant(config, workdir: str, variant: str, naive_dir: str, train_fn) ->
   training the naive run first when it is missing."""
   if variant == "naive":
     return train_fn(config, workdir)
-  if not os.path.isfile(os.path.join(naive_dir, SUMMARY_FILE)):
+  if not run_folder.is_finished(naive_dir):
     _log(f"Naive ResNet18 {naive_dir} not finished: training it first.")
     train_fn(config, naive_dir)
-  return train_reinitialised_stage(config, workdir, os.path.join(naive_dir, "model"), variant)
+  return train_reinitialised_stage(config, workdir, run_folder.model_dir(naive_dir), variant)
 
 
 def _split_stage(tree: dict, stage: int) -> tuple[dict, dict]:
@@ -118,8 +116,7 @@ def train_reinitialised_stage(config, workdir: str, trained_path: str, variant: 
     raise ValueError(f"Unknown stagewise variant {variant!r}; use one of {VARIANTS}.")
   wall_start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  run_folder.record_config(config, workdir)
   dataset = load_dataset(config.data)
   model = build_model(config.model, dataset.num_classes, resolve_dtype(config.model.dtype))
   arch = checkpoints.architecture(config.model, dataset.num_classes, dataset.image_shape)
@@ -219,8 +216,7 @@ def train_reinitialised_stage(config, workdir: str, trained_path: str, variant: 
       "images_per_s": float(np.median([r["images_per_s"] for r in history])) if history else 0.0,
       "wall_time_s": time.perf_counter() - wall_start,
   }
-  with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
-    json.dump(summary, f, indent=2)
+  run_folder.write_summary(workdir, summary)
   _log(f"== r{stage}_{variant}: final {split} accuracy {summary['final_accuracy']:.4f} (trained "
        f"network {meta['trained_accuracy']:.4f}, fresh stage {meta['start_accuracy']:.4f})")
   return summary
