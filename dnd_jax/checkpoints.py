@@ -133,6 +133,8 @@ class TrainCheckpoints:
               f"{where}.", file=sys.stderr, flush=True)
       if failures:
         self.state.reload()
+      for later in [s for s in self.best.all_steps() if s > step]:
+        self.best.delete(later)  # of an epoch that will be redone (and saved again if still best)
       return step, state, meta
     if failures:
       raise CheckpointError(

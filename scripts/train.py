@@ -45,12 +45,14 @@ def fail(message: str, code: int = BAD_INPUT) -> None:
 
 
 def _config_spec(argv: list[str]) -> str | None:
+  """The config file named on the command line (the last one, as absl takes the last)."""
+  spec = None
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
-      return arg.split("=", 1)[1]
-    if arg == "--config" and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
+      spec = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      spec = argv[i + 1]
+  return spec
 
 
 def _override_names(argv: list[str]) -> list[str]:

@@ -126,18 +126,18 @@ def test_resume_skips_a_damaged_checkpoint_and_counts_the_whole_run(tmp_path, ca
   steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
   assert len(steps) == 2
   _damage(os.path.join(ckpt_dir, str(steps[-1])))
+  os.remove(run_folder.summary_path(workdir))  # as if killed after its last checkpoint
   capsys.readouterr()
   t0 = time.perf_counter()
-  extended = train_and_evaluate(tiny_config("teacher", num_epochs=3), workdir)  # resumes
+  resumed = train_and_evaluate(tiny_config("teacher", num_epochs=2), workdir)
   second_process_s = time.perf_counter() - t0
   err = capsys.readouterr().err
   assert f"Skipped the checkpoint at step {steps[-1]}: it does not restore" in err
   assert f"Resuming {workdir} from epoch 1 (step {steps[0]})" in err
   assert os.path.isdir(os.path.join(workdir, "checkpoints_skipped", str(steps[-1])))
-  assert [r["epoch"] for r in run_folder.read_metrics(workdir)] == [1, 2, 3]
+  assert [r["epoch"] for r in run_folder.read_metrics(workdir)] == [1, 2]
   # the wall time counts the first process (up to its epoch-1 checkpoint) too
-  assert extended["wall_time_s"] > second_process_s
-  assert extended["wall_time_s"] > second_process_s + 0.2 * first["wall_time_s"]
+  assert resumed["wall_time_s"] > second_process_s + 0.2 * first["wall_time_s"]
 
   # every checkpoint damaged: one clear error that says how to start over, nothing moved
   for s in os.listdir(ckpt_dir):
@@ -145,7 +145,7 @@ def test_resume_skips_a_damaged_checkpoint_and_counts_the_whole_run(tmp_path, ca
       _damage(os.path.join(ckpt_dir, s))
   os.remove(run_folder.summary_path(workdir))
   with pytest.raises(checkpoints.CheckpointError, match="No checkpoint in .* restores .*step"):
-    train_and_evaluate(tiny_config("teacher", num_epochs=3), workdir)
+    train_and_evaluate(tiny_config("teacher", num_epochs=2), workdir)
 
 
 def test_a_failed_run_then_a_finished_one_then_a_rerun(tmp_path, capsys):
