@@ -249,9 +249,11 @@ def lock(workdir: str) -> Iterator[None]:
               "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(record).encode(), 0)
-    yield
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({**record, "released": True}).encode(), 0)
+    try:
+      yield
+    finally:  # ended, failed or interrupted: this process says it let go
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, json.dumps({**record, "released": True}).encode(), 0)
   finally:
     os.close(fd)  # releases the flock
 
