@@ -3,10 +3,10 @@ loaded with the architecture its `model.json` records.
 
 Provisioning is separate from the student's training: `scripts/train.py` and the reproduction grids
 call `provision` before `train_and_evaluate`, which only loads a teacher that exists. A teacher
-that a student run trains for itself gets the student's data block (folder, source, fraction,
-image size, checksums: the data the student will be distilled on), the student's width and stem
-(which stage-for-stage distillation needs), and any `config.teacher.{depth,width,stem}` that is
-set; it trains in its own workdir (the folder that `config.teacher.checkpoint` names as
+that a student run trains for itself gets the student's data (name, folder, source, checksums,
+image size, normalisation) and every data override of the command line (a share of the data, say),
+the student's width and stem (which stage-for-stage distillation needs), and any
+`config.teacher.{depth,width,stem}` that is set; it trains in its own workdir (the folder that `config.teacher.checkpoint` names as
 `<workdir>/model`), and never writes into a folder that holds another run.
 """
 
@@ -50,27 +50,36 @@ def architecture_to_build(config) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(arch)
 
 
-def config_for_training(config) -> tuple[ml_collections.ConfigDict, list[str]]:
-  """The teacher's own config (`config.teacher.config`), with what the student run imposes on it.
+# What the data is, where and how it is read, and the input the networks see: a teacher trained
+# for a student run takes these from the student always (the teacher's features are computed on
+# the student's inputs). The rest of the data block (the share of the data, the augmentation) is
+# the teacher config's own recipe unless the command line overrides it for the student run.
+DATA_ALWAYS_INHERITED = ("name", "source", "dir", "cache_dir", "mirror", "verify_checksums",
+                         "image_size", "stored_size", "mean", "std")
+
+
+def config_for_training(config, overrides=()) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """The teacher's own config (`config.teacher.config`), with what the student run imposes on it:
+  the data fields of `DATA_ALWAYS_INHERITED`, every `data.*` field among `overrides` (the names
+  the command line set, e.g. "data.fraction"), the student's width and stem (which stage-for-stage
+  methods need) and any `config.teacher.{depth,width,stem}` that is set.
 
   Returns the config and the inherited settings that differ from the teacher config's own, as
   "field=value" strings for the message that says so.
   """
   teacher_config = load_config_file(config.teacher.config)
+  fields = set(DATA_ALWAYS_INHERITED)
+  fields |= {name.split(".", 1)[1].split(".")[0] for name in overrides if name.startswith("data.")}
+  wanted = {f"data.{k}": config.data[k] for k in sorted(fields) if k in config.data}
+  wanted.update({"model.width": config.model.width, "model.stem": config.model.stem})
+  wanted.update({f"model.{k}": v for k, v in requested_architecture(config).items()})
   inherited = []
-  theirs = run_folder._flatten(run_folder._as_dict(teacher_config.data))  # noqa: SLF001
-  ours = run_folder._flatten(run_folder._as_dict(config.data))  # noqa: SLF001
-  inherited += [f"data.{k}={v!r}" for k, v in sorted(ours.items()) if theirs.get(k) != v]
-  with teacher_config.unlocked():
-    teacher_config.data = copy.deepcopy(config.data)
-  # Stage-for-stage methods need the teacher's width and stem to be the student's: a teacher
-  # trained for this run takes them from the student unless config.teacher sets them.
-  wanted = {"width": config.model.width, "stem": config.model.stem,
-            **requested_architecture(config)}
-  for field, value in wanted.items():
-    if teacher_config.model[field] != value:
-      inherited.append(f"model.{field}={value!r}")
-      teacher_config.model[field] = value
+  for name, value in wanted.items():
+    block, field = name.split(".")
+    if teacher_config[block].get(field) != value:
+      inherited.append(f"{name}={value!r}")
+      with teacher_config.unlocked():
+        teacher_config[block][field] = copy.deepcopy(value)
   return teacher_config, inherited
 
 
@@ -81,12 +90,13 @@ def _missing(config) -> str:
   return f"Teacher checkpoint {path!r} not found (no {run_folder.MODEL_META} there).{hint}"
 
 
-def provision(config, train_fn=None) -> str | None:
+def provision(config, train_fn=None, overrides=()) -> str | None:
   """Make sure the teacher that `config` distils from exists, training it first if it may.
 
   Returns the teacher's model path (None when the method needs no teacher). Training happens only
   when `config.teacher.checkpoint` is missing, `config.teacher.config` names the config that
-  trains it, the path is a `<workdir>/model`, and that workdir holds no other run.
+  trains it, the path is a `<workdir>/model`, and that workdir holds no other run. `overrides`
+  are the names of the fields the command line set (see `config_for_training`).
   """
   from dnd_jax.methods import get_method  # noqa: PLC0415
   if not get_method(config.method.name).needs_teacher:
@@ -104,7 +114,7 @@ def provision(config, train_fn=None) -> str | None:
     raise checkpoints.CheckpointError(
         _missing(config) + f" To train it here, point config.teacher.checkpoint at <a new "
         f"workdir>/{run_folder.MODEL_DIR}.")
-  teacher_config, inherited = config_for_training(config)
+  teacher_config, inherited = config_for_training(config, overrides)
   return train_into(teacher_config, teacher_workdir, train_fn,
                     why=f"Teacher checkpoint {path!r} not found: training the teacher first with "
                         f"{config.teacher.config}", inherited=inherited)

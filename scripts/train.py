@@ -102,7 +102,7 @@ def main(argv):
   try:
     config_check.check(config, workdir)
     setup_runtime()
-    teacher.provision(config)
+    teacher.provision(config, overrides=_override_names(sys.argv))
     train_and_evaluate(config, workdir)
   except Interrupted as e:
     print(f"\n{e}", file=sys.stderr, flush=True)

@@ -208,7 +208,8 @@ def test_a_missing_teacher_is_trained_on_the_students_data_in_its_own_workdir(tm
                                    "data.dir": str(tmp_path / "my_fashion"), "model.width": 8})
   student.teacher.width = None  # nothing set for the teacher: its width follows the student's
   calls = []
-  path = teacher.provision(student, train_fn=lambda c, w: calls.append((c, w)) or {})
+  path = teacher.provision(student, train_fn=lambda c, w: calls.append((c, w)) or {},
+                           overrides=["data.dir", "data.fraction", "model.width"])
   assert path == student.teacher.checkpoint
   [(config, workdir)] = calls
   assert workdir == str(tmp_path / "t")
@@ -219,6 +220,14 @@ def test_a_missing_teacher_is_trained_on_the_students_data_in_its_own_workdir(tm
   for text in ("training the teacher first", "data.dir=", "data.fraction=0.05",
                "data.image_size=8", "model.width=8"):
     assert text in err
+  # a share of the data that the student's config file chose (not the command line) is the
+  # student's own: the teacher keeps its config's (all the data, as the quickstart's teacher)
+  calls.clear()
+  teacher.provision(student, train_fn=lambda c, w: calls.append((c, w)) or {},
+                    overrides=["data.dir"])
+  [(config, _)] = calls
+  assert config.data.fraction == 1.0 and config.data.dir == student.data.dir
+  assert config.data.image_size == 8
 
 
 def test_a_mistyped_teacher_path_never_touches_another_run(tmp_path):
