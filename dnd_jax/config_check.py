@@ -58,14 +58,21 @@ def unknown_field(name: str, config: Any) -> str | None:
           "the config file and of dnd_jax/configs.py's base_config.")
 
 
+_ABSENT = object()
+
+
 def _positive_int(config, name: str, problems: list[str]) -> None:
   value = _get(config, name)
+  if value is _ABSENT:
+    return
   if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
     problems.append(f"config.{name}={value!r} must be a positive whole number.")
 
 
 def _finite(config, name: str, problems: list[str], positive: bool = False) -> None:
   value = _get(config, name)
+  if value is _ABSENT:
+    return
   ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
   if not ok or (positive and value <= 0):
     what = "a finite number above 0" if positive else "a finite number"
@@ -75,6 +82,8 @@ def _finite(config, name: str, problems: list[str], positive: bool = False) -> N
 def _get(config, name: str) -> Any:
   node = config
   for part in name.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return _ABSENT
     node = node[part]
   return node
 
@@ -88,16 +97,13 @@ def check(config, workdir: str | None = None) -> None:
   for name in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint.every_epochs",
                "checkpoint.keep", "log.refresh_steps"):
     _positive_int(config, name, problems)
-  if "steps_per_dispatch" in config:
-    _positive_int(config, "steps_per_dispatch", problems)
+  _positive_int(config, "steps_per_dispatch", problems)
   _finite(config, "optim.lr", problems, positive=True)
   for name in ("momentum", "weight_decay", "max_lr_factor", "base_lr_factor", "pct_start",
                "div_factor", "final_div_factor", "base_momentum", "max_momentum"):
-    if name in config.optim:
-      _finite(config, f"optim.{name}", problems)
+    _finite(config, f"optim.{name}", problems)
   for name in ("tau", "alpha", "beta", "jacobian_weight", "label_weight", "hinton_weight"):
-    if name in config.method:
-      _finite(config, f"method.{name}", problems)
+    _finite(config, f"method.{name}", problems)
   if config.method.name not in METHODS:
     problems.append(f"config.method.name={config.method.name!r} is not a method; use one of "
                     f"{sorted(METHODS)}.")
@@ -105,6 +111,8 @@ def check(config, workdir: str | None = None) -> None:
     problems.append(f"config.model.dtype={config.model.dtype!r} is not supported; use one of "
                     f"{list(DTYPES)}.")
   for block in ("model", "teacher"):
+    if block not in config:
+      continue
     depth, stem = config[block].get("depth"), config[block].get("stem")
     if depth is not None and depth not in DEPTHS:
       problems.append(f"config.{block}.depth={depth!r}: use one of {list(DEPTHS)}.")

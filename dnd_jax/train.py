@@ -1,6 +1,6 @@
 """`train_and_evaluate(config, workdir)`: the one training loop behind every method.
 
-It loads the data onto the device, loads (or first trains) the frozen teacher, builds one jitted,
+It loads the data onto the device, loads the frozen teacher, builds one jitted,
 donated step per stage partition of the method, and runs epochs of steps, evaluating the student
 end to end after each epoch. Everything needed to resume lives in the workdir (see
 `dnd_jax.workdir`); running the same command again on the same workdir continues the run and
@@ -88,9 +88,9 @@ def resume_or_start(workdir: str, keep: int, state):
   """The run's checkpoints, and the state, bookkeeping and metrics history to continue from.
 
   With a checkpoint in the workdir, the state and `meta` (epoch, best accuracy, times) of the
-  newest one that restores are restored (a damaged newer one is moved aside, with a line) and metrics of epochs after it (done by a run killed before its next checkpoint) are
-  dropped, since they will be redone; without one, the run starts from `state` and any stray
-  metrics are cleared.
+  newest one that restores are restored (a damaged newer one is moved aside, with a line) and
+  metrics of epochs after it (done by a run killed before its next checkpoint) are dropped, since
+  they will be redone; without one, the run starts from `state` and any stray metrics are cleared.
   """
   ckpts = checkpoints.TrainCheckpoints(workdir, keep)
   meta = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "train_time_s": 0.0,
@@ -299,6 +299,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                  dict(meta, wall_time_s=earlier_wall_s + time.perf_counter() - wall_start))
   ckpts.wait()
 
+  # the start of the whole run, as if it had run in this one process
   summary = finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate,
                    wall_start - earlier_wall_s, teacher_meta)
   ckpts.close()

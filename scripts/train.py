@@ -105,7 +105,7 @@ def main(argv):
     teacher.provision(config, overrides=_override_names(sys.argv))
     train_and_evaluate(config, workdir)
   except Interrupted as e:
-    print(f"\n{e}", file=sys.stderr, flush=True)
+    print(f"\n{e} (run folder {e.workdir})", file=sys.stderr, flush=True)
     sys.exit(INTERRUPTED)
   except KeyboardInterrupt:
     print("\ninterrupted before training started; nothing to resume: rerun the same command.",
