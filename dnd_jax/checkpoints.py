@@ -1,13 +1,12 @@
 """Orbax checkpoints: the resumable training state, and a model exported on its own.
 
-A workdir holds
-  checkpoints/<step>/   the whole training state (last `keep` epochs), to resume after a kill
-  best/<step>/          the model variables of the epoch with the best evaluation accuracy
-  model/                the final model variables plus `model.json` (its architecture): the
-                        exported network; a distillation config loads its teacher from here.
+The workdir's layout is `dnd_jax.workdir`'s: training-state checkpoints (the last `keep` epochs,
+to resume after a kill), the best epoch's model, and the exported final model with its
+architecture in `model.json` (what a distillation config loads its teacher from).
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint intact.
+mid-save leaves the previous checkpoint intact; a checkpoint damaged later (a disk error, a copy cut
+short) is moved aside on resume and the run continues from the newest intact one.
 """
 
 from __future__ import annotations
@@ -15,12 +14,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-MODEL_META = "model.json"
+from dnd_jax import workdir as run_folder
+
+MODEL_META = run_folder.MODEL_META
 
 
 class CheckpointError(ValueError):
@@ -87,9 +89,9 @@ class TrainCheckpoints:
 
   def __init__(self, workdir: str, keep: int):
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    self.state = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                       options=options)
-    self.best = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "best"),
+    self.workdir = workdir
+    self.state = ocp.CheckpointManager(run_folder.checkpoints_dir(workdir), options=options)
+    self.best = ocp.CheckpointManager(run_folder.best_dir(workdir),
                                       options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
   def latest_step(self) -> int | None:
@@ -109,6 +111,37 @@ class TrainCheckpoints:
           "If the config changed since that run, use a new --workdir; to start over, delete "
           "that folder.") from e
     return restored["state"], restored["meta"]
+
+  def restore_latest_intact(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+    """(step, state, meta) of the newest checkpoint that restores; None when there is none.
+
+    A checkpoint that does not restore is moved to `<workdir>/checkpoints_skipped/` (never
+    deleted: it may be worth a look) with a line saying which and why, and the next older one is
+    tried; when none restores, the error lists each one's reason and how to start over.
+    """
+    failures = []
+    for step in sorted(self.state.all_steps(), reverse=True):
+      try:
+        state, meta = self.restore(step, abstract_state)
+      except CheckpointError as e:
+        reason = str(e.__cause__ or e).strip().splitlines()[0][:200]
+        failures.append((step, reason))
+        continue
+      for bad, reason in failures:
+        where = run_folder.skip_checkpoint(self.workdir, bad)
+        print(f"Skipped the checkpoint at step {bad}: it does not restore ({reason}); moved it to "
+              f"{where}.", file=sys.stderr, flush=True)
+      if failures:
+        self.state.reload()
+      for later in [s for s in self.best.all_steps() if s > step]:
+        self.best.delete(later)  # of an epoch that will be redone (and saved again if still best)
+      return step, state, meta
+    if failures:
+      raise CheckpointError(
+          f"No checkpoint in {run_folder.checkpoints_dir(self.workdir)} restores (" +
+          "; ".join(f"step {s}: {r}" for s, r in failures) + "). If the config changed since that "
+          "run, use it again or a new --workdir; to start this run over, delete that folder.")
+    return None
 
   def save_best(self, step: int, variables: Any, meta: dict) -> None:
     self.best.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from dnd_jax import checkpoints
+from dnd_jax import checkpoints, workdir as run_folder
 from dnd_jax.models import NUM_STAGES, STAGE_SIZES, STEMS
 
 STEM_KERNEL = {"cifar": 3, "imagenet": 7}
@@ -391,12 +391,15 @@ def import_teacher(checkpoint: str, config, output: str | None = None) -> tuple[
   (classes, channels). Writes `output` or else `config.teacher.checkpoint`; returns the path and
   the architecture written.
   """
+  from dnd_jax.teacher import architecture_to_build  # noqa: PLC0415
+
   num_classes, channels = dataset_facts(config.data)
   state_dict = load_torch_checkpoint(checkpoint)
+  wanted = architecture_to_build(config)
   variables = torch_state_dict_to_variables(
-      state_dict, int(config.teacher.depth), str(config.teacher.stem),
-      width=int(config.teacher.width), num_classes=num_classes, in_channels=channels)
-  arch = checkpoints.architecture(config.teacher, num_classes, (channels,))
+      state_dict, int(wanted.depth), str(wanted.stem),
+      width=int(wanted.width), num_classes=num_classes, in_channels=channels)
+  arch = checkpoints.architecture(wanted, num_classes, (channels,))
   path = output or config.teacher.checkpoint
   if not path:
     raise TorchBridgeError("No output folder: pass --output or set config.teacher.checkpoint.")
@@ -414,7 +417,7 @@ def load_exported_variables(workdir: str, best: bool = False) -> tuple[dict, dic
   from dnd_jax.models import ResNet, init_variables  # noqa: PLC0415
 
   if best:
-    best_dir = os.path.join(os.path.abspath(workdir), "best")
+    best_dir = run_folder.best_dir(workdir)
     if not os.path.isdir(best_dir):
       raise checkpoints.CheckpointError(f"No best-model checkpoint in {best_dir}.")
     import orbax.checkpoint as ocp  # noqa: PLC0415
@@ -428,7 +431,7 @@ def load_exported_variables(workdir: str, best: bool = False) -> tuple[dict, dic
     variables = jax.device_get(dict(restored["variables"]))
     return variables, {**variables_architecture(variables), "step": int(step),
                        **dict(restored["meta"] or {})}
-  path = os.path.join(workdir, "model")
+  path = run_folder.model_dir(workdir)
   meta = checkpoints.read_model_meta(path)
   arch = meta.get("architecture", {})
   model = ResNet(depth=arch["depth"], num_classes=arch["num_classes"], width=arch["width"],

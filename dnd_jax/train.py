@@ -1,16 +1,19 @@
 """`train_and_evaluate(config, workdir)`: the one training loop behind every method.
 
-It loads the data onto the device, loads (or first trains) the frozen teacher, builds one jitted,
+It loads the data onto the device, loads the frozen teacher, builds one jitted,
 donated step per stage partition of the method, and runs epochs of steps, evaluating the student
 end to end after each epoch. Everything needed to resume lives in the workdir (see
-`dnd_jax.checkpoints`); running the same command again on the same workdir continues the run and
-ends with the same metrics as an uninterrupted run.
+`dnd_jax.workdir`); running the same command again on the same workdir continues the run and
+ends with the same metrics as an uninterrupted run. The config is checked whole before any work
+(`dnd_jax.config_check`), one process at a time trains in a workdir (`dnd_jax.workdir.lock`), and a
+finished run is never trained or rewritten again. The teacher must exist: `dnd_jax.teacher.provision`
+trains a missing one first, as its own step.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
+import contextlib
 import math
 import os
 import sys
@@ -23,15 +26,14 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from dnd_jax import checkpoints, freeze, parallel, steps
-from dnd_jax.configs import load_config_file
-from dnd_jax.data import Dataset, load_dataset
+from dnd_jax import checkpoints, config_check, freeze, parallel, steps, teacher as teacher_lib
+from dnd_jax import workdir as run_folder
+from dnd_jax.data import load_dataset
 from dnd_jax.methods import Method, get_method
 from dnd_jax.models import ResNet, build_model, init_variables, stage_output_shapes
 from dnd_jax.optim import make_optimizer, make_schedules
+from dnd_jax.workdir import append_metrics, read_metrics, write_metrics  # noqa: F401 (re-exported)
 
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -48,8 +50,12 @@ def _log(msg: str) -> None:
 # --- teacher ------------------------------------------------------------------------------------
 
 
-def check_stage_shapes(student: ResNet, teacher: ResNet, method: Method, image_shape) -> None:
-  """Every stage boundary that a group crosses must have the same shape in both networks."""
+def check_stage_shapes(student: ResNet, teacher: ResNet, method: Method, image_shape,
+                       teacher_path: str = "the teacher") -> None:
+  """Every stage boundary that a group crosses must have the same shape in both networks.
+
+  The teacher's architecture is its `model.json`'s, so the fix is on the student's side
+  (config.model) or a different teacher, never config.teacher alone."""
   s_shapes = stage_output_shapes(student, image_shape)
   t_shapes = stage_output_shapes(teacher, image_shape)
   boundaries = sorted({last for _, groups in method.phases for _, last in groups})
@@ -58,105 +64,12 @@ def check_stage_shapes(student: ResNet, teacher: ResNet, method: Method, image_s
       raise ValueError(
           f"Stage {k} output shapes differ: student {s_shapes[k - 1][1:]} vs teacher "
           f"{t_shapes[k - 1][1:]} (per example). Method {method.name!r} matches the student to the "
-          "teacher at this stage; give config.model and config.teacher the same width and stem.")
-
-
-def prepare_teacher(config, dataset: Dataset, dtype) -> tuple[ResNet, dict, dict]:
-  """The frozen teacher: loaded from `config.teacher.checkpoint`, or trained first if missing.
-
-  Returns the model, its variables, and its `model.json` (plus `trained_here_wall_s` when this
-  call trained it).
-  """
-  path = config.teacher.checkpoint
-  if not os.path.isfile(os.path.join(path, checkpoints.MODEL_META)):
-    if not config.teacher.config:
-      raise checkpoints.CheckpointError(
-          f"Teacher checkpoint {path!r} not found and config.teacher.config is empty. Train one "
-          "with `python scripts/train.py --config configs/teacher_<data>.py --workdir <dir>` and "
-          "set --config.teacher.checkpoint=<dir>/model, or import a PyTorch teacher with "
-          "scripts/import_torch_teacher.py.")
-    teacher_workdir = os.path.dirname(os.path.abspath(path))
-    _log(f"Teacher checkpoint {path!r} not found: training the teacher first with "
-         f"{config.teacher.config} in {teacher_workdir}.")
-    teacher_config = load_config_file(config.teacher.config)
-    summary = train_and_evaluate(teacher_config, teacher_workdir)
-    exported = os.path.join(teacher_workdir, "model")
-    if os.path.abspath(exported) != os.path.abspath(path):
-      raise checkpoints.CheckpointError(
-          f"Trained the teacher into {exported}, but config.teacher.checkpoint is {path!r}; "
-          "point it at <teacher workdir>/model.")
-    _log(f"Teacher trained: final accuracy {summary['final_accuracy']:.4f}.")
-    trained_here_s = summary["wall_time_s"]
-  else:
-    trained_here_s = 0.0
-  teacher = build_model(config.teacher, dataset.num_classes, dtype)
-  arch = checkpoints.architecture(config.teacher, dataset.num_classes, dataset.image_shape)
-  abstract = jax.eval_shape(lambda: init_variables(teacher, jax.random.key(0), dataset.image_shape))
-  variables, meta = checkpoints.load_model(path, arch, abstract)
-  if trained_here_s:
-    meta = {**meta, "trained_here_wall_s": trained_here_s}
-  return teacher, variables, meta
+          f"teacher at this stage, and the teacher at {teacher_path} has width {teacher.width} and "
+          f"stem {teacher.stem!r} (its model.json): set --config.model.width={teacher.width} "
+          f"--config.model.stem={teacher.stem}, or use a teacher of width {student.width}.")
 
 
 # --- bookkeeping --------------------------------------------------------------------------------
-
-
-def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def write_metrics(workdir: str, history: list[dict]) -> None:
-  """Rewrite the metrics file atomically (used on resume to drop epochs that will be redone)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  with open(path + ".tmp", "w") as f:
-    for row in history:
-      f.write(json.dumps(row) + "\n")
-  os.replace(path + ".tmp", path)
-
-
-def append_metrics(workdir: str, row: dict) -> None:
-  with open(os.path.join(workdir, METRICS_FILE), "a") as f:
-    f.write(json.dumps(row) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      flat.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      flat[f"{prefix}{k}"] = v
-  return flat
-
-
-def record_config(config, workdir: str) -> None:
-  """Write the run's config to the workdir, warning when a resumed run's config has changed.
-
-  Changing e.g. `num_epochs` or `optim.lr` between a run and its resumption changes the schedule
-  from the resumed step on; that is allowed (it is how a run is extended) but worth a line.
-  """
-  path = os.path.join(workdir, "config.json")
-  text = config.to_json_best_effort(indent=2)
-  if os.path.exists(path):
-    with open(path) as f:
-      try:
-        before = _flatten(json.load(f))
-      except json.JSONDecodeError:
-        before = {}
-    now = _flatten(json.loads(text))
-    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-    if before and changed:
-      _log("Warning: the config differs from the one this workdir was started with: " +
-           ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed))
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
 
 
 def mean_metrics(parts: list[dict]) -> dict:
@@ -174,18 +87,18 @@ def mean_metrics(parts: list[dict]) -> dict:
 def resume_or_start(workdir: str, keep: int, state):
   """The run's checkpoints, and the state, bookkeeping and metrics history to continue from.
 
-  With a checkpoint in the workdir, the state and `meta` (epoch, best accuracy, times) are
-  restored and metrics of epochs after it (done by a run killed before its next checkpoint) are
-  dropped, since they will be redone; without one, the run starts from `state` and any stray
-  metrics are cleared.
+  With a checkpoint in the workdir, the state and `meta` (epoch, best accuracy, times) of the
+  newest one that restores are restored (a damaged newer one is moved aside, with a line) and
+  metrics of epochs after it (done by a run killed before its next checkpoint) are dropped, since
+  they will be redone; without one, the run starts from `state` and any stray metrics are cleared.
   """
   ckpts = checkpoints.TrainCheckpoints(workdir, keep)
   meta = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "train_time_s": 0.0,
           "compile_time_s": 0.0}
   history: list[dict] = []
-  latest = ckpts.latest_step()
-  if latest is not None:
-    state, meta = ckpts.restore(latest, jax.eval_shape(lambda: state))
+  restored = ckpts.restore_latest_intact(jax.eval_shape(lambda: state))
+  if restored is not None:
+    latest, state, meta = restored
     history = [row for row in read_metrics(workdir) if row["epoch"] <= meta["epoch"]]
     write_metrics(workdir, history)
     _log(f"Resuming {workdir} from epoch {meta['epoch']} (step {latest}).")
@@ -197,11 +110,49 @@ def resume_or_start(workdir: str, keep: int, state):
 # --- the loop -----------------------------------------------------------------------------------
 
 
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C during a run; carries the epoch it stopped in (the checkpoints before it are intact)."""
+
+  def __init__(self, workdir: str, epoch: int):
+    super().__init__(f"interrupted at epoch {epoch}; rerun the same command to resume")
+    self.workdir, self.epoch = workdir, epoch
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Train `config.model` with `config.method` and return the run's summary (also in the workdir)."""
-  wall_start = time.perf_counter()
+  """Train `config.model` with `config.method` and return the run's summary (also in the workdir).
+
+  The config is checked first (nothing is written for a bad one). A finished run is not trained
+  again: its summary is printed and returned (a larger num_epochs extends it instead). The
+  workdir is locked for this process while it trains.
+  """
+  config_check.check(config, workdir)
+  summary = run_folder.read_summary(workdir)
+  if summary is not None:
+    stored = run_folder.read_config(workdir) or {}
+    changed = [c for c in run_folder.config_changes(stored, config)
+               if not c.startswith("num_epochs ")]
+    if summary.get("epochs") == config.num_epochs and not changed:
+      _log(f"{workdir} holds this run, finished; not training it again (use another --workdir "
+           "to train anew).")
+      print(format_summary(summary), flush=True)
+      return summary
+    if changed:
+      raise run_folder.WorkdirError(
+          f"{workdir} holds a finished run with another config ({'; '.join(changed[:6])}); it is "
+          "left as it is. Use another --workdir for this config.")
   os.makedirs(workdir, exist_ok=True)
-  record_config(config, workdir)
+  # one process holds the lock for a multi-host run (its peers write no records)
+  with run_folder.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+    try:
+      return _train_and_evaluate(config, workdir)
+    except KeyboardInterrupt:
+      done = len(read_metrics(workdir))
+      raise Interrupted(workdir, min(done + 1, config.num_epochs)) from None
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  wall_start = time.perf_counter()
+  run_folder.record_config(config, workdir)
 
   method = get_method(config.method.name)
   method.check_config(config.method)
@@ -227,8 +178,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   teacher, teacher_vars, teacher_meta = None, None, {}
   if method.needs_teacher:
-    teacher, teacher_vars, teacher_meta = prepare_teacher(config, dataset, dtype)
-    check_stage_shapes(model, teacher, method, image_shape)
+    teacher, teacher_vars, teacher_meta = teacher_lib.load(config, dataset.num_classes,
+                                                           image_shape, dtype)
+    check_stage_shapes(model, teacher, method, image_shape, config.teacher.checkpoint)
 
   root_key = jax.random.key(config.seed)
   variables = init_variables(model, jax.random.fold_in(root_key, 0), image_shape)
@@ -238,6 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = steps.create_train_state(variables, tx, config.seed)
 
   ckpts, state, meta, history = resume_or_start(workdir, config.checkpoint.keep, state)
+  earlier_wall_s = meta.get("wall_time_s", 0.0)  # of the processes this run resumes
 
   put = lambda x: jax.device_put(x, repl)  # noqa: E731
   state = put(state)
@@ -351,11 +304,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       meta["best_accuracy"], meta["best_epoch"] = acc, epoch + 1
       ckpts.save_best(int(state.step), state.variables, dict(meta))
     if (epoch + 1) % config.checkpoint.every_epochs == 0 or epoch + 1 == config.num_epochs:
-      ckpts.save(int(state.step), state, dict(meta))
+      ckpts.save(int(state.step), state,
+                 dict(meta, wall_time_s=earlier_wall_s + time.perf_counter() - wall_start))
   ckpts.wait()
 
+  # the start of the whole run, as if it had run in this one process
   summary = finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate,
-                   wall_start, teacher_meta)
+                   wall_start - earlier_wall_s, teacher_meta)
   ckpts.close()
   return summary
 
@@ -368,7 +323,7 @@ def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluat
   final_vars = jax.device_get(state.variables)
   split = dataset.eval_split
   final_acc = history[-1][f"{split}_accuracy"] if history else float("nan")
-  checkpoints.save_model(os.path.join(workdir, "model"), final_vars, arch,
+  checkpoints.save_model(run_folder.model_dir(workdir), final_vars, arch,
                          {"accuracy": final_acc, "split": split, "epoch": meta["epoch"],
                           "method": config.method.name})
   summary = {
@@ -380,8 +335,8 @@ def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluat
       "train_time_s": meta["train_time_s"], "compile_time_s": meta["compile_time_s"],
       "time_per_epoch_s": meta["train_time_s"] / max(len(history), 1),
       "images_per_s": (float(np.median([r["images_per_s"] for r in history])) if history else 0.0),
-      # this run's own wall time; a teacher trained first by this command is reported apart
-      "wall_time_s": time.perf_counter() - wall_start - teacher_meta.get("trained_here_wall_s", 0.0),
+      # the whole run's, over every process that resumed it (up to its last checkpoint each)
+      "wall_time_s": time.perf_counter() - wall_start,
   }
   if split == "validation":
     test_images, test_labels = jax.device_put(dataset.test_images), dataset.test_labels
@@ -395,10 +350,7 @@ def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluat
     summary["start_accuracy"] = meta["start_accuracy"]
   if teacher_meta:
     summary["teacher_checkpoint"] = config.teacher.checkpoint
-    if "trained_here_wall_s" in teacher_meta:
-      summary["teacher_training_wall_s"] = teacher_meta["trained_here_wall_s"]
-  with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
-    json.dump(summary, f, indent=2)
+  run_folder.write_summary(workdir, summary)
   print(format_summary(summary), flush=True)
   return summary
 
@@ -419,6 +371,4 @@ def format_summary(s: dict) -> str:
   lines.append(f"   time: {s['wall_time_s']:.1f}s wall, {s['train_time_s']:.1f}s training, "
                f"{s['time_per_epoch_s']:.2f}s/epoch, compile {s['compile_time_s']:.1f}s, "
                f"{s['images_per_s']:.0f} images/s")
-  if "teacher_training_wall_s" in s:
-    lines.append(f"   (+ {s['teacher_training_wall_s']:.1f}s to train the teacher first)")
   return "\n".join(lines)

@@ -612,3 +612,24 @@ def test_tfds_prepare_needs_tensorflow(tmp_path, monkeypatch):
                                           for k, v in urls.items()})
   with pytest.raises(data.DataError, match="preparing one needs TensorFlow.*source=local"):
     data.load_dataset(config("fashion_mnist", tmp_path, source="tfds", dir=str(tmp_path / "tfds")))
+
+
+def test_cache_goes_stale_when_a_source_file_changes_in_place(tmp_path):
+  made = make_fashion(tmp_path / "fm", np.random.default_rng(0))
+  c = config("fashion_mnist", tmp_path, dir=str(tmp_path / "fm"), verify_checksums=False)
+  np.testing.assert_array_equal(data.load_dataset(c).train_images[..., 0], made["train_images"])
+  remade = make_fashion(tmp_path / "fm", np.random.default_rng(1))  # same names, same folder
+  assert sources.cache_path(c).exists()
+  np.testing.assert_array_equal(data.load_dataset(c).train_images[..., 0], remade["train_images"])
+
+
+def test_unwritable_cache_warns_once_and_loads_without_it(tmp_path, caplog):
+  made = make_fashion(tmp_path / "fm", np.random.default_rng(0))
+  (tmp_path / "blocked").write_text("a file where the cache folder should be")
+  c = config("fashion_mnist", tmp_path, dir=str(tmp_path / "fm"), verify_checksums=False,
+             cache_dir=str(tmp_path / "blocked" / "cache"))  # unwritable even for root
+  with caplog.at_level(logging.WARNING):
+    for _ in range(2):
+      ds = data.load_dataset(c)
+      np.testing.assert_array_equal(ds.train_images[..., 0], made["train_images"])
+  assert caplog.text.count("Cannot write the data cache") == 1

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from dnd_jax import checkpoints
+from dnd_jax import checkpoints, teacher
 from dnd_jax.train import read_metrics, train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +97,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   # as if killed after epoch 1: drop the later checkpoints and metrics
   for step in (2 * steps_per_epoch, 3 * steps_per_epoch):
     shutil.rmtree(tmp_path / "checkpoints" / str(step))
+  os.remove(tmp_path / "summary.json")
   bad = tiny_config("teacher", num_epochs=3, **{"optim.lr": 1e30, "checkpoint.keep": 3})
   with pytest.raises(FloatingPointError, match="last good checkpoint \\(epoch 1\\)"):
     train_and_evaluate(bad, str(tmp_path))
@@ -125,8 +126,10 @@ def test_stage_shapes_that_differ_are_a_clear_error(tiny_teacher, tmp_path):
   path, _ = tiny_teacher
   config = tiny_config("dnd", **{"teacher.checkpoint": path, "model.width": 8})
   with pytest.raises(ValueError, match=r"Stage 1 output shapes differ: student \(8, 8, 8\) vs "
-                                       r"teacher \(8, 8, 4\)"):
+                                       r"teacher \(8, 8, 4\)") as info:
     train_and_evaluate(config, str(tmp_path))
+  # the teacher's width is its model.json's: the fix is the student's block (or another teacher)
+  assert "--config.model.width=4" in str(info.value) and "config.teacher" not in str(info.value)
 
 
 def test_unknown_method_and_oversized_batch_are_clear_errors(tmp_path):
@@ -143,6 +146,7 @@ def test_missing_teacher_is_trained_first_when_a_teacher_config_is_given(tmp_pat
       "def get_config():\n  return tiny_config('teacher', num_epochs=1)\n" % os.path.dirname(__file__))
   config = tiny_config("kd", num_epochs=1, **{"teacher.checkpoint": str(tmp_path / "t" / "model"),
                                              "teacher.config": str(teacher_cfg)})
+  assert teacher.provision(config) == config.teacher.checkpoint
   summary = train_and_evaluate(config, str(tmp_path / "student"))
   assert os.path.isfile(tmp_path / "t" / "model" / checkpoints.MODEL_META)
   assert summary["teacher_accuracy"] > 0.15  # a 1-epoch width-4 teacher; chance is 0.1

@@ -49,10 +49,12 @@ def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
 
   # The frozen teacher: where its exported model lives, and the config that trains it when it
   # is missing (a path to a config file, optionally "file.py:arg"); "" means never train it here.
+  # Its depth, width and stem come from its model.json; set them to check that, or to shape a
+  # teacher that a run trains (or imports) for itself (see dnd_jax.teacher).
   c.teacher = ml_collections.ConfigDict()
-  c.teacher.depth = 34
-  c.teacher.width = 64
-  c.teacher.stem = STEM[dataset]
+  c.teacher.depth = ml_collections.FieldReference(None, field_type=int)
+  c.teacher.width = ml_collections.FieldReference(None, field_type=int)
+  c.teacher.stem = ml_collections.FieldReference(None, field_type=str)
   c.teacher.checkpoint = f"runs/teacher_{SHORT_NAME[dataset]}/model"
   c.teacher.config = f"configs/teacher_{SHORT_NAME[dataset]}.py"
 

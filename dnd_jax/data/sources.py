@@ -2,12 +2,15 @@
 
 Decoding (gzip, pickles, 13k JPEGs) and resizing happen once; afterwards a run loads one .npz. The
 cache is keyed by data set, source, stored size and the location read, so pointing `dir` at another
-copy, or changing `image_size`, never returns stale arrays.
+copy, or changing `image_size`, never returns stale arrays; and it records the size and mtime of
+every source file, so files replaced in the same folder are decoded again. The cache is only a
+speed-up: when it cannot be written, the run says so once and goes on without it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 from types import ModuleType
@@ -22,6 +25,8 @@ from dnd_jax.data.files import DataError
 READERS: dict[str, ModuleType] = {m.NAME: m for m in (fashion_mnist, cifar100, imagewoof)}
 SOURCES = ("local", "download", "tfds")
 ENV_CACHE = "DND_JAX_CACHE"
+log = logging.getLogger(__name__)
+_unwritable: set[Path] = set()  # cache folders already reported as unwritable
 
 
 def cache_dir(data_config: Any) -> Path:
@@ -98,6 +103,34 @@ def cache_path(data_config: Any) -> Path:
           f"{data_config.name}-{data_config.source}-{tag}-{digest}.npz")
 
 
+def source_fingerprint(where: Path | None) -> str | None:
+  """A digest of the name, size and mtime of every file under `where` (a folder or an archive).
+
+  Cheap (one stat per file, no reading) and it changes whenever a file is replaced, truncated or
+  added, which is what makes a cached decode stale. None where there is nothing local to look at.
+  """
+  if where is None or not where.exists():
+    return None
+  paths = [where] if where.is_file() else sorted(p for p in where.rglob("*") if p.is_file())
+  digest = hashlib.sha1()
+  for p in paths:
+    st = p.stat()
+    digest.update(f"{p.relative_to(where) if p != where else p.name}\0{st.st_size}\0"
+                  f"{st.st_mtime_ns}\n".encode())
+  return digest.hexdigest()
+
+
+def _save_cache(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+  try:
+    files.save_arrays(path, arrays, meta)
+  except OSError as e:  # read-only or full cache folder: the cache is only a speed-up
+    if path.parent not in _unwritable:
+      _unwritable.add(path.parent)
+      log.warning("Cannot write the data cache in %s (%s); training without it. Set "
+                  "--config.data.cache_dir or $%s to a writable folder to cache decoded data.",
+                  path.parent, e.strerror or e, ENV_CACHE)
+
+
 def load_arrays(data_config: Any) -> dict[str, np.ndarray]:
   """Returns train/test images and labels and class names, from the cache when it is valid."""
   if data_config.name not in READERS:
@@ -105,12 +138,14 @@ def load_arrays(data_config: Any) -> dict[str, np.ndarray]:
   if data_config.source not in SOURCES:
     raise ValueError(f"data.source must be one of {SOURCES}, not {data_config.source!r}")
   path = cache_path(data_config)
+  where = location(data_config)
   meta = {"name": data_config.name, "source": data_config.source,
-          "stored_size": stored_size(data_config)}
+          "stored_size": stored_size(data_config), "files": source_fingerprint(where)}
   arrays = files.load_arrays(path, meta)
   if arrays is None:
-    where = location(data_config)
     arrays = _read(data_config, where, stored_size(data_config))
     _check(arrays, data_config.name, where)
-    files.save_arrays(path, arrays, meta)
+    if data_config.source == "download":  # the files exist only now
+      meta["files"] = source_fingerprint(where)
+    _save_cache(path, arrays, meta)
   return arrays

@@ -13,7 +13,6 @@ so a run that two experiments share (Table 2's 60-epoch runs are also Figure 4's
 from __future__ import annotations
 
 import ast
-import copy
 import dataclasses
 import hashlib
 import json
@@ -221,34 +220,3 @@ def run_config(plan: Plan, spec: RunSpec) -> ml_collections.ConfigDict:
 def start_spec(spec: RunSpec, arm: Arm) -> RunSpec:
   """The cell of the arm that `arm` starts from."""
   return dataclasses.replace(spec, method=arm.start_from)
-
-
-# Fields that may differ between a stored run and a new request without changing its result.
-_IGNORED_FIELDS = (("log",), ("checkpoint",), ("teacher", "checkpoint"), ("teacher", "config"))
-
-
-def _comparable(config_dict: dict) -> dict:
-  d = copy.deepcopy(config_dict)
-  for path in _IGNORED_FIELDS:
-    node = d
-    for part in path[:-1]:
-      node = node.get(part, {})
-    node.pop(path[-1], None)
-  return d
-
-
-def config_differences(stored: dict, config: ml_collections.ConfigDict) -> list[str]:
-  """What differs between a run's stored config and `config`, fields that never change a
-  result aside."""
-  return _diff(_comparable(stored), _comparable(json.loads(config.to_json_best_effort())))
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-  """Fields whose values differ. A field on one side only is not a difference: it is one the
-  config schema gained (or lost) since the stored run, with the default that run implied."""
-  if isinstance(a, dict) and isinstance(b, dict):
-    out = []
-    for k in sorted(set(a) & set(b)):
-      out += _diff(a[k], b[k], f"{prefix}{k}.")
-    return out
-  return [] if a == b else [f"{prefix[:-1]}: stored {a!r}, now {b!r}"]

@@ -17,7 +17,8 @@ import ml_collections
 
 from dnd_jax.methods import get_method
 from dnd_jax.reproduce.grids import RunSpec, expand
-from dnd_jax.reproduce.plan import Plan, config_differences, run_config, start_spec, teacher_config
+from dnd_jax import workdir as run_folder
+from dnd_jax.reproduce.plan import Plan, run_config, start_spec, teacher_config
 from dnd_jax.reproduce.records import config_record_of, has_exported_model, summary_of
 
 
@@ -28,7 +29,7 @@ def is_finished(workdir: str) -> bool:
 def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Refuse to skip or resume a run whose workdir was made by a different config."""
   stored = config_record_of(workdir)
-  diffs = config_differences(stored, config) if stored is not None else []
+  diffs = run_folder.config_changes(stored, config) if stored is not None else []
   if diffs:
     raise ValueError(
         f"{workdir} holds a run with a different config ({'; '.join(diffs[:6])}). Use another "
@@ -54,13 +55,13 @@ def ensure_teacher(plan: Plan, train_fn=None) -> str:
       raise FileNotFoundError(f"--teacher {plan.teacher_path!r} holds no exported model "
                               "(model.json); give the <workdir>/model folder of a teacher run.")
     return plan.teacher_path
+  from dnd_jax import teacher  # noqa: PLC0415 (keeps `--help` and tests light)
   config = teacher_config(plan)
   check_same_config(plan.teacher_dir, config)
-  if not is_finished(plan.teacher_dir):
-    _log(f"== teacher: training {config.model.depth}-layer width-{config.model.width} teacher "
-         f"for {config.num_epochs} epochs in {plan.teacher_dir}")
-    (train_fn or _train)(config, plan.teacher_dir)
-  return plan.teacher_checkpoint
+  return teacher.train_into(
+      config, plan.teacher_dir, train_fn or _train,
+      why=f"== teacher: training {config.model.depth}-layer width-{config.model.width} teacher "
+          f"for {config.num_epochs} epochs")
 
 
 def needs_grid_teacher(arm) -> bool:

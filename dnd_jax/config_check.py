@@ -1,0 +1,141 @@
+"""Checks of a whole config before any work: each bad value is one `ConfigError` that names the
+field, the value, and what to set instead.
+
+Without them a bad value surfaces late and far from its cause: batch_size 0 as a
+ZeroDivisionError, a negative one as a JAX TypeError after the data and teacher are loaded, lr=nan
+after a whole epoch. The checks cover the values the trainer divides by, loops over or feeds to
+the optimiser, the names it looks up, and the workdir it will write.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any
+
+from dnd_jax import workdir as run_folder
+
+DTYPES = ("float32", "bfloat16")
+DEPTHS = (18, 34)
+STEMS = ("cifar", "imagenet")
+
+
+class ConfigError(ValueError):
+  """A config value, field name or config file that cannot work."""
+
+
+def field_names(config: Any, prefix: str = "") -> list[str]:
+  """Every leaf field of a ConfigDict, dotted ("optim.lr")."""
+  names = []
+  for key in config.keys():
+    value = config[key]
+    if hasattr(value, "keys") and not isinstance(value, (str, bytes)):
+      names += field_names(value, f"{prefix}{key}.")
+    else:
+      names.append(f"{prefix}{key}")
+  return names
+
+
+def unknown_field(name: str, config: Any) -> str | None:
+  """Why `name` (as in `--config.<name>=...`) is not a field of `config`, with the closest fields;
+  None when it is one."""
+  names = field_names(config)
+  groups = {n.rsplit(".", 1)[0] for n in names if "." in n}
+  if name in names or name in groups:
+    return None
+  if name == "workdir":
+    return ("workdir is not a config field: it is its own flag. Use --workdir=<dir> instead of "
+            "--config.workdir=<dir>.")
+  last = name.rsplit(".", 1)[-1]
+  near = [n for n in names if n.rsplit(".", 1)[-1] == last]
+  near += [n for n in difflib.get_close_matches(name, names, n=3, cutoff=0.6) if n not in near]
+  if not near:
+    near = [n for n in difflib.get_close_matches(last, [n.rsplit(".", 1)[-1] for n in names],
+                                                 n=1, cutoff=0.7)]
+    near = [n for n in names if near and n.rsplit(".", 1)[-1] == near[0]]
+  hint = f" Did you mean {' or '.join('--config.' + n for n in near[:2])}?" if near else ""
+  return (f"--config.{name}: the config has no field {name!r}.{hint} The fields are those of "
+          "the config file and of dnd_jax/configs.py's base_config.")
+
+
+_ABSENT = object()
+
+
+def _positive_int(config, name: str, problems: list[str]) -> None:
+  value = _get(config, name)
+  if value is _ABSENT:
+    return
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    problems.append(f"config.{name}={value!r} must be a positive whole number.")
+
+
+def _finite(config, name: str, problems: list[str], positive: bool = False) -> None:
+  value = _get(config, name)
+  if value is _ABSENT:
+    return
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  if not ok or (positive and value <= 0):
+    what = "a finite number above 0" if positive else "a finite number"
+    problems.append(f"config.{name}={value!r} must be {what}.")
+
+
+def _get(config, name: str) -> Any:
+  node = config
+  for part in name.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return _ABSENT
+    node = node[part]
+  return node
+
+
+def check(config, workdir: str | None = None) -> None:
+  """Raise `ConfigError` for the first values that cannot work (all problems in one message)."""
+  from dnd_jax.methods import METHODS  # noqa: PLC0415
+  from dnd_jax.data.sources import READERS, SOURCES  # noqa: PLC0415
+
+  problems: list[str] = []
+  for name in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint.every_epochs",
+               "checkpoint.keep", "log.refresh_steps"):
+    _positive_int(config, name, problems)
+  _positive_int(config, "steps_per_dispatch", problems)
+  _finite(config, "optim.lr", problems, positive=True)
+  for name in ("momentum", "weight_decay", "max_lr_factor", "base_lr_factor", "pct_start",
+               "div_factor", "final_div_factor", "base_momentum", "max_momentum"):
+    _finite(config, f"optim.{name}", problems)
+  for name in ("tau", "alpha", "beta", "jacobian_weight", "label_weight", "hinton_weight"):
+    _finite(config, f"method.{name}", problems)
+  if config.method.name not in METHODS:
+    problems.append(f"config.method.name={config.method.name!r} is not a method; use one of "
+                    f"{sorted(METHODS)}.")
+  if config.model.dtype not in DTYPES:
+    problems.append(f"config.model.dtype={config.model.dtype!r} is not supported; use one of "
+                    f"{list(DTYPES)}.")
+  for block in ("model", "teacher"):
+    if block not in config:
+      continue
+    depth, stem = config[block].get("depth"), config[block].get("stem")
+    if depth is not None and depth not in DEPTHS:
+      problems.append(f"config.{block}.depth={depth!r}: use one of {list(DEPTHS)}.")
+    if stem is not None and stem not in STEMS:
+      problems.append(f"config.{block}.stem={stem!r}: use one of {list(STEMS)}.")
+    if config[block].get("width") is not None:
+      _positive_int(config, f"{block}.width", problems)
+  data = config.data
+  if data.name not in READERS:
+    problems.append(f"config.data.name={data.name!r}: use one of {sorted(READERS)}.")
+  if data.source not in SOURCES:
+    problems.append(f"config.data.source={data.source!r}: use one of {list(SOURCES)}.")
+  fraction, val_fraction = data.get("fraction", 1.0), data.get("val_fraction", 0.0)
+  if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
+    problems.append(f"config.data.fraction={fraction!r} must be in (0, 1].")
+  if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
+    problems.append(f"config.data.val_fraction={val_fraction!r} must be in [0, 1).")
+  if data.get("image_size") is not None:
+    _positive_int(config, "data.image_size", problems)
+  if problems:
+    raise ConfigError(" ".join(problems))
+  if workdir is not None:
+    try:
+      run_folder.check_writable(workdir)
+    except run_folder.WorkdirError as e:
+      raise ConfigError(str(e)) from None

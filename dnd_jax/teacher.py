@@ -1,0 +1,171 @@
+"""The frozen teacher of a distillation run: provisioned (trained if missing) as its own step, then
+loaded with the architecture its `model.json` records.
+
+Provisioning is separate from the student's training: `scripts/train.py` and the reproduction grids
+call `provision` before `train_and_evaluate`, which only loads a teacher that exists. A teacher
+that a student run trains for itself gets the student's data (name, folder, source, checksums,
+image size, normalisation) and every data override of the command line (a share of the data, say),
+the student's width and stem (which stage-for-stage distillation needs), and any
+`config.teacher.{depth,width,stem}` that is set; it trains in its own workdir (the folder that `config.teacher.checkpoint` names as
+`<workdir>/model`), and never writes into a folder that holds another run.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import jax
+import ml_collections
+
+from dnd_jax import checkpoints, workdir as run_folder
+from dnd_jax.configs import load_config_file
+from dnd_jax.models import ResNet, build_model, init_variables
+
+ARCH_FIELDS = ("depth", "width", "stem")
+
+
+def _log(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def requested_architecture(config) -> dict:
+  """The teacher fields the config sets explicitly (None = take them from the teacher's record)."""
+  block = config.get("teacher", {})
+  return {k: block.get(k) for k in ARCH_FIELDS if block.get(k) is not None}
+
+
+def architecture_to_build(config) -> ml_collections.ConfigDict:
+  """depth, width and stem of a teacher that is about to be made (trained or imported): the
+  fields `config.teacher` sets, else the model block of `config.teacher.config`."""
+  arch = requested_architecture(config)
+  if len(arch) < len(ARCH_FIELDS) and config.teacher.get("config"):
+    model = load_config_file(config.teacher.config).model
+    arch = {**{k: model[k] for k in ARCH_FIELDS}, **arch}
+  missing = [k for k in ARCH_FIELDS if k not in arch]
+  if missing:
+    raise checkpoints.CheckpointError(
+        f"The teacher's {', '.join(missing)} are not known: set config.teacher.config to the "
+        f"teacher's config file, or set {', '.join('config.teacher.' + k for k in missing)}.")
+  return ml_collections.ConfigDict(arch)
+
+
+# What the data is, where and how it is read, and the input the networks see: a teacher trained
+# for a student run takes these from the student always (the teacher's features are computed on
+# the student's inputs). The rest of the data block (the share of the data, the augmentation) is
+# the teacher config's own recipe unless the command line overrides it for the student run.
+DATA_ALWAYS_INHERITED = ("name", "source", "dir", "cache_dir", "mirror", "verify_checksums",
+                         "image_size", "stored_size", "mean", "std")
+
+
+def config_for_training(config, overrides=()) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """The teacher's own config (`config.teacher.config`), with what the student run imposes on it:
+  the data fields of `DATA_ALWAYS_INHERITED`, every `data.*` field among `overrides` (the names
+  the command line set, e.g. "data.fraction"), the student's width and stem (which stage-for-stage
+  methods need) and any `config.teacher.{depth,width,stem}` that is set.
+
+  Returns the config and the inherited settings that differ from the teacher config's own, as
+  "field=value" strings for the message that says so.
+  """
+  teacher_config = load_config_file(config.teacher.config)
+  fields = set(DATA_ALWAYS_INHERITED)
+  fields |= {name.split(".", 1)[1].split(".")[0] for name in overrides if name.startswith("data.")}
+  wanted = {f"data.{k}": config.data[k] for k in sorted(fields) if k in config.data}
+  wanted.update({"model.width": config.model.width, "model.stem": config.model.stem})
+  wanted.update({f"model.{k}": v for k, v in requested_architecture(config).items()})
+  inherited = []
+  for name, value in wanted.items():
+    block, field = name.split(".")
+    if teacher_config[block].get(field) != value:
+      inherited.append(f"{name}={value!r}")
+      with teacher_config.unlocked():
+        teacher_config[block][field] = copy.deepcopy(value)
+  return teacher_config, inherited
+
+
+def _missing(config) -> str:
+  path = config.teacher.checkpoint
+  near = run_folder.nearby_models(path)
+  hint = f" Did you mean {near[0]!r}?" if near else ""
+  return f"Teacher checkpoint {path!r} not found (no {run_folder.MODEL_META} there).{hint}"
+
+
+def provision(config, train_fn=None, overrides=()) -> str | None:
+  """Make sure the teacher that `config` distils from exists, training it first if it may.
+
+  Returns the teacher's model path (None when the method needs no teacher). Training happens only
+  when `config.teacher.checkpoint` is missing, `config.teacher.config` names the config that
+  trains it, the path is a `<workdir>/model`, and that workdir holds no other run. `overrides`
+  are the names of the fields the command line set (see `config_for_training`).
+  """
+  from dnd_jax.methods import get_method  # noqa: PLC0415
+  if not get_method(config.method.name).needs_teacher:
+    return None
+  path = config.teacher.checkpoint
+  if run_folder.has_model(path):
+    return path
+  if not config.teacher.get("config"):
+    raise checkpoints.CheckpointError(
+        _missing(config) + " Train one with `python scripts/train.py --config "
+        "configs/teacher_<data>.py --workdir <dir>` and set --config.teacher.checkpoint=<dir>/model,"
+        " or import a PyTorch teacher with scripts/import_torch_teacher.py.")
+  teacher_workdir = run_folder.workdir_of_model(path)
+  if teacher_workdir is None:
+    raise checkpoints.CheckpointError(
+        _missing(config) + f" To train it here, point config.teacher.checkpoint at <a new "
+        f"workdir>/{run_folder.MODEL_DIR}.")
+  teacher_config, inherited = config_for_training(config, overrides)
+  return train_into(teacher_config, teacher_workdir, train_fn,
+                    why=f"Teacher checkpoint {path!r} not found: training the teacher first with "
+                        f"{config.teacher.config}", inherited=inherited)
+
+
+def train_into(teacher_config, teacher_workdir: str, train_fn=None, why: str = "Training the teacher",
+               inherited: list[str] = ()) -> str:
+  """Train `teacher_config` in `teacher_workdir` unless it holds that finished run already; return
+  the exported model's path. Refuses a folder that holds a different run (never writes there)."""
+  stored = run_folder.read_config(teacher_workdir)
+  if stored is not None and run_folder.has_progress(teacher_workdir):
+    changed = run_folder.config_changes(stored, teacher_config)
+    if changed or stored.get("method", {}).get("name") != teacher_config.method.name:
+      raise run_folder.WorkdirError(
+          f"{teacher_workdir} holds another run ({'; '.join(changed[:6]) or 'another method'}), "
+          "so the teacher is not trained there. Point config.teacher.checkpoint at "
+          f"<a new folder>/{run_folder.MODEL_DIR}, or at that run's model if it is the teacher.")
+  model_path = run_folder.model_dir(teacher_workdir)
+  if run_folder.is_finished(teacher_workdir) and run_folder.has_model(model_path):
+    return model_path
+  with_data = f", with the student's {', '.join(inherited)}" if inherited else ""
+  _log(f"{why} in {teacher_workdir}{with_data}.")
+  if train_fn is None:
+    from dnd_jax.train import train_and_evaluate as train_fn  # noqa: PLC0415
+  summary = train_fn(teacher_config, teacher_workdir)
+  if summary and "final_accuracy" in summary:
+    _log(f"Teacher trained: final accuracy {summary['final_accuracy']:.4f}.")
+  return model_path
+
+
+def load(config, num_classes: int, image_shape, dtype) -> tuple[ResNet, dict, dict]:
+  """The frozen teacher at `config.teacher.checkpoint`: the model built from its `model.json`
+  architecture (checked against any `config.teacher.{depth,width,stem}` that is set), its
+  variables, and its `model.json`."""
+  path = config.teacher.checkpoint
+  if not run_folder.has_model(path):
+    hint = (" `python scripts/train.py` trains it first from config.teacher.config; a library "
+            "caller runs `dnd_jax.teacher.provision(config)`." if config.teacher.get("config")
+            else " Train one with `python scripts/train.py --config configs/teacher_<data>.py "
+            "--workdir <dir>` and set --config.teacher.checkpoint=<dir>/model, or import a "
+            "PyTorch teacher with scripts/import_torch_teacher.py.")
+    raise checkpoints.CheckpointError(_missing(config) + hint)
+  saved = checkpoints.read_model_meta(path).get("architecture", {})
+  arch = {**{k: saved.get(k) for k in ARCH_FIELDS}, **requested_architecture(config)}
+  if any(arch[k] is None for k in ARCH_FIELDS):
+    raise checkpoints.CheckpointError(
+        f"{run_folder.model_meta_path(path)} records no architecture ({saved}); re-export the "
+        "teacher, or set config.teacher.depth, .width and .stem.")
+  spec = ml_collections.ConfigDict({**arch, "dtype": config.model.dtype})
+  model = build_model(spec, num_classes, dtype)
+  expected = checkpoints.architecture(spec, num_classes, image_shape)
+  abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_shape))
+  variables, meta = checkpoints.load_model(path, expected, abstract)
+  return model, variables, meta

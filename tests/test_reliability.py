@@ -1,0 +1,255 @@
+"""What a user can rely on after a bad input, a kill, a Ctrl-C or a crash (issue 14), at tiny size:
+one `error:` line and exit code 2 with nothing written, one run per workdir, resume past a damaged
+checkpoint, summaries that count the whole run and are never rewritten, and a teacher that a
+student run trains for itself on the student's settings, in its own folder."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import tiny_config
+from dnd_jax import checkpoints, teacher, workdir as run_folder
+from dnd_jax.train import train_and_evaluate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.model.width=4", "--config.data.image_size=8", "--config.data.fraction=0.05",
+        "--config.batch_size=32", "--config.log.progress_bar=False", "--config.eval_batch_size=1000"]
+
+
+def cli(workdir, *overrides, config="teacher_fashion.py", popen=False):
+  args = [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--config",
+          os.path.join(REPO, "configs", config) if "/" not in config else config,
+          "--workdir", str(workdir), *TINY, *overrides]
+  if popen:
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+
+# --- bad input: one error line, exit code 2, nothing written ------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, expected", [
+    (["--config.no_such=1"], "no field 'no_such'"),
+    (["--config.workdir=x"], "Use --workdir=<dir>"),
+    (["--config.optim.lrr=0.1"], "Did you mean --config.optim.lr"),
+    (["--config.lr=0.1"], "Did you mean --config.optim.lr"),
+    (["--config.batch_size=0"], "config.batch_size=0 must be a positive whole number"),
+    (["--config.batch_size=-8"], "config.batch_size=-8 must be a positive whole number"),
+    (["--config.batch_size=abc"], "--config.batch_size=abc"),
+    (["--config.num_epochs=0"], "config.num_epochs=0 must be a positive whole number"),
+    (["--config.optim.lr=nan"], "config.optim.lr=nan must be a finite number above 0"),
+    (["--config=configs/no_such_config.py"], "config file 'configs/no_such_config.py' not found"),
+    (["--config.data.dir=/nowhere/fashion"], "/nowhere/fashion"),
+])
+def test_bad_input_is_one_error_line_exit_2_and_writes_nothing(tmp_path, args, expected):
+  result = cli(tmp_path / "run", *args)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  errors = [line for line in lines if line.startswith("error:")]
+  assert len(errors) == 1 and expected in errors[0], result.stderr
+  assert "Traceback" not in result.stderr
+  if "data.dir" not in args[0]:  # found before any work: nothing is written
+    assert not (tmp_path / "run").exists()
+  else:  # found while loading data: no record that a later run would take for a changed config
+    assert run_folder.read_metrics(str(tmp_path / "run")) == []
+
+
+@pytest.mark.slow
+def test_unwritable_workdir_is_one_error_line(tmp_path):
+  (tmp_path / "file").write_text("")
+  result = cli(tmp_path / "file" / "run")  # unwritable even for root
+  assert result.returncode == 2
+  assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+      f"error: --workdir '{tmp_path / 'file' / 'run'}' cannot be created: {tmp_path / 'file'} is a "
+      "file. Choose another --workdir."]
+
+
+def test_config_check_names_every_bad_value():
+  from dnd_jax import config_check  # noqa: PLC0415
+  config = tiny_config("teacher", batch_size=0, num_epochs=-1, **{"optim.lr": float("inf")})
+  with pytest.raises(config_check.ConfigError) as info:
+    config_check.check(config)
+  for text in ("batch_size=0", "num_epochs=-1", "optim.lr=inf"):
+    assert text in str(info.value)
+  config_check.check(tiny_config("teacher"))  # a good config passes
+
+
+# --- one run per workdir ------------------------------------------------------------------------
+
+
+def test_a_live_run_holds_the_workdir_and_a_stale_lock_is_taken_over(tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  with run_folder.lock(workdir):
+    with pytest.raises(run_folder.WorkdirError, match=f"in use by another run \\(pid {os.getpid()}"
+                                                      ".*started 20"):
+      train_and_evaluate(tiny_config("teacher", num_epochs=1), workdir)
+  assert not os.path.exists(run_folder.metrics_path(workdir))
+  # a run killed while holding it: the kernel dropped its flock, its record stays behind
+  with open(os.path.join(workdir, run_folder.LOCK_FILE), "w") as f:
+    json.dump({"pid": 999999, "host": "h", "started": "2026-11-26T10:00:00"}, f)
+  capsys.readouterr()
+  with run_folder.lock(workdir):
+    pass
+  assert "Taking over the lock of an earlier run" in capsys.readouterr().err
+  with run_folder.lock(workdir):  # released cleanly: nothing to say
+    pass
+  assert "Taking over" not in capsys.readouterr().err
+
+
+# --- resume, summaries, finished runs -----------------------------------------------------------
+
+
+def _damage(step_dir):
+  """Overwrite the array data of a checkpoint with zeros (its metadata and structure stay)."""
+  damaged = 0
+  for root, _, names in os.walk(os.path.join(step_dir, "state")):
+    if os.path.basename(root) == "d":  # TensorStore's data files
+      for name in names:
+        path = os.path.join(root, name)
+        with open(path, "r+b") as f:
+          f.write(b"\0" * os.path.getsize(path))
+        damaged += 1
+  assert damaged
+
+
+def test_resume_skips_a_damaged_checkpoint_and_counts_the_whole_run(tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  first = train_and_evaluate(tiny_config("teacher", num_epochs=2), workdir)
+  ckpt_dir = run_folder.checkpoints_dir(workdir)
+  steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
+  assert len(steps) == 2
+  _damage(os.path.join(ckpt_dir, str(steps[-1])))
+  os.remove(run_folder.summary_path(workdir))  # as if killed after its last checkpoint
+  capsys.readouterr()
+  t0 = time.perf_counter()
+  resumed = train_and_evaluate(tiny_config("teacher", num_epochs=2), workdir)
+  second_process_s = time.perf_counter() - t0
+  err = capsys.readouterr().err
+  assert f"Skipped the checkpoint at step {steps[-1]}: it does not restore" in err
+  assert f"Resuming {workdir} from epoch 1 (step {steps[0]})" in err
+  assert os.path.isdir(os.path.join(workdir, "checkpoints_skipped", str(steps[-1])))
+  assert [r["epoch"] for r in run_folder.read_metrics(workdir)] == [1, 2]
+  # the wall time counts the first process (up to its epoch-1 checkpoint) too
+  assert resumed["wall_time_s"] > second_process_s + 0.2 * first["wall_time_s"]
+
+  # every checkpoint damaged: one clear error that says how to start over, nothing moved
+  for s in os.listdir(ckpt_dir):
+    if s.isdigit():
+      _damage(os.path.join(ckpt_dir, s))
+  os.remove(run_folder.summary_path(workdir))
+  with pytest.raises(checkpoints.CheckpointError, match="No checkpoint in .* restores .*step"):
+    train_and_evaluate(tiny_config("teacher", num_epochs=2), workdir)
+
+
+def test_a_failed_run_then_a_finished_one_then_a_rerun(tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  with pytest.raises(ValueError, match="nowhere"):
+    train_and_evaluate(tiny_config("teacher", num_epochs=1, **{"data.dir": "/nowhere"}), workdir)
+  capsys.readouterr()
+  summary = train_and_evaluate(tiny_config("teacher", num_epochs=1), workdir)
+  assert "config differs" not in capsys.readouterr().err  # the failed run computed nothing
+  before = open(run_folder.summary_path(workdir)).read()
+  mtime = os.stat(run_folder.summary_path(workdir)).st_mtime_ns
+  again = train_and_evaluate(tiny_config("teacher", num_epochs=1), workdir)
+  out = capsys.readouterr()
+  assert again == summary and "not training it again" in out.err and "== teacher" in out.out
+  assert open(run_folder.summary_path(workdir)).read() == before
+  assert os.stat(run_folder.summary_path(workdir)).st_mtime_ns == mtime
+  with pytest.raises(run_folder.WorkdirError, match="finished run with another config .*optim.lr"):
+    train_and_evaluate(tiny_config("teacher", num_epochs=1, **{"optim.lr": 0.5}), workdir)
+  assert open(run_folder.summary_path(workdir)).read() == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_where_it_stopped_and_the_rerun_resumes(tmp_path):
+  workdir = tmp_path / "run"
+  proc = cli(workdir, "--config.num_epochs=3", popen=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    ckpts = run_folder.checkpoints_dir(str(workdir))
+    if os.path.isdir(ckpts) and any(s.isdigit() for s in os.listdir(ckpts)):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert not run_folder.is_finished(str(workdir)), "the run finished before it was interrupted"
+  assert proc.returncode == 130, err
+  assert "Traceback" not in err
+  done = len(run_folder.read_metrics(str(workdir)))
+  assert (f"interrupted at epoch {done + 1}; rerun the same command to resume" in err or
+          f"interrupted at epoch {done}; rerun the same command to resume" in err), err
+  result = cli(workdir, "--config.num_epochs=3")
+  assert result.returncode == 0, result.stderr
+  assert "Resuming" in result.stderr and "Taking over" not in result.stderr
+  assert [r["epoch"] for r in run_folder.read_metrics(str(workdir))] == [1, 2, 3]
+
+
+# --- the teacher a student run trains for itself ------------------------------------------------
+
+
+def _teacher_config_file(tmp_path):
+  path = tmp_path / "teacher_cfg.py"
+  path.write_text("from dnd_jax.configs import base_config\n\n"
+                  "def get_config():\n  c = base_config('fashion_mnist', 'teacher')\n"
+                  "  c.num_epochs = 1\n  return c\n")
+  return str(path)
+
+
+def test_a_missing_teacher_is_trained_on_the_students_data_in_its_own_workdir(tmp_path, capsys):
+  student = tiny_config("pdnd", **{"teacher.checkpoint": str(tmp_path / "t" / "model"),
+                                   "teacher.config": _teacher_config_file(tmp_path),
+                                   "data.dir": str(tmp_path / "my_fashion"), "model.width": 8})
+  student.teacher.width = None  # nothing set for the teacher: its width follows the student's
+  calls = []
+  path = teacher.provision(student, train_fn=lambda c, w: calls.append((c, w)) or {},
+                           overrides=["data.dir", "data.fraction", "model.width"])
+  assert path == student.teacher.checkpoint
+  [(config, workdir)] = calls
+  assert workdir == str(tmp_path / "t")
+  assert config.method.name == "teacher" and config.num_epochs == 1
+  assert config.data.to_dict() == student.data.to_dict()  # dir, fraction, image size, ...
+  assert (config.model.width, config.model.depth, config.model.stem) == (8, 34, "cifar")
+  err = capsys.readouterr().err
+  for text in ("training the teacher first", "data.dir=", "data.fraction=0.05",
+               "data.image_size=8", "model.width=8"):
+    assert text in err
+  # a share of the data that the student's config file chose (not the command line) is the
+  # student's own: the teacher keeps its config's (all the data, as the quickstart's teacher)
+  calls.clear()
+  teacher.provision(student, train_fn=lambda c, w: calls.append((c, w)) or {},
+                    overrides=["data.dir"])
+  [(config, _)] = calls
+  assert config.data.fraction == 1.0 and config.data.dir == student.data.dir
+  assert config.data.image_size == 8
+
+
+def test_a_mistyped_teacher_path_never_touches_another_run(tmp_path):
+  finished = tmp_path / "teacher_run"
+  finished.mkdir()
+  (finished / "model").mkdir()
+  (finished / "model" / "model.json").write_text("{}")
+  (finished / "summary.json").write_text('{"epochs": 1}')
+  (finished / "metrics.jsonl").write_text('{"epoch": 1}\n')
+  (finished / "config.json").write_text(tiny_config("kd").to_json())
+  before = {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()}
+  never = lambda c, w: pytest.fail(f"trained into {w}")  # noqa: E731
+  typo = tiny_config("dnd", **{"teacher.checkpoint": str(finished / "modle"),
+                               "teacher.config": _teacher_config_file(tmp_path)})
+  with pytest.raises(checkpoints.CheckpointError, match="Did you mean .*teacher_run/model"):
+    teacher.provision(typo, train_fn=never)
+  # a <workdir>/model path whose workdir holds another run (a finished KD student, say)
+  other = tiny_config("dnd", **{"teacher.checkpoint": str(tmp_path / "kd_run" / "model"),
+                                "teacher.config": _teacher_config_file(tmp_path)})
+  os.rename(finished / "model", tmp_path / "moved")
+  os.rename(finished, tmp_path / "kd_run")
+  with pytest.raises(run_folder.WorkdirError, match="holds another run"):
+    teacher.provision(other, train_fn=never)
+  after = {p: p.read_bytes() for p in (tmp_path / "kd_run").rglob("*") if p.is_file()}
+  assert sorted(p.name for p in after) == sorted(p.name for p in before if p.parent == finished)
