@@ -163,6 +163,11 @@ def make_train_step(*, model: ResNet, teacher: ResNet | None, method: Method,
   one after another (`sequential_group_grads`): the same update, a lower peak memory.
   `batch_sharding` splits the batch over the mesh's devices; the step itself is written for the
   global batch, so BatchNorm statistics are those of the global batch.
+
+  Compiled in are only shapes and structure: `batch_size`, `steps_per_epoch` (the training set's
+  size over the batch: the epoch's permutation has that many batches), the models, the partition.
+  What differs between runs of one config (epoch budget, learning rate, seed) reaches the step
+  through `state` (`dnd_jax.optim`, `TrainState.rng`), so such runs share one compiled program.
   """
   if batch_sharding is not None:
     parallel.check_batch_divides(batch_size, batch_sharding.mesh)

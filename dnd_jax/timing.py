@@ -1,6 +1,7 @@
 """Where a run's wall time goes: startup, compile, train, eval, checkpoint, teacher training.
 
-startup           reading the data, building the models, restoring a checkpoint, placing arrays
+startup           reading the data, building and initialising the models (compiling the
+                  initialiser included), restoring a checkpoint, placing arrays on the device
 compile           lowering and compiling the steps and evaluations (or loading them from the
                   persistent compilation cache)
 train             the training steps, measured per epoch up to the epoch's last step
