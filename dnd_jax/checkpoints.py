@@ -7,17 +7,23 @@ architecture in `model.json` (what a distillation config loads its teacher from)
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a run killed
 mid-save leaves the previous checkpoint intact; a checkpoint damaged later (a disk error, a copy cut
 short) is moved aside on resume and the run continues from the newest intact one.
+
+`model.json` also records what its accuracy was measured on (`evaluation_record`), so that a
+distillation run can take its teacher's accuracy from there instead of compiling an evaluation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import shutil
 import sys
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from dnd_jax import workdir as run_folder
@@ -34,6 +40,31 @@ def architecture(model_config, num_classes: int, image_shape) -> dict:
   return {"depth": int(model_config.depth), "width": int(model_config.width),
           "stem": str(model_config.stem), "num_classes": int(num_classes),
           "in_channels": int(image_shape[-1])}
+
+
+def evaluation_record(dataset, dtype: str) -> dict:
+  """What an evaluation accuracy is measured on: the evaluation split's images and labels (their
+  SHA-256, with their count, shape and split for a reader), the normalisation, the compute dtype.
+
+  The digest rather than the data config: whatever settings produced them (fraction, subset_seed
+  and val_fraction only matter for a validation split; the folder the files came from not at
+  all), equal arrays give equal accuracies. Hashing CIFAR-100's test set takes milliseconds.
+  """
+  digest = hashlib.sha256()
+  for array in (dataset.eval_images, dataset.eval_labels):
+    digest.update(np.ascontiguousarray(array).data)
+  return {"data": dataset.name, "split": dataset.eval_split, "examples": len(dataset.eval_labels),
+          "image_shape": list(dataset.image_shape), "mean": [float(m) for m in dataset.mean],
+          "std": [float(s) for s in dataset.std], "dtype": str(dtype),
+          "sha256": digest.hexdigest()}
+
+
+def recorded_accuracy(meta: dict, record: dict) -> float | None:
+  """The accuracy in a model.json (`read_model_meta`) if it was measured on `record`, else None."""
+  accuracy = meta.get("accuracy")
+  if meta.get("evaluation") != record or not isinstance(accuracy, (int, float)):
+    return None
+  return float(accuracy) if math.isfinite(accuracy) else None
 
 
 def save_model(path: str, variables: dict, arch: dict, info: dict | None = None) -> None:
@@ -85,14 +116,27 @@ def load_model(path: str, arch: dict, abstract_variables: Any) -> tuple[dict, di
 
 
 class TrainCheckpoints:
-  """Periodic training-state checkpoints (last `keep`) and the best model, with resume."""
+  """Periodic training-state checkpoints (last `keep`) and the best model, with resume.
+
+  Saving overlaps training: `save` and `save_best` return once Orbax has copied the arrays to host
+  memory, and a background thread writes the files, deletes checkpoints beyond `keep` and commits
+  (renames) the new one while the next epoch trains; a save first waits for the previous one,
+  long finished by then. The training step donates the state's buffers, so the copy must be
+  complete before the next step runs: with Orbax's default transfer settings (no
+  `save_device_host_concurrent_gb` limit) every array's device-to-host copy is synchronous, i.e.
+  done when `save` returns (tests/test_critical_path.py donates right after a save and restores
+  the saved values). A run killed mid-write leaves only an uncommitted temporary folder and
+  resumes from the previous checkpoint. `wait` before reading a checkpoint back or exiting.
+  """
 
   def __init__(self, workdir: str, keep: int):
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    def options(max_to_keep):
+      return ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                          enable_async_checkpointing=True)
+
     self.workdir = workdir
-    self.state = ocp.CheckpointManager(run_folder.checkpoints_dir(workdir), options=options)
-    self.best = ocp.CheckpointManager(run_folder.best_dir(workdir),
-                                      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    self.state = ocp.CheckpointManager(run_folder.checkpoints_dir(workdir), options=options(keep))
+    self.best = ocp.CheckpointManager(run_folder.best_dir(workdir), options=options(1))
 
   def latest_step(self) -> int | None:
     return self.state.latest_step()

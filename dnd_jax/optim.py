@@ -13,12 +13,20 @@ every value here equals PyTorch's at every step (tests check against torch itsel
   cycle; momentum between max_momentum and base_momentum, opposite to the lr.
 
 Optax step `i` (the i-th update, counting from 0) uses PyTorch's `scheduler.last_epoch == i`.
+
+Compile once, run many: the numbers that differ between runs (the schedule's length, hence the
+phase boundaries; the learning rates; the momentum range; weight decay) are held in the optimiser
+state as float32 arrays (`RuntimeSchedule`, and Optax's injected hyperparameters), not compiled
+into the update. Runs that differ in epoch budget, learning rate or seed (the augmentation key is
+in the train state too) therefore run the same compiled step, and a second such run finds it in
+the persistent compilation cache. Only the kind of schedule and whether momentum cycles are static.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -31,16 +39,20 @@ def _cos_anneal(start, end, pct):
   return end + (start - end) * jnp.square(jnp.cos(jnp.pi * pct / 2.0))
 
 
-def one_cycle(total_steps: int, max_lr: float, pct_start: float = 0.3, div_factor: float = 25.0,
-              final_div_factor: float = 1e4, base_momentum: float = 0.85,
-              max_momentum: float = 0.95) -> tuple[Schedule, Schedule]:
-  """(learning rate, momentum) schedules equal to torch's OneCycleLR(anneal_strategy="cos")."""
-  if total_steps < 2:
+def one_cycle(total_steps, max_lr, pct_start=0.3, div_factor=25.0, final_div_factor=1e4,
+              base_momentum=0.85, max_momentum=0.95) -> tuple[Schedule, Schedule]:
+  """(learning rate, momentum) schedules equal to torch's OneCycleLR(anneal_strategy="cos").
+
+  Any argument may be a traced value. Python numbers give PyTorch's double-precision phase
+  boundary; float32 ones may put it a rounding error away, which moves no value measurably since
+  both phases meet at max_lr there.
+  """
+  if isinstance(total_steps, (int, float)) and total_steps < 2:
     raise ValueError(f"OneCycle needs at least 2 steps, got total_steps={total_steps}.")
   initial_lr = max_lr / div_factor
   min_lr = initial_lr / final_div_factor
-  warm_end = float(pct_start * total_steps) - 1.0
-  last = float(total_steps - 1)
+  warm_end = pct_start * total_steps - 1.0
+  last = total_steps - 1.0
 
   def phase_pct(step):
     step = jnp.asarray(step, jnp.float32)
@@ -61,12 +73,14 @@ def one_cycle(total_steps: int, max_lr: float, pct_start: float = 0.3, div_facto
   return lr, momentum
 
 
-def cyclic_triangular2(step_size_up: float, base_lr: float, max_lr: float,
-                       base_momentum: float = 0.8, max_momentum: float = 0.9,
-                       step_size_down: float | None = None) -> tuple[Schedule, Schedule]:
-  """(learning rate, momentum) schedules equal to torch's CyclicLR(mode="triangular2")."""
-  up = float(step_size_up)
-  down = float(step_size_down) if step_size_down is not None else up
+def cyclic_triangular2(step_size_up, base_lr, max_lr, base_momentum=0.8, max_momentum=0.9,
+                       step_size_down=None) -> tuple[Schedule, Schedule]:
+  """(learning rate, momentum) schedules equal to torch's CyclicLR(mode="triangular2").
+
+  Any argument may be a traced value.
+  """
+  up = step_size_up
+  down = step_size_down if step_size_down is not None else up
   total = up + down
   step_ratio = up / total
 
@@ -95,35 +109,108 @@ def torch_sgd(learning_rate, momentum, weight_decay: float) -> optax.GradientTra
                      optax.scale_by_learning_rate(learning_rate))
 
 
-def make_schedules(optim_config, total_steps: int, phase_steps: int) -> tuple[Schedule, Schedule]:
-  """The config's (lr, momentum) schedules.
+def constant(lr, momentum) -> tuple[Schedule, Schedule]:
+  """A fixed learning rate and momentum."""
+  return (lambda step: jnp.asarray(lr, jnp.float32),
+          lambda step: jnp.asarray(momentum, jnp.float32))
+
+
+SCHEDULES = {"onecycle": one_cycle, "cyclic": cyclic_triangular2, "constant": constant}
+
+
+def schedule_arguments(optim_config, total_steps: int, phase_steps: float) -> dict[str, float]:
+  """The keyword arguments of the config's schedule (`SCHEDULES[optim_config.schedule]`).
 
   `phase_steps` is the length of one Progressive-DnD phase; the cyclic schedule puts one
   triangle in each phase (docs/design.md section 2), so its step_size_up is half a phase.
   """
   name = optim_config.schedule
   lr = float(optim_config.lr)
+  momenta = dict(base_momentum=float(optim_config.base_momentum),
+                 max_momentum=float(optim_config.max_momentum))
   if name == "onecycle":
-    return one_cycle(total_steps, max_lr=optim_config.max_lr_factor * lr,
-                     pct_start=optim_config.pct_start, div_factor=optim_config.div_factor,
-                     final_div_factor=optim_config.final_div_factor,
-                     base_momentum=optim_config.base_momentum,
-                     max_momentum=optim_config.max_momentum)
+    return dict(total_steps=float(total_steps), max_lr=optim_config.max_lr_factor * lr,
+                pct_start=float(optim_config.pct_start), div_factor=float(optim_config.div_factor),
+                final_div_factor=float(optim_config.final_div_factor), **momenta)
   if name == "cyclic":
-    return cyclic_triangular2(phase_steps / 2.0, base_lr=optim_config.base_lr_factor * lr,
-                              max_lr=optim_config.max_lr_factor * lr,
-                              base_momentum=optim_config.base_momentum,
-                              max_momentum=optim_config.max_momentum)
+    return dict(step_size_up=phase_steps / 2.0, base_lr=optim_config.base_lr_factor * lr,
+                max_lr=optim_config.max_lr_factor * lr, **momenta)
   if name == "constant":
-    return (lambda step: jnp.full((), lr, jnp.float32),
-            lambda step: jnp.full((), optim_config.momentum, jnp.float32))
+    return dict(lr=lr, momentum=float(optim_config.momentum))
   raise ValueError(f"Unknown schedule {name!r}; use 'onecycle', 'cyclic' or 'constant'.")
 
 
-def make_optimizer(optim_config, total_steps: int, phase_steps: int) -> optax.GradientTransformation:
-  lr, momentum = make_schedules(optim_config, total_steps, phase_steps)
+def make_schedules(optim_config, total_steps: int, phase_steps: float) -> tuple[Schedule, Schedule]:
+  """The config's (lr, momentum) schedules as functions of the step, for use on the host (the
+  compiled step reads the same values from its optimiser state)."""
+  lr, momentum = SCHEDULES[optim_config.schedule](
+      **schedule_arguments(optim_config, total_steps, phase_steps))
   if not optim_config.get("cycle_momentum", True):
     fixed = float(optim_config.momentum)
-    momentum = lambda step: jnp.full((), fixed, jnp.float32)  # noqa: E731
-  return torch_sgd(learning_rate=lr, momentum=momentum, weight_decay=optim_config.weight_decay)
+    momentum = lambda step: jnp.asarray(fixed, jnp.float32)  # noqa: E731
+  return lr, momentum
 
+
+class RuntimeScheduleState(NamedTuple):
+  count: jax.Array  # updates done so far: PyTorch's scheduler.last_epoch
+  arguments: dict[str, jax.Array]  # the schedule's keyword arguments, float32
+
+
+class RuntimeSchedule(optax.schedules.StatefulSchedule):
+  """One of a schedule's (lr, momentum) pair, with the schedule's arguments held in its state.
+
+  For `optax.inject_hyperparams`: `init` puts `arguments` into the optimiser state, and the value
+  at each update is computed from the state alone, so the compiled update is the same whatever
+  the arguments are.
+  """
+
+  def __init__(self, schedule: str, which: int, arguments: dict[str, float]):
+    self.schedule, self.which, self.arguments = schedule, which, arguments
+
+  def init(self) -> RuntimeScheduleState:
+    return RuntimeScheduleState(
+        count=jnp.zeros([], jnp.int32),
+        arguments={k: jnp.asarray(v, jnp.float32) for k, v in self.arguments.items()})
+
+  def update(self, state: RuntimeScheduleState, **extra_args) -> RuntimeScheduleState:
+    return state._replace(count=optax.safe_increment(state.count))
+
+  def __call__(self, state: RuntimeScheduleState, **extra_args) -> jax.Array:
+    return SCHEDULES[self.schedule](**state.arguments)[self.which](state.count)
+
+
+def make_optimizer(optim_config, total_steps: int, phase_steps: float) -> optax.GradientTransformation:
+  """The config's SGD and schedules, with every number of them in the optimiser state."""
+  arguments = schedule_arguments(optim_config, total_steps, phase_steps)
+  name = optim_config.schedule
+  momentum = RuntimeSchedule(name, 1, arguments)
+  if not optim_config.get("cycle_momentum", True):
+    momentum = float(optim_config.momentum)  # an injected hyperparameter: also in the state
+  return torch_sgd(learning_rate=RuntimeSchedule(name, 0, arguments), momentum=momentum,
+                   weight_decay=float(optim_config.weight_decay))
+
+
+def with_config_hyperparameters(restored: Any, fresh: Any) -> Any:
+  """A restored optimiser state with the schedule arguments and hyperparameters of `fresh`.
+
+  `fresh` is `tx.init(...)` for the current config. A resumed run may change the budget or the
+  learning rate (that is how a run is extended); its schedule then continues from the restored
+  step count under the new arguments, as when the schedule was compiled in. Counts and momentum
+  buffers stay as restored.
+  """
+  def is_node(x):
+    return isinstance(x, (RuntimeScheduleState, optax.InjectStatefulHyperparamsState))
+
+  def pick(old, new):
+    if isinstance(old, RuntimeScheduleState):
+      return old._replace(arguments=new.arguments)
+    if isinstance(old, optax.InjectStatefulHyperparamsState):
+      numeric = {k: new.hyperparams[k] for k in old.hyperparams if k not in old.hyperparams_states}
+      return old._replace(
+          hyperparams={**old.hyperparams, **numeric},
+          hyperparams_states=with_config_hyperparameters(old.hyperparams_states,
+                                                         new.hyperparams_states),
+          inner_state=with_config_hyperparameters(old.inner_state, new.inner_state))
+    return old
+
+  return jax.tree.map(pick, restored, fresh, is_leaf=is_node)

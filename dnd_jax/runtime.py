@@ -7,18 +7,43 @@ import os
 import jax
 from absl import logging
 
+CACHE_ENV = "DND_JAX_COMPILATION_CACHE"
+_OFF = {"", "0", "off", "false", "no", "none"}
+
+
+def default_cache_dir() -> str:
+  """<$DND_JAX_CACHE or ~/.cache/dnd_jax>/jax_cache: beside the data caches, stable across runs."""
+  root = os.environ.get("DND_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                         "dnd_jax")
+  return os.path.join(root, "jax_cache")
+
+
+def enable_compilation_cache() -> str | None:
+  """Turn on JAX's persistent compilation cache; returns its folder, or None when off.
+
+  A run's steps do not depend on its epoch budget, learning rate or seed (`dnd_jax.optim`), so a
+  second run of a config (or a resumed one) loads them from this cache instead of compiling; on a
+  GPU it also keeps XLA's autotuning results. $DND_JAX_COMPILATION_CACHE names another folder, or
+  turns the cache off with "0", "off" or "". A folder the process already chose (JAX's own
+  `jax_compilation_cache_dir`, e.g. from $JAX_COMPILATION_CACHE_DIR) is left as it is.
+  Called by `train_and_evaluate`, so a library caller gets the cache too; it takes effect for
+  compilations after the call.
+  """
+  current = jax.config.jax_compilation_cache_dir
+  if current:
+    return current
+  setting = os.environ.get(CACHE_ENV)
+  if setting is not None and setting.strip().lower() in _OFF:
+    return None
+  path = setting or default_cache_dir()
+  jax.config.update("jax_compilation_cache_dir", path)
+  return path
+
 
 def setup_runtime() -> None:
-  """Start multi-host JAX when the environment asks for it, and cache compiled steps on disk.
-
-  The persistent compilation cache (also holding XLA's GPU autotuning results) makes a resumed
-  or repeated run skip most of its compile time.
-  """
+  """Start multi-host JAX when the environment asks for it, quieten Orbax, and turn on the
+  persistent compilation cache (`enable_compilation_cache`)."""
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("DND_JAX_DISTRIBUTED"):
     jax.distributed.initialize()
-  cache = os.environ.get("DND_JAX_COMPILATION_CACHE",
-                         os.path.join(os.path.expanduser("~"), ".cache", "dnd_jax", "jax_cache"))
-  if cache:
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  enable_compilation_cache()

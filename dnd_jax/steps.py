@@ -163,6 +163,11 @@ def make_train_step(*, model: ResNet, teacher: ResNet | None, method: Method,
   one after another (`sequential_group_grads`): the same update, a lower peak memory.
   `batch_sharding` splits the batch over the mesh's devices; the step itself is written for the
   global batch, so BatchNorm statistics are those of the global batch.
+
+  Compiled in are only shapes and structure: `batch_size`, `steps_per_epoch` (the training set's
+  size over the batch: the epoch's permutation has that many batches), the models, the partition.
+  What differs between runs of one config (epoch budget, learning rate, seed) reaches the step
+  through `state` (`dnd_jax.optim`, `TrainState.rng`), so such runs share one compiled program.
   """
   if batch_sharding is not None:
     parallel.check_batch_divides(batch_size, batch_sharding.mesh)
@@ -258,17 +263,43 @@ def zero_metrics_like(step_fn, state, *args) -> dict:
   return {k: np.zeros((), np.float32) for k in shapes}
 
 
-def make_evaluate(model: ResNet, data_config, mean, std, batch_size: int):
+AUTO_EVAL_BATCH_WITHOUT_MEMORY_STATS = 500
+
+
+def eval_batch_size(num_images: int, image_shape, model: ResNet, device=None) -> int:
+  """An evaluation batch sized for the device: what `config.eval_batch_size = 0` means.
+
+  An inference pass keeps few activations alive at once; the largest per image is at most
+  H x W x width values (stage 1 at the input's resolution). The batch gives each image eight of
+  those, within an eighth of the device's memory (its `bytes_limit`, fixed per device kind, so
+  the size and hence the compiled evaluation do not change from run to run); a device that
+  reports no limit (a CPU) gets 500. The evaluation set is then cut into equal batches, so that
+  padding the last one costs less than one image per batch.
+  """
+  device = device or jax.local_devices()[0]
+  stats = device.memory_stats() or {}
+  cap = AUTO_EVAL_BATCH_WITHOUT_MEMORY_STATS
+  if stats.get("bytes_limit"):
+    h, w, c = image_shape
+    per_image = 8 * h * w * max(model.width, c) * np.dtype(model.dtype).itemsize
+    cap = max(int(stats["bytes_limit"] / 8 // per_image), 8)
+  batches = max(-(-num_images // cap), 1)
+  return max(-(-num_images // batches), 1)
+
+
+def make_evaluate(model: ResNet, data_config, mean, std, batch_size: int = 0):
   """(variables, images_u8, labels) -> (number correct, summed CE) over padded batches.
 
   The evaluation set is padded to whole batches with label -1, which never counts as correct and
-  is masked out of the loss; `lax.map` runs every batch in one dispatch.
+  is masked out of the loss; `lax.map` runs every batch in one dispatch. `batch_size` 0 sizes the
+  batch for the device (`eval_batch_size`).
   """
 
   def evaluate(variables, images_u8, labels):
     n = images_u8.shape[0]
-    nb = -(-n // batch_size)
-    pad = nb * batch_size - n
+    size = batch_size if batch_size > 0 else eval_batch_size(n, images_u8.shape[1:], model)
+    nb = -(-n // size)
+    pad = nb * size - n
     images_u8 = jnp.pad(images_u8, ((0, pad),) + ((0, 0),) * (images_u8.ndim - 1))
     labels = jnp.pad(labels, (0, pad), constant_values=-1)
 
@@ -280,8 +311,8 @@ def make_evaluate(model: ResNet, data_config, mean, std, batch_size: int):
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(y, 0))
       return correct, jnp.sum(jnp.where(valid, ce, 0.0))
 
-    correct, ce = jax.lax.map(one_batch, (images_u8.reshape(nb, batch_size, *images_u8.shape[1:]),
-                                          labels.reshape(nb, batch_size)))
+    correct, ce = jax.lax.map(one_batch, (images_u8.reshape(nb, size, *images_u8.shape[1:]),
+                                          labels.reshape(nb, size)))
     return jnp.sum(correct), jnp.sum(ce)
 
   return evaluate

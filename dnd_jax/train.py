@@ -26,12 +26,13 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from dnd_jax import checkpoints, config_check, freeze, parallel, steps, teacher as teacher_lib
-from dnd_jax import workdir as run_folder
+from dnd_jax import checkpoints, config_check, freeze, parallel, runtime, steps
+from dnd_jax import teacher as teacher_lib, workdir as run_folder
 from dnd_jax.data import load_dataset
 from dnd_jax.methods import Method, get_method
 from dnd_jax.models import ResNet, build_model, init_variables, stage_output_shapes
-from dnd_jax.optim import make_optimizer, make_schedules
+from dnd_jax.optim import make_optimizer, make_schedules, with_config_hyperparameters
+from dnd_jax.timing import PARTS, TimeSplit
 from dnd_jax.workdir import append_metrics, read_metrics, write_metrics  # noqa: F401 (re-exported)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -151,7 +152,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  wall_start = time.perf_counter()
+  clock = TimeSplit()
+  runtime.enable_compilation_cache()
   run_folder.record_config(config, workdir)
 
   method = get_method(config.method.name)
@@ -172,6 +174,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                      f"({n_train} images); lower it or raise data.fraction.")
   total_steps = steps_per_epoch * config.num_epochs
   phase_starts = method.phase_starts(total_steps)
+  # The schedule's length and learning rates live in the optimiser state, not in the compiled
+  # step, so other budgets, learning rates and seeds reuse the same programs (dnd_jax.optim).
   tx = freeze.mask_optimizer(make_optimizer(config.optim, total_steps,
                                             total_steps / len(method.phases)), method)
   lr_schedule, _ = make_schedules(config.optim, total_steps, total_steps / len(method.phases))
@@ -188,9 +192,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     variables, _ = freeze.start_from_trained(method, config.method, config.model, variables,
                                              dataset.num_classes, image_shape)
   state = steps.create_train_state(variables, tx, config.seed)
+  fresh_opt_state = state.opt_state
 
   ckpts, state, meta, history = resume_or_start(workdir, config.checkpoint.keep, state)
-  earlier_wall_s = meta.get("wall_time_s", 0.0)  # of the processes this run resumes
+  clock.resume(meta)
+  # a resumed run continues its schedule with this config's budget and learning rate
+  state = state.replace(opt_state=with_config_hyperparameters(state.opt_state, fresh_opt_state))
 
   put = lambda x: jax.device_put(x, repl)  # noqa: E731
   state = put(state)
@@ -202,18 +209,30 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
   evaluate = jax.jit(steps.make_evaluate(model, config.data, dataset.mean, dataset.std,
                                          config.eval_batch_size))
+  with clock("compile"):
+    evaluate_epoch = evaluate.lower(state.variables, eval_images, eval_labels).compile()
 
   def eval_accuracy(net_vars) -> tuple[float, float]:
-    correct, ce = evaluate(net_vars, eval_images, eval_labels)
-    n = len(dataset.eval_labels)
-    return float(correct) / n, float(ce) / n
+    with clock("eval"):
+      correct, ce = evaluate_epoch(net_vars, eval_images, eval_labels)
+      n = len(dataset.eval_labels)
+      return float(correct) / n, float(ce) / n
 
+  eval_record = checkpoints.evaluation_record(dataset, config.model.dtype)
   if teacher is not None and "teacher_accuracy" not in meta:
-    t_eval = jax.jit(steps.make_evaluate(teacher, config.data, dataset.mean, dataset.std,
-                                         config.eval_batch_size))
-    correct, _ = t_eval(teacher_vars, eval_images, eval_labels)
-    meta["teacher_accuracy"] = float(correct) / len(dataset.eval_labels)
-    _log(f"Teacher {dataset.eval_split} accuracy: {meta['teacher_accuracy']:.4f}")
+    # the teacher's model.json holds its accuracy; measure it only if that was on other data
+    recorded = checkpoints.recorded_accuracy(teacher_meta, eval_record)
+    if recorded is not None:
+      meta["teacher_accuracy"], source = recorded, "as recorded in its model.json"
+    else:
+      t_eval = jax.jit(steps.make_evaluate(teacher, config.data, dataset.mean, dataset.std,
+                                           config.eval_batch_size))
+      with clock("compile"):
+        t_eval = t_eval.lower(teacher_vars, eval_images, eval_labels).compile()
+      with clock("eval"):
+        correct, _ = t_eval(teacher_vars, eval_images, eval_labels)
+        meta["teacher_accuracy"], source = float(correct) / len(dataset.eval_labels), "measured"
+    _log(f"Teacher {dataset.eval_split} accuracy: {meta['teacher_accuracy']:.4f} ({source})")
   if method.trained_stages is not None and "start_accuracy" not in meta:
     # the trained network with its re-initialised stages, before any step: where the curve starts
     meta["start_accuracy"] = eval_accuracy(state.variables)[0]
@@ -223,27 +242,29 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   def phase_step(phase: int, perm, n: int = 1):
     """The compiled step of a phase (n steps per dispatch), compiled (and timed) on first use."""
     if (phase, n) not in compiled:
-      step_fn = steps.make_train_step(
-          model=model, teacher=teacher, method=method, groups=method.partition(phase),
-          method_config=config.method, data_config=config.data, tx=tx, mean=dataset.mean,
-          std=dataset.std, batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
-          batch_sharding=batch_sharding)
-      step_fn = freeze.keep_frozen_statistics(step_fn, method)
-      sums = steps.zero_metrics_like(step_fn, state, train_images, train_labels, perm, teacher_vars)
-      jitted = jax.jit(steps.repeat_steps(steps.accumulate_metrics(step_fn), n),
-                       donate_argnums=(0, 1), out_shardings=(repl, repl))
       jax.block_until_ready(state)  # mid-epoch, the queued steps finish before compile time counts
-      t0 = time.perf_counter()
-      compiled[phase, n] = (jitted.lower(state, put(sums), train_images, train_labels, perm,
-                                         teacher_vars).compile(), sums)
-      meta["compile_time_s"] += time.perf_counter() - t0
+      with clock("compile"):  # tracing included
+        step_fn = steps.make_train_step(
+            model=model, teacher=teacher, method=method, groups=method.partition(phase),
+            method_config=config.method, data_config=config.data, tx=tx, mean=dataset.mean,
+            std=dataset.std, batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
+            batch_sharding=batch_sharding)
+        step_fn = freeze.keep_frozen_statistics(step_fn, method)
+        sums = steps.zero_metrics_like(step_fn, state, train_images, train_labels, perm,
+                                       teacher_vars)
+        jitted = jax.jit(steps.repeat_steps(steps.accumulate_metrics(step_fn), n),
+                         donate_argnums=(0, 1), out_shardings=(repl, repl))
+        compiled[phase, n] = (jitted.lower(state, put(sums), train_images, train_labels, perm,
+                                           teacher_vars).compile(), sums)
     return compiled[phase, n]
 
-  make_perm = jax.jit(lambda key: jax.random.permutation(key, n_train).astype(jnp.int32),
-                      out_shardings=repl)
   perm_key = jax.random.fold_in(root_key, 2)
+  with clock("compile"):
+    make_perm = jax.jit(lambda key: jax.random.permutation(key, n_train).astype(jnp.int32),
+                        out_shardings=repl).lower(perm_key).compile()
   per_dispatch = int(config.get("steps_per_dispatch", 1))
 
+  clock.startup_done()
   for epoch in range(meta["epoch"], config.num_epochs):
     perm = make_perm(jax.random.fold_in(perm_key, epoch))
     first_step = epoch * steps_per_epoch
@@ -251,7 +272,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     step_fn, zero_sums = phase_step(phase, perm, per_dispatch)
     sums = put(zero_sums)
     finished_parts = []  # metric sums of earlier partitions, when a phase boundary falls mid-epoch
-    compile_before = meta["compile_time_s"]
+    compile_before = clock.now["compile"]
     bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
                disable=not config.log.progress_bar, file=sys.stderr, leave=False,
                dynamic_ncols=True)
@@ -278,7 +299,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.3f}", img_s=f"{rate:.0f}")
     train = mean_metrics(finished_parts + [sums])  # waits for the epoch's last step
     # a partition compiled mid-epoch is compile time, not training time
-    epoch_time = time.perf_counter() - t0 - (meta["compile_time_s"] - compile_before)
+    epoch_time = time.perf_counter() - t0 - (clock.now["compile"] - compile_before)
     bar.close()
     if not math.isfinite(train["loss"]):
       ckpts.wait()
@@ -286,8 +307,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
           f"The training loss became {train['loss']} in epoch {epoch + 1}; stopping. The last good "
           f"checkpoint (epoch {meta['epoch']}) in {workdir}/checkpoints is intact. Lower "
           "config.optim.lr or use float32, then run the same command to resume.")
+    clock.add("train", epoch_time)
     acc, eval_loss = eval_accuracy(state.variables)
-    meta["train_time_s"] += epoch_time
     meta["epoch"] = epoch + 1
     row = {"epoch": epoch + 1, "step": int(first_step + steps_per_epoch), "phase": phase,
            "lr": float(lr_schedule(first_step + steps_per_epoch - 1)),
@@ -302,54 +323,60 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
          f"{row['images_per_s']:.0f} img/s")
     if acc > meta["best_accuracy"]:
       meta["best_accuracy"], meta["best_epoch"] = acc, epoch + 1
-      ckpts.save_best(int(state.step), state.variables, dict(meta))
+      with clock("checkpoint"):  # returns once copied to host; written while training goes on
+        ckpts.save_best(int(state.step), state.variables, dict(meta))
     if (epoch + 1) % config.checkpoint.every_epochs == 0 or epoch + 1 == config.num_epochs:
-      ckpts.save(int(state.step), state,
-                 dict(meta, wall_time_s=earlier_wall_s + time.perf_counter() - wall_start))
-  ckpts.wait()
+      meta.update(clock.totals())  # the time split so far, continued by a resumed run
+      with clock("checkpoint"):
+        ckpts.save(int(state.step), state, dict(meta))
+  with clock("checkpoint"):
+    ckpts.wait()
 
   # the start of the whole run, as if it had run in this one process
   summary = finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate,
-                   wall_start - earlier_wall_s, teacher_meta)
+                   clock, teacher_meta, eval_record)
   ckpts.close()
   return summary
 
 
-def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate, wall_start,
-           teacher_meta) -> dict:
+def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate,
+           clock: TimeSplit, teacher_meta, eval_record: dict) -> dict:
   """Export the final model, report final and best accuracy (and test accuracy when selecting on
-  a validation split), and write the summary."""
+  a validation split), and write the summary with the split of the wall time."""
   arch = checkpoints.architecture(config.model, dataset.num_classes, dataset.image_shape)
   final_vars = jax.device_get(state.variables)
   split = dataset.eval_split
   final_acc = history[-1][f"{split}_accuracy"] if history else float("nan")
-  checkpoints.save_model(run_folder.model_dir(workdir), final_vars, arch,
-                         {"accuracy": final_acc, "split": split, "epoch": meta["epoch"],
-                          "method": config.method.name})
+  with clock("checkpoint"):
+    checkpoints.save_model(run_folder.model_dir(workdir), final_vars, arch,
+                           {"accuracy": final_acc, "split": split, "epoch": meta["epoch"],
+                            "method": config.method.name, "evaluation": eval_record})
   summary = {
       "method": config.method.name, "dataset": dataset.name, "epochs": config.num_epochs,
       "batch_size": config.batch_size, "devices": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind, "eval_split": split,
       "final_accuracy": final_acc, "best_accuracy": meta["best_accuracy"],
       "best_epoch": meta["best_epoch"], "teacher_accuracy": meta.get("teacher_accuracy"),
-      "train_time_s": meta["train_time_s"], "compile_time_s": meta["compile_time_s"],
-      "time_per_epoch_s": meta["train_time_s"] / max(len(history), 1),
       "images_per_s": (float(np.median([r["images_per_s"] for r in history])) if history else 0.0),
-      # the whole run's, over every process that resumed it (up to its last checkpoint each)
-      "wall_time_s": time.perf_counter() - wall_start,
   }
   if split == "validation":
     test_images, test_labels = jax.device_put(dataset.test_images), dataset.test_labels
-    correct, _ = evaluate(final_vars, test_images, test_labels)
-    summary["final_test_accuracy"] = float(correct) / len(test_labels)
-    best = ckpts.restore_best(jax.eval_shape(lambda: final_vars))
-    if best is not None:
-      correct, _ = evaluate(best[0], test_images, test_labels)
-      summary["best_test_accuracy"] = float(correct) / len(test_labels)
+    with clock("compile"):
+      evaluate_test = evaluate.lower(final_vars, test_images, test_labels).compile()
+    with clock("eval"):
+      correct, _ = evaluate_test(final_vars, test_images, test_labels)
+      summary["final_test_accuracy"] = float(correct) / len(test_labels)
+      best = ckpts.restore_best(jax.eval_shape(lambda: final_vars))
+      if best is not None:
+        correct, _ = evaluate_test(best[0], test_images, test_labels)
+        summary["best_test_accuracy"] = float(correct) / len(test_labels)
   if "start_accuracy" in meta:
     summary["start_accuracy"] = meta["start_accuracy"]
   if teacher_meta:
     summary["teacher_checkpoint"] = config.teacher.checkpoint
+  # wall time and its split (dnd_jax.timing) over every run of this workdir
+  summary.update(clock.totals())
+  summary["time_per_epoch_s"] = summary["train_time_s"] / max(len(history), 1)
   run_folder.write_summary(workdir, summary)
   print(format_summary(summary), flush=True)
   return summary
@@ -368,7 +395,9 @@ def format_summary(s: dict) -> str:
                  f"model {pct(s.get('best_test_accuracy'))}")
   if s.get("teacher_accuracy") is not None:
     lines.append(f"   teacher {s['eval_split']} accuracy: {pct(s['teacher_accuracy'])}")
-  lines.append(f"   time: {s['wall_time_s']:.1f}s wall, {s['train_time_s']:.1f}s training, "
-               f"{s['time_per_epoch_s']:.2f}s/epoch, compile {s['compile_time_s']:.1f}s, "
-               f"{s['images_per_s']:.0f} images/s")
+  parts = [(name, s.get(f"{name}_time_s", 0.0)) for name in PARTS]
+  rest = s["wall_time_s"] - sum(t for _, t in parts)
+  split = " + ".join(f"{name} {t:.1f}s" for name, t in parts)
+  lines.append(f"   time: {s['wall_time_s']:.1f}s wall = {split} + other {rest:.1f}s; "
+               f"{s['time_per_epoch_s']:.2f}s/epoch, {s['images_per_s']:.0f} images/s")
   return "\n".join(lines)

@@ -9,7 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dnd_jax.configs import base_config  # noqa: E402
-from dnd_jax.optim import cyclic_triangular2, make_optimizer, one_cycle  # noqa: E402
+from dnd_jax.optim import (cyclic_triangular2, make_optimizer, one_cycle,  # noqa: E402
+                           with_config_hyperparameters)
 
 
 def _torch_trace(make_scheduler, steps):
@@ -25,26 +26,37 @@ def _torch_trace(make_scheduler, steps):
   return np.array(lrs), np.array(moms)
 
 
+def _schedule_values(make, args, total, traced):
+  """Every step's (lr, momentum) of `make(*args)`; with `traced`, the arguments are jit inputs,
+  as they are in the training step (held in the optimiser state)."""
+  def values(*args):
+    lr, mom = make(*args)
+    steps = jnp.arange(total)
+    return jax.vmap(lr)(steps), jax.vmap(mom)(steps)
+
+  return jax.jit(values)(*[jnp.float32(a) for a in args]) if traced else values(*args)
+
+
+@pytest.mark.parametrize("traced", [False, True])
 @pytest.mark.parametrize("total", [10, 97, 391])
-def test_one_cycle_matches_torch(total):
+def test_one_cycle_matches_torch(total, traced):
   lrs, moms = _torch_trace(
       lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.5, total_steps=total), total)
-  lr, mom = one_cycle(total, max_lr=0.5)
-  steps = jnp.arange(total)
-  np.testing.assert_allclose(jax.vmap(lr)(steps), lrs, rtol=1e-5, atol=1e-7)  # fp32 resolution at max_lr 0.5
-  np.testing.assert_allclose(jax.vmap(mom)(steps), moms, rtol=1e-6)
+  lr, mom = _schedule_values(one_cycle, (total, 0.5), total, traced)
+  np.testing.assert_allclose(lr, lrs, rtol=1e-5, atol=1e-7)  # fp32 resolution at max_lr 0.5
+  np.testing.assert_allclose(mom, moms, rtol=1e-6)
 
 
+@pytest.mark.parametrize("traced", [False, True])
 @pytest.mark.parametrize("total", [30, 97, 600])
-def test_cyclic_triangular2_one_triangle_per_phase_matches_torch(total):
+def test_cyclic_triangular2_one_triangle_per_phase_matches_torch(total, traced):
   lr_base = 0.05
   up = total / 6
   lrs, moms = _torch_trace(lambda o: torch.optim.lr_scheduler.CyclicLR(
       o, base_lr=3e-3 * lr_base, max_lr=10 * lr_base, step_size_up=up, mode="triangular2"), total)
-  lr, mom = cyclic_triangular2(up, 3e-3 * lr_base, 10 * lr_base)
-  steps = jnp.arange(total)
-  np.testing.assert_allclose(jax.vmap(lr)(steps), lrs, rtol=1e-5, atol=1e-7)  # fp32 resolution at max_lr 0.5
-  np.testing.assert_allclose(jax.vmap(mom)(steps), moms, rtol=1e-6)
+  lr, mom = _schedule_values(cyclic_triangular2, (up, 3e-3 * lr_base, 10 * lr_base), total, traced)
+  np.testing.assert_allclose(lr, lrs, rtol=1e-5, atol=1e-7)  # fp32 resolution at max_lr 0.5
+  np.testing.assert_allclose(mom, moms, rtol=1e-6)
   # each phase opens with a warm-up and its peak is half the last one
   peaks = [lrs[int(i * total / 3):int((i + 1) * total / 3)].max() for i in range(3)]
   assert peaks[1] == pytest.approx(peaks[0] / 2, rel=0.1)
@@ -82,3 +94,43 @@ def test_constant_momentum_when_cycling_is_off_and_unknown_schedule_errors():
   config.schedule = "linear"
   with pytest.raises(ValueError, match="Unknown schedule 'linear'"):
     make_optimizer(config, 10, 10)
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cyclic", "constant"])
+def test_budget_and_learning_rate_are_state_so_the_update_compiles_once(schedule):
+  params = {"w": jnp.ones((3, 2))}
+
+  def update_program(total_steps, lr, cycle_momentum=True):
+    config = base_config("cifar100", "pdnd").optim
+    config.schedule, config.lr, config.cycle_momentum = schedule, lr, cycle_momentum
+    tx = make_optimizer(config, total_steps, total_steps / 3)
+    state = tx.init(params)
+    # two updates: the values differ, as the budget and learning rate do
+    first = float(tx.update(params, state, params)[1].hyperparams["learning_rate"])
+    return jax.jit(tx.update).lower(params, state, params).as_text(), first
+
+  short, lr_short = update_program(30, 0.05)
+  long, lr_long = update_program(6000, 0.2)
+  assert lr_short != lr_long
+  assert short == long
+  # what stays static changes the program
+  if schedule != "constant":
+    assert update_program(30, 0.05, cycle_momentum=False)[0] != short
+
+
+def test_a_resumed_state_takes_the_new_budget_and_keeps_its_count_and_momentum():
+  config = base_config("cifar100", "kd").optim
+  params = {"w": jnp.ones(2)}
+  old_tx, new_tx = make_optimizer(config, 100, 100), make_optimizer(config, 400, 400)
+  state = old_tx.init(params)
+  for _ in range(3):
+    _, state = old_tx.update(params, state, params)
+  renewed = with_config_hyperparameters(state, new_tx.init(params))
+  lr_sched = renewed.hyperparams_states["learning_rate"]
+  assert int(lr_sched.count) == 3 and int(renewed.count) == 3
+  assert float(lr_sched.arguments["total_steps"]) == 400.0
+  np.testing.assert_array_equal(renewed.inner_state[1].trace["w"], state.inner_state[1].trace["w"])
+  # the next update uses the new schedule at step 3
+  expected = one_cycle(400, max_lr=10 * config.lr)[0](3)
+  _, after = new_tx.update(params, renewed, params)
+  assert float(after.hyperparams["learning_rate"]) == pytest.approx(float(expected), rel=1e-6)

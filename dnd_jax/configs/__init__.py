@@ -32,7 +32,7 @@ def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
   c.seed = 0
   c.num_epochs = 60
   c.batch_size = BATCH_SIZE[dataset]
-  c.eval_batch_size = 500
+  c.eval_batch_size = 0  # 0: sized for the device's memory (steps.eval_batch_size)
   # Training steps per dispatch (a lax.scan in one compiled call): > 1 hides the host's per-step
   # overhead where the device outruns it (GPU, TPU; keep 1 on a CPU, see steps.repeat_steps);
   # steps before an epoch or phase end that do not fill a dispatch run one at a time (a second

@@ -1,0 +1,97 @@
+"""Compile once, run many: runs that differ in epoch budget, learning rate or seed run the same
+compiled programs; and the summary splits the wall time, adding up across a resume."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from conftest import tiny_config
+from dnd_jax import steps
+from dnd_jax.configs import base_config
+from dnd_jax.methods import get_method
+from dnd_jax.models import ResNet, init_variables
+from dnd_jax.optim import make_optimizer
+from dnd_jax.timing import PARTS
+from dnd_jax.train import read_metrics, train_and_evaluate
+
+IMAGE = (8, 8, 3)
+
+
+def _lowered_pdnd_step(total_steps: int, lr: float, seed: int) -> str:
+  """The StableHLO of Progressive DnD's first-partition step, as train.py builds it (lowered
+  from the arguments' shapes: tracing only, nothing is compiled or run)."""
+  config = base_config("cifar100", "pdnd")
+  config.optim.lr = lr
+  method = get_method("pdnd")
+  model = ResNet(depth=18, num_classes=10, width=4)
+  teacher = ResNet(depth=34, num_classes=10, width=4)
+  tx = make_optimizer(config.optim, total_steps, total_steps / len(method.phases))
+  state = jax.eval_shape(lambda: steps.create_train_state(
+      init_variables(model, jax.random.key(seed), IMAGE), tx, seed))
+  teacher_vars = jax.eval_shape(lambda: init_variables(teacher, jax.random.key(1), IMAGE))
+  step = steps.make_train_step(
+      model=model, teacher=teacher, method=method, groups=method.partition(0),
+      method_config=config.method, data_config=config.data, tx=tx, mean=(0.5,) * 3,
+      std=(0.25,) * 3, batch_size=8, steps_per_epoch=4)
+  images = jax.ShapeDtypeStruct((32, *IMAGE), jnp.uint8)
+  labels = perm = jax.ShapeDtypeStruct((32,), jnp.int32)
+  return jax.jit(step, donate_argnums=0).lower(state, images, labels, perm,
+                                               teacher_vars).as_text()
+
+
+def test_two_budgets_learning_rates_and_seeds_lower_to_the_same_step():
+  assert _lowered_pdnd_step(60, 0.05, 0) == _lowered_pdnd_step(6000, 0.2, 7)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+  """A 1-epoch run, then (with every compiled program written to the persistent cache, however
+  quick to compile) a 2-epoch run with another learning rate and seed, counting the programs it
+  had to compile anew; then that run extended to 3 epochs by a resume. The programs are those of
+  the session's tiny teacher (tests/conftest.py), so the suite compiles them once."""
+  root = tmp_path_factory.mktemp("compile_once")
+  misses = []
+
+  def listener(event, **kwargs):
+    if event == "/jax/compilation_cache/cache_misses":
+      misses.append(event)
+
+  before = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  try:
+    first = train_and_evaluate(tiny_config("teacher", num_epochs=1), str(root / "first"))
+    jax.monitoring.register_event_listener(listener)
+    try:
+      second = train_and_evaluate(
+          tiny_config("teacher", num_epochs=2, seed=3, **{"optim.lr": 0.02}), str(root / "second"))
+    finally:
+      jax.monitoring.unregister_event_listener(listener)
+  finally:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
+  resumed = train_and_evaluate(tiny_config("teacher", num_epochs=3, seed=3, **{"optim.lr": 0.02}),
+                               str(root / "second"))
+  losses = [read_metrics(str(root / name))[0]["train_loss"] for name in ("first", "second")]
+  return first, second, resumed, len(misses), losses
+
+
+@pytest.mark.slow
+def test_a_second_budget_learning_rate_and_seed_compile_nothing_new(two_runs):
+  *_, misses, losses = two_runs
+  assert misses == 0
+  assert losses[0] != losses[1]  # they did train differently
+
+
+@pytest.mark.slow
+def test_the_summary_splits_the_wall_time_and_adds_it_up_across_a_resume(two_runs):
+  _, second, resumed, *_ = two_runs
+  for summary in (second, resumed):
+    parts = [summary[f"{part}_time_s"] for part in PARTS]
+    assert all(t >= 0.0 for t in parts), parts
+    assert sum(parts) <= summary["wall_time_s"]
+    for part in ("startup", "compile", "train", "eval", "checkpoint"):
+      assert summary[f"{part}_time_s"] > 0.0, part
+  # The resumed run continues the totals of the checkpoint it resumed (saved before the first
+  # run's final export and summary, which it redoes): one more epoch, another startup.
+  for part in ("startup", "compile", "train", "eval", "wall"):
+    assert resumed[f"{part}_time_s"] > second[f"{part}_time_s"], part
+  assert resumed["time_per_epoch_s"] == pytest.approx(resumed["train_time_s"] / 3)
