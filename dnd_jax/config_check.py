@@ -90,7 +90,7 @@ def _get(config, name: str) -> Any:
 
 def check(config, workdir: str | None = None) -> None:
   """Raise `ConfigError` for the first values that cannot work (all problems in one message)."""
-  from dnd_jax.methods import METHODS  # noqa: PLC0415
+  from dnd_jax.methods import get_method  # noqa: PLC0415
   from dnd_jax.data.sources import READERS, SOURCES  # noqa: PLC0415
 
   problems: list[str] = []
@@ -104,9 +104,10 @@ def check(config, workdir: str | None = None) -> None:
     _finite(config, f"optim.{name}", problems)
   for name in ("tau", "alpha", "beta", "jacobian_weight", "label_weight", "hinton_weight"):
     _finite(config, f"method.{name}", problems)
-  if config.method.name not in METHODS:
-    problems.append(f"config.method.name={config.method.name!r} is not a method; use one of "
-                    f"{sorted(METHODS)}.")
+  try:
+    get_method(config.method.name)  # the registry's own message
+  except ValueError as e:
+    problems.append(str(e))
   if config.model.dtype not in DTYPES:
     problems.append(f"config.model.dtype={config.model.dtype!r} is not supported; use one of "
                     f"{list(DTYPES)}.")

@@ -387,8 +387,9 @@ def dataset_facts(data_config) -> tuple[int, int]:
 def import_teacher(checkpoint: str, config, output: str | None = None) -> tuple[str, dict]:
   """Convert a PyTorch teacher for `config` and save it where the config loads its teacher.
 
-  The weights must be the `config.teacher` network (depth, width, stem) for the config's data set
-  (classes, channels). Writes `output` or else `config.teacher.checkpoint`; returns the path and
+  The weights must be the teacher network (`teacher.architecture_to_build`: config.teacher's
+  depth, width and stem where set, else config.teacher.config's model block) for the config's
+  data set (classes, channels). Writes `output` or else `config.teacher.checkpoint`; returns the path and
   the architecture written.
   """
   from dnd_jax.teacher import architecture_to_build  # noqa: PLC0415

@@ -2,8 +2,9 @@
 
   python scripts/import_torch_teacher.py --checkpoint teacher.pt --config configs/pdnd_cifar.py
 
-The weights must be the config's teacher (config.teacher: depth, width, stem) for the config's
-data set (its number of classes and input channels); any mismatch names the offending key. The
+The weights must be the config's teacher (config.teacher's depth, width and stem where set, else
+the model block of config.teacher.config) for the config's data set (its number of classes and
+input channels); any mismatch names the offending key. The
 model is written to config.teacher.checkpoint (override with --config.teacher.checkpoint=DIR, or
 write elsewhere with --output DIR), where scripts/train.py with the same config then finds it.
 `teacher.pt` is a `torch.save(model.state_dict())` file, or a checkpoint dict holding one under

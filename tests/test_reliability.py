@@ -119,6 +119,7 @@ def _damage(step_dir):
   assert damaged
 
 
+@pytest.mark.slow
 def test_resume_skips_a_damaged_checkpoint_and_counts_the_whole_run(tmp_path, capsys):
   workdir = str(tmp_path / "run")
   first = train_and_evaluate(tiny_config("teacher", num_epochs=2), workdir)
@@ -148,6 +149,7 @@ def test_resume_skips_a_damaged_checkpoint_and_counts_the_whole_run(tmp_path, ca
     train_and_evaluate(tiny_config("teacher", num_epochs=2), workdir)
 
 
+@pytest.mark.slow
 def test_a_failed_run_then_a_finished_one_then_a_rerun(tmp_path, capsys):
   workdir = str(tmp_path / "run")
   with pytest.raises(ValueError, match="nowhere"):
