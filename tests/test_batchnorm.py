@@ -13,12 +13,11 @@ from dnd_jax import checkpoints, steps
 from dnd_jax.models import (BATCH_COUNTER, BatchNorm, ResNet, init_variables,
                             with_batch_counters, without_batch_counters)
 
-torch = pytest.importorskip("torch")
-
 CHANNELS = 5
 
 
 def _torch_bn():
+  torch = pytest.importorskip("torch")
   bn = torch.nn.BatchNorm2d(CHANNELS)
   g = torch.Generator().manual_seed(0)
   with torch.no_grad():
@@ -29,6 +28,7 @@ def _torch_bn():
 
 @pytest.mark.parametrize("shape", [(4, 3, 3), (6, 1, 1)])  # n = 36 and n = 6 values per channel
 def test_several_training_steps_match_torch_batchnorm2d(shape):
+  torch = pytest.importorskip("torch")
   bn_t = _torch_bn().train()
   variables = {"params": {"scale": jnp.asarray(bn_t.weight.detach().numpy()),
                           "bias": jnp.asarray(bn_t.bias.detach().numpy())},
