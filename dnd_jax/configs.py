@@ -59,8 +59,11 @@ def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
   c.method.tau = 4.0              # temperature (KD; DnD's optional Hinton term)
   c.method.alpha = 0.9            # vanilla KD: (1 - alpha) * CE + alpha * tau^2 * KL
   c.method.beta = 1000.0          # AT: CE + beta / 2 * sum of AT terms
-  # Jacobian+CE weight lambda; see README "Jacobian matching" for where this value comes from.
-  c.method.jacobian_weight = 1.0
+  # Jacobian+CE: lambda, and the squared difference of normalised input gradients summed ("sum")
+  # or averaged ("mean") over the input's elements; lambda 20 on the mean is the one public
+  # implementation's value (README "Jacobian matching" says where it comes from).
+  c.method.jacobian_weight = 20.0
+  c.method.jacobian_reduction = "mean"
   c.method.memory_lean = False    # DnD: update groups one after another (lower peak memory)
 
   c.optim = ml_collections.ConfigDict()

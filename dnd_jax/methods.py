@@ -132,6 +132,9 @@ def at_loss(g: GroupOutputs, cfg) -> tuple[jax.Array, dict]:
 def jacobian_loss(g: GroupOutputs, cfg) -> tuple[jax.Array, dict]:
   """Srinivas & Fleuret (2018): CE + lambda * ||normalised d s_y/dx - normalised d t_y/dx||^2.
 
+  `cfg.jacobian_reduction` sums the squared difference over the input's elements or averages it
+  (the public implementation's form, with its lambda 20 as the default; README "Jacobian matching").
+
   The student's input gradient depends on its parameters, so the loss's gradient is a
   second-order backward pass (the paper's Table 2 shows it about 3x slower than KD).
   """
@@ -139,7 +142,7 @@ def jacobian_loss(g: GroupOutputs, cfg) -> tuple[jax.Array, dict]:
   student_grad = losses.true_class_input_gradient(g.student_logits_fn, g.images, g.labels)
   teacher_grad = jax.lax.stop_gradient(
       losses.true_class_input_gradient(g.teacher_logits_fn, g.images, g.labels))
-  jac = losses.jacobian_matching(student_grad, teacher_grad)
+  jac = losses.jacobian_matching(student_grad, teacher_grad, cfg.jacobian_reduction)
   return ce + cfg.jacobian_weight * jac, {"ce": ce, "jacobian": jac}
 
 
