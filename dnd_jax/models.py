@@ -156,11 +156,13 @@ class ResidualStage(nn.Module):
   stem: str | None
   dtype: Any
   train: bool
+  bn_momentum: float = 0.1
 
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
-    norm = functools.partial(BatchNorm, use_running_average=not self.train, dtype=self.dtype)
+    norm = functools.partial(BatchNorm, use_running_average=not self.train,
+                             momentum=self.bn_momentum, dtype=self.dtype)
     x = x.astype(self.dtype)
     if self.stem == "cifar":
       x = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="stem_conv")(x)
@@ -193,7 +195,9 @@ class ResNet(nn.Module):
 
   `__call__` runs the whole network and returns logits; `stages` runs stages `first..last`
   and returns the tuple of their outputs. BatchNorm uses batch statistics (and updates the
-  `batch_stats` collection) when `train` is true, running statistics otherwise.
+  `batch_stats` collection) when `train` is true, running statistics otherwise. `bn_momentum` is
+  PyTorch's BatchNorm momentum (0.1); 1.0 makes the updated statistics the batch's own, which
+  is how `diagnose` re-estimates them.
   """
 
   depth: int = 18
@@ -201,13 +205,15 @@ class ResNet(nn.Module):
   width: int = 64
   stem: str = "cifar"
   dtype: Any = jnp.float32
+  bn_momentum: float = 0.1
 
   def _stage(self, k: int, train: bool) -> nn.Module:
     sizes = STAGE_SIZES[self.depth]
     if k == NUM_STAGES:
       return Head(self.num_classes, self.dtype, name="stage5")
     return ResidualStage(sizes[k - 1], self.width * 2 ** (k - 1), 1 if k == 1 else 2,
-                         self.stem if k == 1 else None, self.dtype, train, name=f"stage{k}")
+                         self.stem if k == 1 else None, self.dtype, train, self.bn_momentum,
+                         name=f"stage{k}")
 
   @nn.compact
   def stages(self, x, first: int = 1, last: int = NUM_STAGES, train: bool = False):
