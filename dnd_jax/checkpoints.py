@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dnd_jax import workdir as run_folder
+from dnd_jax import models, workdir as run_folder
 
 MODEL_META = run_folder.MODEL_META
 
@@ -84,6 +84,21 @@ def save_model(path: str, variables: dict, arch: dict, info: dict | None = None)
   shutil.rmtree(old, ignore_errors=True)
 
 
+def _has_batch_counters(tree) -> bool:
+  return any(getattr(path[-1], "key", None) == models.BATCH_COUNTER
+             for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0])
+
+
+def _compatible_target(saved_tree, abstract):
+  """The restore target for a checkpoint whose metadata tree is `saved_tree`, and what turns the
+  restored tree into `abstract`'s layout: a checkpoint written before the BatchNorm batch counters
+  existed restores without them and gets them as 0, so older runs and teachers keep loading."""
+  if _has_batch_counters(abstract) and not _has_batch_counters(saved_tree):
+    return (models.without_batch_counters(abstract),
+            lambda tree: models.with_batch_counters(tree, abstract))
+  return abstract, lambda tree: tree
+
+
 def read_model_meta(path: str) -> dict:
   meta_file = os.path.join(path, MODEL_META)
   if not os.path.isfile(meta_file):
@@ -108,8 +123,10 @@ def load_model(path: str, arch: dict, abstract_variables: Any) -> tuple[dict, di
         f"The model at {path!r} does not match the configured architecture ({'; '.join(diffs)}). "
         "Fix the config's model block, or point it at the right checkpoint.")
   try:
-    variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), "variables"),
-                                                   abstract_variables)
+    ckptr, directory = ocp.StandardCheckpointer(), os.path.join(os.path.abspath(path), "variables")
+    target, complete = _compatible_target(ckptr.metadata(directory).item_metadata,
+                                          abstract_variables)
+    variables = complete(ckptr.restore(directory, target))
   except Exception as e:  # Orbax raises several types for unreadable or mismatched trees.
     raise CheckpointError(f"Could not restore the model variables at {path!r}: {e}") from e
   return dict(variables), meta
@@ -147,14 +164,15 @@ class TrainCheckpoints:
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     try:
+      target, complete = _compatible_target(self.state.item_metadata(step)["state"], abstract_state)
       restored = self.state.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except Exception as e:
       raise CheckpointError(
           f"Could not resume from the checkpoint at step {step} in {self.state.directory}: {e}. "
           "If the config changed since that run, use a new --workdir; to start over, delete "
           "that folder.") from e
-    return restored["state"], restored["meta"]
+    return complete(restored["state"]), restored["meta"]
 
   def restore_latest_intact(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
     """(step, state, meta) of the newest checkpoint that restores; None when there is none.
@@ -195,9 +213,11 @@ class TrainCheckpoints:
     step = self.best.latest_step()
     if step is None:
       return None
+    target, complete = _compatible_target(self.best.item_metadata(step)["variables"],
+                                          abstract_variables)
     restored = self.best.restore(step, args=ocp.args.Composite(
-        variables=ocp.args.StandardRestore(abstract_variables), meta=ocp.args.JsonRestore()))
-    return restored["variables"], restored["meta"]
+        variables=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    return complete(restored["variables"]), restored["meta"]
 
   def wait(self) -> None:
     self.state.wait_until_finished()

@@ -75,10 +75,25 @@ def true_class_input_gradient(logits_fn, images, labels):
   return jax.grad(true_logit_sum)(images)
 
 
-def jacobian_matching(student_grad, teacher_grad):
-  """Squared L2 distance between the L2-normalised input gradients, averaged over the batch."""
+JACOBIAN_REDUCTIONS = ("sum", "mean")
+
+
+def jacobian_matching(student_grad, teacher_grad, reduction: str = "mean"):
+  """The squared difference of the L2-normalised input gradients, reduced over the input.
+
+  "sum": the squared L2 distance per example (the paper's ||.||^2), averaged over the batch.
+  "mean": the mean over every element, the form of the one public implementation
+  (Knowledge-Distillation-Zoo, `kd_losses/sobolev.py`: `F.mse_loss` of the normalised
+  gradients), which is "sum" divided by the input size C H W (docs/design.md section 1).
+  """
   d = normalized(student_grad) - normalized(teacher_grad)
-  return jnp.mean(jnp.sum(d * d, axis=-1))
+  per_example = jnp.sum(d * d, axis=-1)
+  if reduction == "sum":
+    return jnp.mean(per_example)
+  if reduction == "mean":
+    return jnp.mean(per_example) / d.shape[-1]
+  raise ValueError(f"method.jacobian_reduction must be one of {JACOBIAN_REDUCTIONS}, not "
+                   f"{reduction!r}.")
 
 
 def accuracy(logits, labels):

@@ -10,13 +10,15 @@ Stages (docs/design.md section 1):
 
 Convolutions pad explicitly as PyTorch does (`padding=1` for 3x3, 3 for 7x7, 1 for the max-pool):
 Flax's "SAME" pads strided convolutions asymmetrically (flax issue 2993), which would make
-PyTorch weights give different features. Initialisation follows torchvision's ResNet.
+PyTorch weights give different features. Initialisation follows torchvision's ResNet, and
+BatchNorm follows `torch.nn.BatchNorm2d` (`BatchNorm` below).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -39,6 +41,87 @@ def _torch_linear_bias_init(fan_in: int):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
   return init
+
+
+# The BatchNorm statistics' names in the `batch_stats` collection (`mean` and `var` are Flax's).
+BATCH_COUNTER = "num_batches_tracked"
+
+
+class BatchNorm(nn.Module):
+  """`torch.nn.BatchNorm2d`'s training semantics over the last (channel) axis.
+
+  Normalises with the batch mean and the biased batch variance; updates the running mean with
+  momentum 0.1 and the running variance with the *unbiased* batch variance (x n / (n - 1), n the
+  values per channel), and counts the training batches in `num_batches_tracked`, as PyTorch does
+  (docs/design.md section 1). Flax's `nn.BatchNorm` updates the running variance with the biased
+  one, which leaves evaluation, exported students and imported-then-trained teachers a little off
+  PyTorch's. Parameters (`scale`, `bias`) and statistics (`mean`, `var`) keep Flax's names and
+  stay fp32 with a bf16 `dtype`; statistics and normalisation are computed in fp32 (the variance
+  as E[x^2] - E[x]^2, as Flax computes it), the output is cast to `dtype`. Under `jax.jit` over a
+  mesh the means are over the global batch, so the statistics are global across devices.
+  """
+
+  use_running_average: bool
+  momentum: float = 0.1   # PyTorch's: new = (1 - momentum) * running + momentum * batch
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    count = self.variable("batch_stats", BATCH_COUNTER, jnp.zeros, (), jnp.int32)
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      axes = tuple(range(x.ndim - 1))
+      n = x.size // features
+      mean = jnp.mean(xf, axes)
+      var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+      if not self.is_initializing():
+        if n < 2:
+          raise ValueError(f"BatchNorm in training mode needs more than one value per channel "
+                           f"(input shape {x.shape}), as PyTorch's does.")
+        m = self.momentum
+        ra_mean.value = (1.0 - m) * ra_mean.value + m * mean
+        ra_var.value = (1.0 - m) * ra_var.value + m * var * (n / (n - 1))
+        count.value = count.value + 1
+    shape = (1,) * (x.ndim - 1) + (features,)
+    mul = (jax.lax.rsqrt(var + self.epsilon) * scale).reshape(shape)
+    y = (xf - mean.reshape(shape)) * mul + bias.reshape(shape)
+    return y.astype(self.dtype)
+
+
+def without_batch_counters(tree):
+  """`tree` (variables, batch_stats or a train state) without the BatchNorm batch counters: the
+  layout of checkpoints written before the counters existed."""
+  if isinstance(tree, Mapping):
+    return {k: without_batch_counters(v) for k, v in tree.items() if k != BATCH_COUNTER}
+  if dataclasses.is_dataclass(tree) and hasattr(tree, "replace"):
+    return tree.replace(**{f.name: without_batch_counters(getattr(tree, f.name))
+                           for f in dataclasses.fields(tree)})
+  return tree
+
+
+def with_batch_counters(tree, like):
+  """`tree` with every batch counter that `like` (the same structure, abstract or concrete) has
+  and `tree` lacks added as 0, as PyTorch loads a state_dict that predates the counter."""
+  if isinstance(like, Mapping):
+    out = dict(tree)
+    for k, v in like.items():
+      if k == BATCH_COUNTER and k not in out:
+        out[k] = jnp.zeros(v.shape, v.dtype)
+      elif k in out:
+        out[k] = with_batch_counters(out[k], v)
+    return out
+  if dataclasses.is_dataclass(like) and hasattr(like, "replace"):
+    return tree.replace(**{f.name: with_batch_counters(getattr(tree, f.name), getattr(like, f.name))
+                           for f in dataclasses.fields(like)})
+  return tree
 
 
 class BasicBlock(nn.Module):
@@ -73,12 +156,13 @@ class ResidualStage(nn.Module):
   stem: str | None
   dtype: Any
   train: bool
+  bn_momentum: float = 0.1
 
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not self.train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
+    norm = functools.partial(BatchNorm, use_running_average=not self.train,
+                             momentum=self.bn_momentum, dtype=self.dtype)
     x = x.astype(self.dtype)
     if self.stem == "cifar":
       x = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="stem_conv")(x)
@@ -111,7 +195,9 @@ class ResNet(nn.Module):
 
   `__call__` runs the whole network and returns logits; `stages` runs stages `first..last`
   and returns the tuple of their outputs. BatchNorm uses batch statistics (and updates the
-  `batch_stats` collection) when `train` is true, running statistics otherwise.
+  `batch_stats` collection) when `train` is true, running statistics otherwise. `bn_momentum` is
+  PyTorch's BatchNorm momentum (0.1); 1.0 makes the updated statistics the batch's own, which
+  is how `diagnose` re-estimates them.
   """
 
   depth: int = 18
@@ -119,13 +205,15 @@ class ResNet(nn.Module):
   width: int = 64
   stem: str = "cifar"
   dtype: Any = jnp.float32
+  bn_momentum: float = 0.1
 
   def _stage(self, k: int, train: bool) -> nn.Module:
     sizes = STAGE_SIZES[self.depth]
     if k == NUM_STAGES:
       return Head(self.num_classes, self.dtype, name="stage5")
     return ResidualStage(sizes[k - 1], self.width * 2 ** (k - 1), 1 if k == 1 else 2,
-                         self.stem if k == 1 else None, self.dtype, train, name=f"stage{k}")
+                         self.stem if k == 1 else None, self.dtype, train, self.bn_momentum,
+                         name=f"stage{k}")
 
   @nn.compact
   def stages(self, x, first: int = 1, last: int = NUM_STAGES, train: bool = False):

@@ -10,10 +10,11 @@ Users bring teachers trained in PyTorch and take their students back to PyTorch 
   fc                                       stage5/fc
 
 Convolution kernels are OIHW in PyTorch and HWIO in Flax; linear weights are (out, in) in PyTorch
-and (in, out) in Flax; BatchNorm's weight/bias/running_mean/running_var are Flax's
-scale/bias (params) and mean/var (batch_stats). `num_batches_tracked` has no Flax counterpart: it
-is ignored on import and written as 0 on export (it only matters for BatchNorm with
-momentum=None). The models pad as PyTorch does, so converted weights give the same features.
+and (in, out) in Flax; BatchNorm's weight/bias/running_mean/running_var/num_batches_tracked are
+Flax's scale/bias (params) and mean/var/num_batches_tracked (batch_stats: `models.BatchNorm` keeps
+PyTorch's statistics, the unbiased running variance and the batch counter). A state_dict without
+`num_batches_tracked` (PyTorch before 0.4.1) imports with the counter at 0, as PyTorch loads it.
+The models pad as PyTorch does, so converted weights give the same features.
 
 Every mismatch (a missing or unexpected key, a wrong shape, a ResNet18 checkpoint where a
 ResNet34 is configured, the other stem) is an error that names the key and both shapes: a teacher
@@ -32,7 +33,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from dnd_jax import checkpoints, workdir as run_folder
-from dnd_jax.models import NUM_STAGES, STAGE_SIZES, STEMS
+from dnd_jax.models import BATCH_COUNTER, NUM_STAGES, STAGE_SIZES, STEMS
 
 STEM_KERNEL = {"cifar": 3, "imagenet": 7}
 # Where a training script may have put the state_dict inside a saved checkpoint dict.
@@ -51,7 +52,7 @@ class Entry:
   """One tensor of the torchvision layout and where it lives in the Flax variables."""
 
   torch_key: str
-  collection: str        # "params" or "batch_stats"; "" for num_batches_tracked
+  collection: str        # "params" or "batch_stats"
   flax_path: tuple[str, ...]
   torch_shape: tuple[int, ...]
   kind: str              # conv, linear_weight, vector, counter
@@ -69,7 +70,8 @@ def _bn_entries(torch_prefix: str, flax_path: tuple[str, ...], ch: int) -> list[
       Entry(f"{torch_prefix}.bias", "params", (*flax_path, "bias"), (ch,), "vector"),
       Entry(f"{torch_prefix}.running_mean", "batch_stats", (*flax_path, "mean"), (ch,), "vector"),
       Entry(f"{torch_prefix}.running_var", "batch_stats", (*flax_path, "var"), (ch,), "vector"),
-      Entry(f"{torch_prefix}.num_batches_tracked", "", (), (), "counter"),
+      Entry(f"{torch_prefix}.num_batches_tracked", "batch_stats", (*flax_path, BATCH_COUNTER), (),
+            "counter"),
   ]
 
 
@@ -161,6 +163,15 @@ def _to_numpy(key: str, value: Any) -> np.ndarray:
   return value.astype(np.float32, copy=False)
 
 
+def _counter_to_numpy(key: str, value: Any) -> np.ndarray:
+  """num_batches_tracked (a torch.long scalar) as the int32 scalar the Flax statistics hold."""
+  value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+  if not np.issubdtype(value.dtype, np.integer) or not 0 <= int(value) <= np.iinfo(np.int32).max:
+    raise TorchBridgeError(f"Key {key!r} holds {value!r}; expected a batch count (an integer "
+                           f"from 0 to {np.iinfo(np.int32).max}).")
+  return np.array(value, dtype=np.int32)
+
+
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 
 
@@ -245,8 +256,7 @@ def torch_state_dict_to_variables(state_dict: Mapping[str, Any], depth: int | No
   unexpected = [f"unexpected key {k!r} {_what(v)}" for k, v in state_dict.items()
                 if k not in expected]
   wrong = [f"key {e.torch_key!r}: checkpoint shape {_shape(state_dict[e.torch_key])} vs "
-           f"expected shape {e.torch_shape}" for e in entries
-           if e.kind != "counter" and e.torch_key in state_dict
+           f"expected shape {e.torch_shape}" for e in entries if e.torch_key in state_dict
            and _shape(state_dict[e.torch_key]) != e.torch_shape]
   if missing or unexpected or wrong:
     hints = [f"The state_dict looks like {_describe(inferred)}." if inferred["width"] else
@@ -264,6 +274,8 @@ def torch_state_dict_to_variables(state_dict: Mapping[str, Any], depth: int | No
   variables: dict = {"params": {}, "batch_stats": {}}
   for e in entries:
     if e.kind == "counter":
+      _set(variables[e.collection], e.flax_path,
+           _counter_to_numpy(e.torch_key, state_dict.get(e.torch_key, 0)))
       continue
     value = _to_numpy(e.torch_key, state_dict[e.torch_key])
     if e.kind == "conv":
@@ -315,7 +327,8 @@ def variables_architecture(variables: Mapping) -> dict:
 def variables_to_torch_state_dict(variables: Mapping) -> dict:
   """A torchvision-layout state_dict (torch.Tensor values, float32) of dnd_jax ResNet variables.
 
-  It has every key of `torchvision.models.resnet18/34` (num_batches_tracked included, as 0), so
+  It has every key of `torchvision.models.resnet18/34` (num_batches_tracked included; 0 where the
+  variables predate the counter), so
   `load_state_dict(..., strict=True)` accepts it once the model's stem, input channels and
   classifier match (see docs/torch_bridge.md).
   """
@@ -326,9 +339,9 @@ def variables_to_torch_state_dict(variables: Mapping) -> dict:
                    arch["in_channels"])
   trees = {"params": variables.get("params", {}), "batch_stats": variables.get("batch_stats", {})}
   found = {(c, path): value for c, tree in trees.items() for path, value in _leaves(tree)}
-  expected = {(e.collection, e.flax_path): e for e in entries if e.kind != "counter"}
+  expected = {(e.collection, e.flax_path): e for e in entries}
   missing = [f"missing variable {'/'.join((c, *p))!r} (for {e.torch_key!r})"
-             for (c, p), e in expected.items() if (c, p) not in found]
+             for (c, p), e in expected.items() if (c, p) not in found and e.kind != "counter"]
   unexpected = [f"unexpected variable {'/'.join((c, *p))!r} {_what(v)}"
                 for (c, p), v in found.items() if (c, p) not in expected]
   wrong = []
@@ -349,7 +362,8 @@ def variables_to_torch_state_dict(variables: Mapping) -> dict:
   state_dict = {}
   for e in entries:
     if e.kind == "counter":
-      state_dict[e.torch_key] = torch.zeros((), dtype=torch.long)
+      count = found.get((e.collection, e.flax_path), 0)
+      state_dict[e.torch_key] = torch.tensor(int(np.asarray(count)), dtype=torch.long)
       continue
     value = np.asarray(found[(e.collection, e.flax_path)], dtype=np.float32)
     if e.kind == "conv":

@@ -55,8 +55,30 @@ def test_jacobian_matching_by_hand_and_scale_invariance():
   sg = jnp.array([[3.0, 4.0]])
   tg = jnp.array([[0.0, 2.0]])
   # normalised: [0.6, 0.8] vs [0, 1] -> 0.36 + 0.04
-  assert float(losses.jacobian_matching(sg, tg)) == pytest.approx(0.40, rel=1e-6)
-  assert float(losses.jacobian_matching(10 * sg, tg)) == pytest.approx(0.40, rel=1e-6)
+  assert float(losses.jacobian_matching(sg, tg, "sum")) == pytest.approx(0.40, rel=1e-6)
+  assert float(losses.jacobian_matching(10 * sg, tg, "sum")) == pytest.approx(0.40, rel=1e-6)
+  assert float(losses.jacobian_matching(sg, tg, "mean")) == pytest.approx(0.20, rel=1e-6)
+
+
+def test_jacobian_reductions_differ_by_exactly_the_input_size():
+  """"sum" over C H W elements is C H W times "mean" (Knowledge-Distillation-Zoo's F.mse_loss)."""
+  k1, k2 = jax.random.split(jax.random.key(3))
+  sg, tg = jax.random.normal(k1, (5, 6, 4, 3)), jax.random.normal(k2, (5, 6, 4, 3))
+  total = losses.jacobian_matching(sg, tg, "sum")
+  mean = losses.jacobian_matching(sg, tg, "mean")
+  assert float(total) == pytest.approx(6 * 4 * 3 * float(mean), rel=1e-6)
+  torch = pytest.importorskip("torch")
+  flat = lambda g: torch.nn.functional.normalize(torch.tensor(np.asarray(g)).reshape(5, -1), dim=1)  # noqa: E731
+  assert float(mean) == pytest.approx(float(torch.nn.functional.mse_loss(flat(sg), flat(tg))),
+                                      rel=1e-5)
+  with pytest.raises(ValueError, match="jacobian_reduction must be one of"):
+    losses.jacobian_matching(sg, tg, "max")
+
+
+def test_jacobian_default_is_the_public_implementations_form_and_weight():
+  from dnd_jax.configs import base_config
+  cfg = base_config("cifar100", "jacobian").method
+  assert (cfg.jacobian_reduction, cfg.jacobian_weight) == ("mean", 20.0)
 
 
 def test_true_class_input_gradient_of_a_linear_model():
@@ -82,7 +104,8 @@ def test_jacobian_term_gradient_matches_finite_differences():
     tg = losses.true_class_input_gradient(net(w_teacher), x, labels)
 
     def loss(w):
-      return losses.jacobian_matching(losses.true_class_input_gradient(net(w), x, labels), tg)
+      return losses.jacobian_matching(losses.true_class_input_gradient(net(w), x, labels), tg,
+                                      "sum")
 
     analytic = jax.grad(loss)(w0)
     eps = 1e-6

@@ -63,6 +63,8 @@ def test_bad_stage_range_and_depth_are_clear_errors():
 def test_bfloat16_compute_keeps_float32_parameters():
   model = ResNet(depth=18, num_classes=10, width=4, dtype=jnp.bfloat16)
   variables = init_variables(model, jax.random.key(0), (8, 8, 3))
-  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+  leaves = jax.tree_util.tree_leaves_with_path(variables)
+  assert all(x.dtype == (jnp.int32 if p[-1].key == "num_batches_tracked" else jnp.float32)
+             for p, x in leaves)
   feats = model.apply(variables, jnp.ones((2, 8, 8, 3)), method="stages")
   assert feats[0].dtype == jnp.bfloat16 and feats[-1].dtype == jnp.float32

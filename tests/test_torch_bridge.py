@@ -106,11 +106,9 @@ def test_import_then_export_gives_back_the_same_tensors_bitwise(depth, stem, in_
       torch_bridge.torch_state_dict_to_variables(original))
   assert list(exported) == list(original)  # torchvision's order, num_batches_tracked included
   for key, value in original.items():
-    if key.endswith("num_batches_tracked"):
-      assert exported[key].dtype == torch.long and exported[key].shape == ()
-    else:
-      assert exported[key].dtype == value.dtype and exported[key].is_contiguous()
-      assert torch.equal(exported[key], value), key
+    assert exported[key].dtype == value.dtype and exported[key].is_contiguous()
+    assert torch.equal(exported[key], value), key
+  assert int(exported["layer2.0.bn1.num_batches_tracked"]) == 123
   fresh = tr.build_resnet(depth, 12, width=4, stem=stem, in_channels=in_channels)
   fresh.load_state_dict(exported, strict=True)
 
@@ -156,6 +154,23 @@ def test_checkpoint_dicts_and_dataparallel_prefixes_are_unwrapped(wrap):
   jax.tree.map(np.testing.assert_array_equal,
                torch_bridge.torch_state_dict_to_variables(wrap(model.state_dict()), 18, "cifar"),
                expected)
+
+
+def test_a_state_dict_without_batch_counters_imports_them_as_zero():
+  """PyTorch before 0.4.1 wrote no num_batches_tracked; PyTorch itself loads such files with 0."""
+  sd = {k: v for k, v in randomised_model(18, 10).state_dict().items()
+        if not k.endswith("num_batches_tracked")}
+  variables = torch_bridge.torch_state_dict_to_variables(sd)
+  counter = variables["batch_stats"]["stage3"]["block0"]["downsample_bn"]["num_batches_tracked"]
+  assert counter.dtype == np.int32 and int(counter) == 0
+  exported = torch_bridge.variables_to_torch_state_dict(variables)
+  assert exported["layer3.0.downsample.1.num_batches_tracked"].dtype == torch.long
+
+
+def test_a_counter_that_is_not_a_count_is_named():
+  sd = randomised_model(18, 10).state_dict()
+  sd["layer1.0.bn1.num_batches_tracked"] = torch.tensor(-3)
+  assert "Key 'layer1.0.bn1.num_batches_tracked' holds" in error_of(sd)
 
 
 def test_half_precision_weights_are_widened_to_float32():
@@ -357,4 +372,4 @@ def test_the_scripts_round_trip_a_teacher_through_the_command_line(tmp_path):
   assert "strict=True" in exported.stdout
   back = torch.load(tmp_path / "back.pt", weights_only=True)
   for key, value in model.state_dict().items():
-    assert key.endswith("num_batches_tracked") or torch.equal(back[key], value), key
+    assert torch.equal(back[key], value), key

@@ -2,8 +2,9 @@
 
 scripts/benchmark.py times dnd_jax against benchmarks/torch_reference.py; that comparison means
 something only if both run the same step. Here both get the same weights (through the converter)
-and the same normalised batch, and take two SGD steps (the second one exercises the momentum
-buffer and the schedule's next value). The dnd_jax side calls `steps.group_losses` directly, as
+and the same normalised batches, and take three SGD steps (the later ones exercise the momentum
+buffer and the schedule's next values); losses, parameters and every BatchNorm statistic (running
+mean, unbiased running variance, batch counter) must agree. The dnd_jax side calls `steps.group_losses` directly, as
 the jitted training step does after augmenting.
 """
 
@@ -29,6 +30,7 @@ from dnd_jax.models import ResNet  # noqa: E402
 from dnd_jax.torch_bridge import torch_state_dict_to_variables  # noqa: E402
 
 WIDTH, SIDE, BATCH, CLASSES, TOTAL_STEPS, TEACHER_DEPTH = 4, 16, 8, 10, 12, 34
+N_STEPS = 3
 
 
 def randomise_batchnorm(model, seed):
@@ -86,8 +88,10 @@ def run_both(method_name, phase, *, n_steps=2):
 
 
 @pytest.mark.parametrize("method_name,phase", [("dnd", 0), ("pdnd", 1), ("kd", 0)])
-def test_one_step_matches_pytorch(method_name, phase):
-  torch_losses, jax_losses, initial, torch_final, jax_final = run_both(method_name, phase)
+def test_steps_match_pytorch(method_name, phase):
+  torch_losses, jax_losses, initial, torch_final, jax_final = run_both(method_name, phase,
+                                                                       n_steps=N_STEPS)
+  stats_initial = dict(jax.tree_util.tree_leaves_with_path(initial["batch_stats"]))
   np.testing.assert_allclose(jax_losses, torch_losses, rtol=2e-5)
   assert torch_losses[0] != torch_losses[1]  # the first step changed the student
 
@@ -104,12 +108,17 @@ def test_one_step_matches_pytorch(method_name, phase):
   errors = jax.tree.map(excess, jax_final["params"], torch_final["params"], deltas)
   assert max(jax.tree.leaves(errors)) <= 1.0, errors
 
-  # Running means (PyTorch's running_var uses the unbiased batch variance, Flax's the biased one).
-  means_t = {p: v for p, v in jax.tree_util.tree_leaves_with_path(torch_final["batch_stats"])
-             if p[-1].key == "mean"}
-  means_j = dict(jax.tree_util.tree_leaves_with_path(jax_final["batch_stats"]))
-  for path, value in means_t.items():
-    np.testing.assert_allclose(means_j[path], value, rtol=1e-4, atol=1e-5, err_msg=str(path))
+  # BatchNorm running means, running variances (PyTorch's, updated with the unbiased batch
+  # variance) and batch counters, every one of them.
+  stats_t = dict(jax.tree_util.tree_leaves_with_path(torch_final["batch_stats"]))
+  stats_j = dict(jax.tree_util.tree_leaves_with_path(jax_final["batch_stats"]))
+  assert stats_j.keys() == stats_t.keys()
+  for path, value in stats_t.items():
+    if path[-1].key == "num_batches_tracked":
+      assert int(stats_j[path]) == int(value) == N_STEPS, path
+    else:
+      assert np.abs(value - stats_initial[path]).max() > 0, path  # the steps moved it
+      np.testing.assert_allclose(stats_j[path], value, rtol=1e-4, atol=1e-5, err_msg=str(path))
 
 
 def test_reference_pdnd_switches_partition_where_dnd_jax_does():

@@ -1,0 +1,57 @@
+"""Diagnose a trained DnD student: hybrid accuracies, per-stage feature errors, BatchNorm re-estimation.
+
+  python scripts/diagnose.py --config configs/dnd_fashion.py [--config.x=...] [--workdir runs/dnd_fashion]
+                             [--student <model folder>] [--output <prefix>] [--bn_batches N]
+
+Give the run's config with the run's overrides (it names the data, the student's and teacher's
+architecture, and the teacher, `config.teacher.checkpoint`). The student is <workdir>/model unless
+--student names another model folder. Writes <prefix>.json and <prefix>.md (default
+<workdir>/diagnosis) and prints the tables; dnd_jax/diagnose.py says what each number is.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dnd_jax import diagnose, workdir as run_folder  # noqa: E402
+from dnd_jax.runtime import setup_runtime  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "The run's config file, e.g. configs/dnd_fashion.py.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "The student's run folder; default runs/<config name>.")
+flags.DEFINE_string("student", None, "The student's model folder; default <workdir>/model.")
+flags.DEFINE_string("output", None, "Prefix of the .json and .md written; default "
+                    "<workdir>/diagnosis.")
+flags.DEFINE_integer("bn_batches", 0, "Training batches that re-estimate the BatchNorm statistics "
+                     "(0: one epoch's full batches).")
+flags.DEFINE_integer("seed", 0, "Seed of the re-estimation batches and their augmentation.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config_path = config_flags.get_config_filename(FLAGS["config"])
+  name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+  workdir = FLAGS.workdir or os.path.join("runs", name)
+  setup_runtime()
+  try:
+    result = diagnose.diagnose(FLAGS.config, FLAGS.student or run_folder.model_dir(workdir),
+                               bn_batches=FLAGS.bn_batches, seed=FLAGS.seed)
+  except ValueError as e:  # bad input: a missing or mismatched model, data, config values
+    if os.environ.get("DND_JAX_TRACEBACK"):
+      raise
+    print(f"error: {e}\n(set DND_JAX_TRACEBACK=1 for the traceback)", file=sys.stderr)
+    sys.exit(1)
+  paths = diagnose.write_report(result, FLAGS.output or os.path.join(workdir, diagnose.REPORT_NAME))
+  print(diagnose.format_markdown(result))
+  print(f"Wrote {paths[0]} and {paths[1]}.")
+
+
+if __name__ == "__main__":
+  app.run(main)
