@@ -485,7 +485,7 @@ def markdown(result: dict) -> str:
       f"{meta.get('compilation_cache') or 'off'}.",
       "Peaks: % of the data sheet's dense peak, and of the measured one ("
       + (f"an {meta['measured_matmul_n']}^3 bf16 matrix product in this run: "
-         f"{run_peak:,.0f} TFLOP/s" if run_peak else
+         f"{run_peak:,.4g} TFLOP/s" if run_peak else
          "MEASURED_PEAK_TFLOPS, recorded on the lent H100/H200; n/a elsewhere") + ").",
       *[f"Command: `{c}`" for c in meta.get("commands", [meta.get("command", "")])],
       "",
