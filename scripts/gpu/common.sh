@@ -70,8 +70,9 @@ EOF
       --target /tmp/site $missing >>"$LOG" 2>&1 || { gpu_log "error: pip could not install the carried wheels (see $LOG)"; exit 2; }
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
-  if ! "$PY" -c "import ml_collections" 2>>"$LOG"; then
-    gpu_log "error: ml_collections is not importable and no wheel of it is in .whl/: fetch it with the pip download command in docs/benchmarks.md and name .whl in the run's carry list"
+  local why
+  if ! why=$("$PY" -c "import ml_collections" 2>&1); then
+    gpu_log "error: ml_collections does not import ($(echo "$why" | tail -n 1)): fetch its wheel (and any missing dependency's) into .whl/ with the pip download command in docs/benchmarks.md, and name .whl in the run's carry list"
     exit 2
   fi
   "$PY" -c "import tensorboardX" 2>/dev/null \
