@@ -92,8 +92,8 @@ part_b() {
     gpu_log "error: no Fashion-MNIST in $FASHION_DIR: copy /usr/share/datasets/fashion-mnist/*.gz there and name data/fashion-mnist in the run's carry list (docs/benchmarks.md)"
     exit 3
   fi
-  local on_data=(--config.data.dir="$FASHION_DIR" --config.data.cache_dir="$WORK/data_cache"
-                 "${FASHION_SIZE[@]}")
+  # decoded arrays in the default cache (~/.cache/dnd_jax), which the CPU tests share
+  local on_data=(--config.data.dir="$FASHION_DIR" "${FASHION_SIZE[@]}")
   train_run b teacher_fashion 150 "trained once for every student" \
     --config configs/teacher_fashion.py --config.num_epochs="$FASHION_TEACHER_EPOCHS" \
     "${on_data[@]}" \
