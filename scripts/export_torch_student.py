@@ -40,7 +40,7 @@ def main(argv):
   lines = ["Load it in PyTorch with:", "  import torch, torchvision",
            f"  model = torchvision.models.resnet{depth}(num_classes={nc})"]
   if width != 64:
-    lines = ["Load it with benchmarks/torch_reference.py (torchvision has no width option):",
+    lines = ["Load it with dnd_jax/torch_reference.py (torchvision has no width option):",
              f"  model = torch_reference.build_resnet({depth}, {nc}, width={width}, "
              f"stem={info['stem']!r}, in_channels={info['in_channels']})"]
   else:

@@ -1,36 +1,28 @@
-"""scripts/benchmark.py at toy size: its rows, its files, its peak-FLOP table and its targets."""
+"""dnd_jax.benchmark at toy size: its rows, its files (written after every row), its peak tables
+and its targets."""
 
-import importlib.util
 import json
 import math
-import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from dnd_jax import benchmark
+
+TOY = ["--width", "4", "--image-size", "8", "--batch-sizes", "8", "--dtypes", "float32",
+       "--dataset-size", "16", "--steps", "2", "--warmup", "1"]
 
 
-@pytest.fixture(scope="module")
-def bench_script():
-  spec = importlib.util.spec_from_file_location("benchmark_script",
-                                                os.path.join(REPO, "scripts", "benchmark.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_one_method_runs_in_both_frameworks_and_writes_json_and_markdown(bench_script, tmp_path):
+def test_one_method_runs_in_both_frameworks_and_writes_json_and_markdown(tmp_path):
   pytest.importorskip("torch")
-  result = bench_script.main([
-      "--methods", "pdnd_p3", "--width", "4", "--image-size", "8", "--batch-sizes", "8",
-      "--dtypes", "float32", "--dataset-size", "16", "--steps", "2", "--warmup", "1",
-      "--torch", "eager", "--out", str(tmp_path)])
+  result = benchmark.main(["--methods", "pdnd_p3", *TOY, "--torch", "eager",
+                           "--out", str(tmp_path)])
   rows = {r["framework"]: r for r in result["rows"]}
   assert sorted(rows) == ["jax", "torch eager"]
   for r in rows.values():
     assert "error" not in r, r
     assert r["case"] == "pdnd_p3" and r["batch"] == 8
-    assert r["ms_per_step"] > 0 and r["loss_finite"]
+    assert r["ms_per_step"] > 0 and r["synced_ms_per_step"] > 0 and r["loss_finite"]
+    # throughput is the back-to-back loop's
     assert r["images_per_s"] == pytest.approx(8 / (r["ms_per_step"] / 1e3))
   jax_row = rows["jax"]
   assert jax_row["compile_s"] > 0 and jax_row["peak_mib"] >= jax_row["temp_mib"] > 0
@@ -45,22 +37,65 @@ def test_one_method_runs_in_both_frameworks_and_writes_json_and_markdown(bench_s
   assert "pdnd_p3 batch 8 float32" in text and "x torch eager" in text
 
 
-def test_peak_table_and_percent_of_peak(bench_script):
-  assert bench_script.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.0
-  assert bench_script.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756.0
-  assert bench_script.peak_tflops("NVIDIA H200", "float32") == 494.0
-  assert bench_script.peak_tflops("NVIDIA A100-SXM4-80GB", "bfloat16") == 312.0
-  assert bench_script.peak_tflops("NVIDIA A10", "bfloat16") == 125.0
-  assert bench_script.peak_tflops("cpu", "float32") is None
-  rows = [{"framework": "jax", "case": "kd", "batch": 128, "dtype": "bfloat16",
-           "steps_per_dispatch": 1, "gflop_per_step": 989.0, "ms_per_step": 2000.0}]
-  bench_script.add_flop_shares(rows, "NVIDIA H100 80GB HBM3")
+def test_files_are_written_after_every_row_and_append_keeps_them(tmp_path, monkeypatch):
+  """A run cut off after its first row leaves that row on disk; --append adds to it."""
+  calls = []
+
+  def fake_row(self, case, batch, dtype, per_dispatch=1):
+    if calls:
+      saved = json.loads((tmp_path / "benchmark.json").read_text())
+      assert [r["case"] for r in saved["rows"]] == calls  # on disk before the next row starts
+    calls.append(case)
+    if case == "kd":
+      raise MemoryError("out of memory")  # a failing row is recorded, the run goes on
+    return {"framework": "jax", "case": case, "batch": batch, "dtype": dtype,
+            "steps_per_dispatch": per_dispatch, "compile_s": 1.0, "ms_per_step": 2.0,
+            "images_per_s": batch / 2e-3, "synced_ms_per_step": 2.5, "host_ms_per_step": 0.1,
+            "peak_mib": 10.0, "temp_mib": 5.0, "gflop_per_step": 1.0, "mean_loss": 1.0,
+            "loss_finite": True}
+
+  monkeypatch.setattr(benchmark.JaxBench, "row", fake_row)
+  args = [*TOY, "--torch", "none", "--out", str(tmp_path)]
+  benchmark.main(["--methods", "dnd,kd", *args])
+  result = benchmark.main(["--methods", "dnd_lean", *args, "--append"])
+  assert [r["case"] for r in result["rows"]] == ["dnd", "kd", "dnd_lean"]
+  assert "out of memory" in result["rows"][1]["error"]
+  assert len(result["meta"]["commands"]) == 2
+  text = (tmp_path / "benchmark.md").read_text()
+  assert "| kd | 8 | float32 | jax | error: MemoryError: out of memory" in text
+  with pytest.raises(SystemExit, match="width"):
+    benchmark.main(["--methods", "dnd", *args, "--append", "--width", "8"])
+
+
+def test_peak_tables_percent_of_peak_and_verdicts():
+  assert benchmark.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.0
+  assert benchmark.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756.0
+  assert benchmark.peak_tflops("NVIDIA H200", "float32") == 494.0
+  assert benchmark.peak_tflops("NVIDIA A100-SXM4-80GB", "bfloat16") == 312.0
+  assert benchmark.peak_tflops("NVIDIA A10", "bfloat16") == 125.0
+  assert benchmark.peak_tflops("cpu", "float32") is None
+  assert benchmark.measured_peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 790.0
+  assert benchmark.measured_peak_tflops("NVIDIA H100 PCIe", "bfloat16") is None
+  rows = [{"framework": "jax", "case": "pdnd_p1", "batch": 128, "dtype": "bfloat16",
+           "steps_per_dispatch": 1, "gflop_per_step": 989.0, "ms_per_step": 2000.0,
+           "images_per_s": 64.0, "peak_mib": 1.0, "temp_mib": 1.0},
+          {"framework": "torch eager", "case": "pdnd_p1", "batch": 128, "dtype": "bfloat16",
+           "steps_per_dispatch": 1, "gflop_per_step": None, "ms_per_step": 1000.0,
+           "images_per_s": 128.0}]
+  benchmark.add_flop_shares(rows, "NVIDIA H100 80GB HBM3")
   assert rows[0]["pct_of_peak"] == pytest.approx(0.05)  # 989 GFLOP in 2 s of a 989 TFLOP/s peak
-  bench_script.add_flop_shares(rows, "cpu")
+  assert rows[0]["pct_of_measured_peak"] == pytest.approx(0.05 * 989 / 790)
+  assert rows[1]["pct_of_peak"] == pytest.approx(0.1)
+  benchmark.add_flop_shares(rows, "NVIDIA H100 80GB HBM3", {"bfloat16": 494.5})  # this run's
+  assert rows[0]["pct_of_measured_peak"] == pytest.approx(0.1)
+  benchmark.add_flop_shares(rows, "cpu")
   assert rows[0]["pct_of_peak"] is None and not math.isnan(rows[0]["xla_gflop_per_step"])
+  lines = benchmark.targets(rows)
+  assert "64 images/s (missed by 100%: >= 25,000)" in lines[0]
+  assert "0.50x torch eager (missed by 67%: >= 1.5x)" in lines[0]
 
 
-def test_unknown_method_is_a_clear_error(bench_script, capsys):
+def test_unknown_method_is_a_clear_error(capsys):
   with pytest.raises(SystemExit):
-    bench_script.parse_args(["--methods", "dnd,fitnet"])
+    benchmark.parse_args(["--methods", "dnd,fitnet"])
   assert "unknown --methods ['fitnet']" in capsys.readouterr().err

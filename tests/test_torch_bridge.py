@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import torch_reference as tr  # noqa: E402
+from dnd_jax import torch_reference as tr  # noqa: E402
 from dnd_jax import checkpoints, torch_bridge  # noqa: E402
 from dnd_jax.data import default_data_config  # noqa: E402
 from dnd_jax.models import ResNet, init_variables  # noqa: E402

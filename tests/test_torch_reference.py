@@ -1,6 +1,6 @@
 """The PyTorch reference steps compute what dnd_jax computes: same loss, same updated parameters.
 
-scripts/benchmark.py times dnd_jax against benchmarks/torch_reference.py; that comparison means
+dnd_jax.benchmark times dnd_jax against dnd_jax/torch_reference.py; that comparison means
 something only if both run the same step. Here both get the same weights (through the converter)
 and the same normalised batches, and take three SGD steps (the later ones exercise the momentum
 buffer and the schedule's next values); losses, parameters and every BatchNorm statistic (running
@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import torch_reference as tr  # noqa: E402
+from dnd_jax import torch_reference as tr  # noqa: E402
 from dnd_jax import optim, steps  # noqa: E402
 from dnd_jax.configs import base_config  # noqa: E402
 from dnd_jax.methods import get_method  # noqa: E402

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The speed benchmark on a GPU in one command of at most 9 minutes (issue 10):
+#
+#   bash scripts/gpu_bench.sh
+#
+# Parts, in priority order, each under its own time limit, all appending to one
+# $OUT/benchmark.json and benchmark.md that are rewritten after every row:
+#   a  bf16, batch 128, CIFAR-100 shapes, full width: every Progressive-DnD partition, DnD and KD,
+#      each beside PyTorch eager (AMP, channels_last) of the same step; first a bf16 matrix
+#      product measures the card's practical peak
+#   b  the same Progressive-DnD and KD steps in torch.compile, default mode and CUDA graphs
+#   c  batch 512: KD, DnD and memory-lean DnD (peak memory)
+# Exit 3 when part a wrote no row: a broken setup costs about a minute. Other codes and the
+# environment variables: scripts/gpu/common.sh. Sizes: GPU_TOY=1 shrinks everything (the CPU
+# test); GPU_BENCH_ARGS adds benchmark flags to every part (e.g. "--steps 100").
+# Files back: env.txt, benchmark.json, benchmark.md, gpu_bench.log.
+
+GPU_SCRIPT=gpu_bench
+source "$(dirname "${BASH_SOURCE[0]}")/gpu/common.sh"
+
+# Most of the GPU to JAX, the rest to the PyTorch rows of the same process (JAX would otherwise
+# take 75% up front). Peak memory is XLA's compile-time figure, which this does not change.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}
+
+if [ "$GPU_TOY" = 1 ]; then
+  # The CPU test: the same parts and files, one or two cases each; torch.compile takes minutes
+  # on a CPU, so part b's PyTorch rows are eager there.
+  SHAPES=(--width 4 --image-size 8 --dataset-size 32 --steps 2 --warmup 1)
+  BATCH_A=8 BATCH_C=16 PEAK_N=64
+  METHODS_A=pdnd_p3 METHODS_B=kd TORCH_B=eager METHODS_C=kd,dnd_lean
+else
+  # 50,000 resident images as in CIFAR-100; 50 timed steps of each kind per row
+  SHAPES=(--width 64 --image-size 32 --dataset-size 50000 --steps 50 --warmup 5)
+  BATCH_A=128 BATCH_C=512 PEAK_N=8192
+  METHODS_A=pdnd_p1,pdnd_p2,pdnd_p3,dnd,kd METHODS_B=pdnd_p3,kd,pdnd_p1,pdnd_p2
+  TORCH_B=compile,cudagraphs METHODS_C=kd,dnd,dnd_lean
+fi
+# shellcheck disable=SC2206
+EXTRA=(${GPU_BENCH_ARGS:-})
+BENCH=("$PY" scripts/benchmark.py "${SHAPES[@]}" --dtypes bfloat16 --steps-per-dispatch 1
+       --out "$OUT" "${EXTRA[@]}")
+
+gpu_install_wheels
+gpu_record_env "$@"
+
+# Estimates for an H100 (not measured): five XLA compiles of 20-40 s each dominate part a; each
+# torch.compile of part b takes 30-60 s; part c is three XLA compiles.
+gpu_part a 240 "${BENCH[@]}" --methods "$METHODS_A" --batch-sizes "$BATCH_A" \
+  --torch eager --measure-peak "$PEAK_N"
+if ! "$PY" - "$OUT/benchmark.json" <<'EOF'
+import json, sys
+try:
+  rows = json.load(open(sys.argv[1]))["rows"]
+except (OSError, ValueError, KeyError):
+  rows = []
+sys.exit(0 if any("error" not in r for r in rows) else 1)
+EOF
+then
+  gpu_log "error: part a produced no row: the setup is broken; see $LOG"
+  tail -n 40 "$LOG"
+  exit 3
+fi
+gpu_part b 190 "${BENCH[@]}" --methods "$METHODS_B" --batch-sizes "$BATCH_A" --no-jax \
+  --torch "$TORCH_B" --append
+gpu_part c 90 "${BENCH[@]}" --methods "$METHODS_C" --batch-sizes "$BATCH_C" --torch none \
+  --append
+cat "$OUT/benchmark.md"
+gpu_finish
