@@ -147,13 +147,18 @@ class TrainCheckpoints:
   """
 
   def __init__(self, workdir: str, keep: int):
-    def options(max_to_keep):
-      return ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                          enable_async_checkpointing=True)
+    def manager(directory, max_to_keep, tree_item):
+      # handlers named up front, so that a fresh manager (a resumed run) can read a checkpoint's
+      # tree metadata before restoring it (`_compatible_target`)
+      return ocp.CheckpointManager(
+          directory, options=ocp.CheckpointManagerOptions(
+              max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True),
+          item_handlers={tree_item: ocp.StandardCheckpointHandler(),
+                         "meta": ocp.JsonCheckpointHandler()})
 
     self.workdir = workdir
-    self.state = ocp.CheckpointManager(run_folder.checkpoints_dir(workdir), options=options(keep))
-    self.best = ocp.CheckpointManager(run_folder.best_dir(workdir), options=options(1))
+    self.state = manager(run_folder.checkpoints_dir(workdir), keep, "state")
+    self.best = manager(run_folder.best_dir(workdir), 1, "variables")
 
   def latest_step(self) -> int | None:
     return self.state.latest_step()

@@ -94,9 +94,11 @@ def check(config, workdir: str | None = None) -> None:
   from dnd_jax.data.sources import READERS, SOURCES  # noqa: PLC0415
 
   problems: list[str] = []
-  for name in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint.every_epochs",
-               "checkpoint.keep", "log.refresh_steps"):
+  for name in ("num_epochs", "batch_size", "checkpoint.every_epochs", "checkpoint.keep",
+               "log.refresh_steps"):
     _positive_int(config, name, problems)
+  if config.get("eval_batch_size") != 0:  # 0: sized for the device
+    _positive_int(config, "eval_batch_size", problems)
   _positive_int(config, "steps_per_dispatch", problems)
   _finite(config, "optim.lr", problems, positive=True)
   for name in ("momentum", "weight_decay", "max_lr_factor", "base_lr_factor", "pct_start",

@@ -58,7 +58,7 @@ def test_probe_sums_equal_a_direct_computation():
 def test_batchnorm_reestimation_equals_pytorch_update_bn():
   torch = pytest.importorskip("torch")
   sys.path.insert(0, REPO)
-  from benchmarks import torch_reference as tr  # noqa: PLC0415
+  from dnd_jax import torch_reference as tr  # noqa: PLC0415
   from dnd_jax.torch_bridge import torch_state_dict_to_variables  # noqa: PLC0415
 
   torch.manual_seed(0)

@@ -29,7 +29,10 @@ def trained(tmp_path_factory):
   init = jax.jit(lambda key: init_variables(model, key, IMAGE))
   net = init(jax.random.key(0))
   net = {"params": net["params"],
-         "batch_stats": jax.tree.map(lambda x: x + 0.25, net["batch_stats"])}
+         # moved statistics (and batch counters, which keep their integer type)
+         "batch_stats": jax.tree.map(
+             lambda x: x + (0.25 if jnp.issubdtype(x.dtype, jnp.floating) else 1),
+             net["batch_stats"])}
   path = str(tmp_path_factory.mktemp("trained") / "model")
   config = base_config("fashion_mnist", "reinit_feature")
   config.model.width = 4

@@ -2,7 +2,7 @@
 
 The lean step differentiates the groups one after another from a teacher run one stage at a time;
 it must give the default step's parameters, BatchNorm statistics, optimiser state and metrics,
-and its compiled peak memory (XLA's memory analysis, which works on CPU) must be below the
+and its compiled peak memory (XLA's memory analysis, which works on CPU) must not exceed the
 default step's. The teacher is a ResNet18 here only to keep compilation short.
 """
 
@@ -68,7 +68,7 @@ def test_memory_lean_step_equals_default_step_with_no_more_memory(setup, groups)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  getattr(state_l, name), getattr(state_d, name))
   assert int(state_l.step) == int(state_d.step) == 1
-  assert temp[True] < temp[False], (temp[True], temp[False])
+  assert temp[True] <= temp[False], (temp[True], temp[False])
 
 
 def test_memory_lean_is_refused_without_a_teacher(setup):
