@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dnd_jax import checkpoints, parallel, steps
+from dnd_jax.runtime import is_primary
 from dnd_jax.configs import load_config_file
 from dnd_jax.data import Dataset, load_dataset
 from dnd_jax.methods import Method, get_method
@@ -111,6 +112,8 @@ def read_metrics(workdir: str) -> list[dict]:
 
 def write_metrics(workdir: str, history: list[dict]) -> None:
   """Rewrite the metrics file atomically (used on resume to drop epochs that will be redone)."""
+  if not is_primary():
+    return
   path = os.path.join(workdir, METRICS_FILE)
   with open(path + ".tmp", "w") as f:
     for row in history:
@@ -119,6 +122,8 @@ def write_metrics(workdir: str, history: list[dict]) -> None:
 
 
 def append_metrics(workdir: str, row: dict) -> None:
+  if not is_primary():
+    return
   with open(os.path.join(workdir, METRICS_FILE), "a") as f:
     f.write(json.dumps(row) + "\n")
     f.flush()
@@ -141,6 +146,8 @@ def record_config(config, workdir: str) -> None:
   Changing e.g. `num_epochs` or `optim.lr` between a run and its resumption changes the schedule
   from the resumed step on; that is allowed (it is how a run is extended) but worth a line.
   """
+  if not is_primary():
+    return
   path = os.path.join(workdir, "config.json")
   text = config.to_json_best_effort(indent=2)
   if os.path.exists(path):
@@ -386,9 +393,10 @@ def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluat
     summary["teacher_checkpoint"] = config.teacher.checkpoint
     if "trained_here_wall_s" in teacher_meta:
       summary["teacher_training_wall_s"] = teacher_meta["trained_here_wall_s"]
-  with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
-    json.dump(summary, f, indent=2)
-  print(format_summary(summary), flush=True)
+  if is_primary():
+    with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
+      json.dump(summary, f, indent=2)
+    print(format_summary(summary), flush=True)
   return summary
 
 
