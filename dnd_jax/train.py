@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from dnd_jax import checkpoints, parallel, steps
+from dnd_jax import checkpoints, parallel, profiling, steps, tb
 from dnd_jax.runtime import is_primary
 from dnd_jax.configs import load_config_file
 from dnd_jax.data import Dataset, load_dataset
@@ -240,6 +240,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = steps.create_train_state(variables, tx, config.seed)
 
   ckpts, state, meta, history = resume_or_start(workdir, config.checkpoint.keep, state)
+  tracer = profiling.StepTracer(workdir, config.log.get("profile_steps", ""))
+  tb_writer = tb.Writer(workdir, config.log, meta["epoch"] * steps_per_epoch)
 
   put = lambda x: jax.device_put(x, repl)  # noqa: E731
   state = put(state)
@@ -313,14 +315,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       phase_end = phase_starts[phase + 1] if phase + 1 < len(phase_starts) else total_steps
       n = per_dispatch if min(steps_per_epoch - i, phase_end - global_step) >= per_dispatch else 1
       run = step_fn if n == per_dispatch else phase_step(phase, perm, 1)[0]
+      tracer.before(global_step)
       state, sums = run(state, sums, train_images, train_labels, perm, teacher_vars)
       i += n
+      tracer.after(first_step + i, state)
       bar.update(n)
       refresh = config.log.refresh_steps
-      if config.log.progress_bar and i // refresh > (i - n) // refresh:
+      if (config.log.progress_bar or tb_writer.enabled) and i // refresh > (i - n) // refresh:
         m = mean_metrics([sums])
         rate = i * config.batch_size / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.3f}", img_s=f"{rate:.0f}")
+        tb_writer.steps(first_step + i, m, float(lr_schedule(first_step + i - 1)), rate)
     train = mean_metrics(finished_parts + [sums])  # waits for the epoch's last step
     # a partition compiled mid-epoch is compile time, not training time
     epoch_time = time.perf_counter() - t0 - (meta["compile_time_s"] - compile_before)
@@ -342,6 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
            "images_per_s": steps_per_epoch * config.batch_size / epoch_time}
     history.append(row)
     append_metrics(workdir, row)
+    tb_writer.epoch(row["step"], row)
     _log(f"epoch {epoch + 1}/{config.num_epochs}  loss {train['loss']:.4f}  train acc "
          f"{train['accuracy']:.4f}  {dataset.eval_split} acc {acc:.4f}  {epoch_time:.1f}s  "
          f"{row['images_per_s']:.0f} img/s")
@@ -351,6 +357,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if (epoch + 1) % config.checkpoint.every_epochs == 0 or epoch + 1 == config.num_epochs:
       ckpts.save(int(state.step), state, dict(meta))
   ckpts.wait()
+  tracer.close()
+  tb_writer.close()
 
   summary = finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate,
                    wall_start, teacher_meta)
