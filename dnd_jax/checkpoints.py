@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from dnd_jax import models, workdir as run_folder
 
@@ -68,11 +69,25 @@ def recorded_accuracy(meta: dict, record: dict) -> float | None:
 
 
 def save_model(path: str, variables: dict, arch: dict, info: dict | None = None) -> None:
-  """Write variables and architecture to `path`, replacing what was there only once complete."""
+  """Write variables and architecture to `path`, replacing what was there only once complete.
+
+  In a multi-process run every process calls this with the same (replicated) variables; process
+  0 alone writes, and the others wait for it.
+  """
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      _save_model(path, jax.device_get(variables), arch, info,
+                  ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0}))
+    multihost_utils.sync_global_devices(f"dnd_jax.save_model:{os.path.abspath(path)}")
+  else:
+    _save_model(path, variables, arch, info, ocp.options.MultiprocessingOptions())
+
+
+def _save_model(path, variables, arch, info, multiprocessing_options) -> None:
   path = os.path.abspath(path)
   tmp = path + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
-  ckptr = ocp.StandardCheckpointer()
+  ckptr = ocp.StandardCheckpointer(multiprocessing_options=multiprocessing_options)
   ckptr.save(os.path.join(tmp, "variables"), jax.device_get(variables))
   ckptr.wait_until_finished()
   with open(os.path.join(tmp, MODEL_META), "w") as f:

@@ -26,9 +26,10 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from dnd_jax import checkpoints, config_check, freeze, parallel, runtime, steps
+from dnd_jax import checkpoints, config_check, freeze, parallel, profiling, runtime, steps, tb
 from dnd_jax import teacher as teacher_lib, workdir as run_folder
 from dnd_jax.data import load_dataset
+from dnd_jax.runtime import is_primary
 from dnd_jax.methods import Method, get_method
 from dnd_jax.models import ResNet, build_model, init_variables, stage_output_shapes
 from dnd_jax.optim import make_optimizer, make_schedules, with_config_hyperparameters
@@ -198,6 +199,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   clock.resume(meta)
   # a resumed run continues its schedule with this config's budget and learning rate
   state = state.replace(opt_state=with_config_hyperparameters(state.opt_state, fresh_opt_state))
+  tracer = profiling.StepTracer(workdir, config.log.get("profile_steps", ""))
+  tb_writer = tb.Writer(workdir, config.log, meta["epoch"] * steps_per_epoch)
 
   put = lambda x: jax.device_put(x, repl)  # noqa: E731
   state = put(state)
@@ -289,14 +292,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       phase_end = phase_starts[phase + 1] if phase + 1 < len(phase_starts) else total_steps
       n = per_dispatch if min(steps_per_epoch - i, phase_end - global_step) >= per_dispatch else 1
       run = step_fn if n == per_dispatch else phase_step(phase, perm, 1)[0]
+      tracer.before(global_step)
       state, sums = run(state, sums, train_images, train_labels, perm, teacher_vars)
       i += n
+      tracer.after(first_step + i, state)
       bar.update(n)
       refresh = config.log.refresh_steps
-      if config.log.progress_bar and i // refresh > (i - n) // refresh:
+      if (config.log.progress_bar or tb_writer.enabled) and i // refresh > (i - n) // refresh:
         m = mean_metrics([sums])
         rate = i * config.batch_size / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.3f}", img_s=f"{rate:.0f}")
+        tb_writer.steps(first_step + i, m, float(lr_schedule(first_step + i - 1)), rate)
     train = mean_metrics(finished_parts + [sums])  # waits for the epoch's last step
     # a partition compiled mid-epoch is compile time, not training time
     epoch_time = time.perf_counter() - t0 - (clock.now["compile"] - compile_before)
@@ -318,6 +324,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
            "images_per_s": steps_per_epoch * config.batch_size / epoch_time}
     history.append(row)
     append_metrics(workdir, row)
+    tb_writer.epoch(row["step"], row)
     _log(f"epoch {epoch + 1}/{config.num_epochs}  loss {train['loss']:.4f}  train acc "
          f"{train['accuracy']:.4f}  {dataset.eval_split} acc {acc:.4f}  {epoch_time:.1f}s  "
          f"{row['images_per_s']:.0f} img/s")
@@ -331,6 +338,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         ckpts.save(int(state.step), state, dict(meta))
   with clock("checkpoint"):
     ckpts.wait()
+  tracer.close()
+  tb_writer.close()
 
   # the start of the whole run, as if it had run in this one process
   summary = finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate,
@@ -377,8 +386,9 @@ def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluat
   # wall time and its split (dnd_jax.timing) over every run of this workdir
   summary.update(clock.totals())
   summary["time_per_epoch_s"] = summary["train_time_s"] / max(len(history), 1)
-  run_folder.write_summary(workdir, summary)
-  print(format_summary(summary), flush=True)
+  if is_primary():
+    run_folder.write_summary(workdir, summary)
+    print(format_summary(summary), flush=True)
   return summary
 
 

@@ -10,6 +10,8 @@ A workdir holds
   model/                the final model with its `model.json`: what a later run loads as a teacher
   checkpoints_skipped/  checkpoints that did not restore, moved aside on resume
   lock                  held (flock) by the one process training in this folder
+  tensorboard/          TensorBoard event files
+  profile/              JAX profiler traces, when asked for
 
 Every other module asks this one for a path or a record instead of naming a file, so the layout,
 the atomic writes and the one policy for comparing configs live here.
@@ -33,6 +35,8 @@ LOCK_FILE = "lock"
 MODEL_DIR = "model"
 BEST_DIR = "best"
 CHECKPOINTS_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+PROFILE_DIR = "profile"
 MODEL_META = "model.json"  # inside an exported model folder (`model_dir`)
 
 # Fields that may change between a run and its resumption without changing what it computes.
@@ -69,6 +73,16 @@ def model_dir(workdir: str) -> str:
 
 def best_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), BEST_DIR)
+
+
+def tensorboard_dir(workdir: str) -> str:
+  """TensorBoard event files (`dnd_jax.tb`)."""
+  return os.path.join(workdir, TENSORBOARD_DIR)
+
+
+def profile_dir(workdir: str) -> str:
+  """JAX profiler traces of the steps `config.log.profile_steps` names (`dnd_jax.profiling`)."""
+  return os.path.join(workdir, PROFILE_DIR)
 
 
 def checkpoints_dir(workdir: str) -> str:
@@ -119,12 +133,22 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def _primary() -> bool:
+  """In a multi-process run every process computes the same records; process 0 alone writes."""
+  from dnd_jax.runtime import is_primary  # noqa: PLC0415 (keeps this module free of jax)
+  return is_primary()
+
+
 def write_metrics(workdir: str, history: list[dict]) -> None:
   """Rewrite the metrics file atomically (used on resume to drop epochs that will be redone)."""
+  if not _primary():
+    return
   _write_atomic(metrics_path(workdir), "".join(json.dumps(row) + "\n" for row in history))
 
 
 def append_metrics(workdir: str, row: dict) -> None:
+  if not _primary():
+    return
   with open(metrics_path(workdir), "a") as f:
     f.write(json.dumps(row) + "\n")
     f.flush()
@@ -145,6 +169,8 @@ def is_finished(workdir: str) -> bool:
 
 
 def write_summary(workdir: str, summary: dict) -> None:
+  if not _primary():
+    return
   _write_atomic(summary_path(workdir), json.dumps(summary, indent=2))
 
 
@@ -207,7 +233,8 @@ def record_config(config, workdir: str) -> list[str]:
   if changed:
     _log("Warning: the config differs from the one this workdir was started with: " +
          ", ".join(changed))
-  _write_atomic(config_path(workdir), config.to_json_best_effort(indent=2))
+  if _primary():
+    _write_atomic(config_path(workdir), config.to_json_best_effort(indent=2))
   return changed
 
 

@@ -84,7 +84,9 @@ def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
 
   c.log = ml_collections.ConfigDict()
   c.log.progress_bar = True
-  c.log.refresh_steps = 25  # host reads the running metrics this often for the progress bar
+  c.log.refresh_steps = 25  # host reads the running metrics this often (progress bar, TensorBoard)
+  c.log.tensorboard = True  # event files in <workdir>/tensorboard (needs tensorboardX), see tb.py
+  c.log.profile_steps = ""  # e.g. "10-15": jax.profiler trace of those steps, see profiling.py
   return c
 
 

@@ -1,0 +1,109 @@
+"""Accuracy of an exported model on a data set's test or validation split.
+
+The model is ours (a folder with `model.json`, e.g. `<workdir>/model` or one written by
+scripts/import_torch_teacher.py) or a PyTorch torchvision-layout checkpoint file, converted in
+memory by `dnd_jax.torch_bridge` with its architecture read off the tensors. The images go through
+the trainer's evaluation preprocessing (`config.data`: size, mean and std from the training split),
+so the number equals what a training run with that config would report for the same network.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dnd_jax import checkpoints, torch_bridge
+from dnd_jax.data import augment, load_dataset
+from dnd_jax.models import ResNet, init_variables
+
+
+def load_any_model(path: str, image_shape) -> tuple[ResNet, dict, dict]:
+  """(model, variables, architecture) of an exported folder or a PyTorch checkpoint file."""
+  if os.path.isdir(path):
+    arch = checkpoints.read_model_meta(path)["architecture"]
+    model = ResNet(depth=arch["depth"], num_classes=arch["num_classes"], width=arch["width"],
+                   stem=arch["stem"])
+    abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_shape))
+    variables, _ = checkpoints.load_model(path, arch, abstract)
+    return model, variables, arch
+  if not os.path.isfile(path):
+    raise checkpoints.CheckpointError(
+        f"No model at {path!r}: give an exported model folder (with {checkpoints.MODEL_META}) or a "
+        "PyTorch checkpoint file (.pt/.pth).")
+  variables = torch_bridge.torch_state_dict_to_variables(torch_bridge.load_torch_checkpoint(path))
+  arch = torch_bridge.variables_architecture(variables)
+  model = ResNet(depth=arch["depth"], num_classes=arch["num_classes"], width=arch["width"],
+                 stem=arch["stem"])
+  return model, variables, arch
+
+
+def evaluate_model(path: str, config, split: str = "test") -> dict:
+  """Accuracy, per-class accuracy, the confusion matrix and inference images/s of one model."""
+  if split not in ("test", "validation"):
+    raise ValueError(f"split={split!r}: use 'test' or 'validation'.")
+  if split == "validation" and not config.data.get("val_fraction", 0.0):
+    raise ValueError("split='validation' needs a held-out split: set "
+                     "--config.data.val_fraction (e.g. 0.1) as in the training run.")
+  dataset = load_dataset(config.data)
+  images, labels = ((dataset.eval_images, dataset.eval_labels) if split == "validation"
+                    else (dataset.test_images, dataset.test_labels))
+  model, variables, arch = load_any_model(path, dataset.image_shape)
+  if arch["num_classes"] != dataset.num_classes or arch["in_channels"] != dataset.image_shape[-1]:
+    raise checkpoints.CheckpointError(
+        f"The model has {arch['num_classes']} classes and {arch['in_channels']} input channels; "
+        f"{dataset.name} has {dataset.num_classes} and {dataset.image_shape[-1]}. Pick the config "
+        "of the data set the model was trained on.")
+  batch = int(config.eval_batch_size)
+  n = len(labels)
+  nb = -(-n // batch)
+  padded = np.concatenate([images, np.zeros((nb * batch - n, *images.shape[1:]), images.dtype)])
+
+  @jax.jit
+  def predict(variables, images_u8):
+    def one_batch(x):
+      x = augment.eval_preprocess(x, config.data, dataset.mean, dataset.std)
+      return jnp.argmax(model.apply(variables, x), -1)
+    return jax.lax.map(one_batch, images_u8.reshape(nb, batch, *images_u8.shape[1:])).reshape(-1)
+
+  variables, padded = jax.device_put((variables, padded))
+  jax.block_until_ready(predict(variables, padded))  # compile and warm up
+  t0 = time.perf_counter()
+  predictions = np.asarray(jax.block_until_ready(predict(variables, padded)))[:n]
+  seconds = time.perf_counter() - t0
+  k = dataset.num_classes
+  confusion = np.zeros((k, k), np.int64)
+  np.add.at(confusion, (labels, predictions), 1)
+  per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+  return {"model": path, "architecture": arch, "dataset": dataset.name, "split": split,
+          "images": n, "accuracy": float(confusion.trace() / n),
+          "per_class_accuracy": {name: float(a) for name, a in
+                                 zip(dataset.class_names or [str(i) for i in range(k)], per_class)},
+          "confusion": confusion.tolist(), "images_per_s": n / seconds,
+          "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}"}
+
+
+def plot_confusion(result: dict, path: str) -> None:
+  """The confusion matrix as a PNG (rows: true class, columns: predicted); needs matplotlib."""
+  import matplotlib  # noqa: PLC0415
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+  names = list(result["per_class_accuracy"])
+  confusion = np.asarray(result["confusion"])
+  size = max(4.0, 0.35 * len(names))
+  fig, ax = plt.subplots(figsize=(size + 1, size))
+  im = ax.imshow(confusion / np.maximum(confusion.sum(1, keepdims=True), 1), cmap="Blues",
+                 vmin=0, vmax=1)
+  if len(names) <= 20:
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(f"{result['dataset']} {result['split']}: accuracy {100 * result['accuracy']:.2f}%")
+  fig.colorbar(im, ax=ax, label="share of the true class")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

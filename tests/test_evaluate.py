@@ -1,0 +1,55 @@
+"""scripts/evaluate.py on real Fashion-MNIST: our exported model and the same one as PyTorch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tiny_config
+from dnd_jax import checkpoints, torch_bridge
+from dnd_jax.evaluate import evaluate_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the data block of tiny_config, so the normalisation matches the teacher's training run
+DATA_FLAGS = ["--config.data.image_size=8", "--config.data.fraction=0.05",
+              "--config.eval_batch_size=1000"]
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), "--config",
+                         os.path.join(REPO, "configs", "teacher_fashion.py"), *DATA_FLAGS, *args],
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_evaluate_reports_the_training_runs_accuracy_for_ours_and_torch(tiny_teacher, tmp_path):
+  torch = pytest.importorskip("torch")  # the PyTorch path of the bridge
+  path, summary = tiny_teacher
+  result = evaluate_model(path, tiny_config("teacher"))
+  assert result["images"] == 10_000
+  assert result["accuracy"] == pytest.approx(summary["final_accuracy"], abs=1e-4)
+  per_class = result["per_class_accuracy"]
+  assert len(per_class) == 10 and sum(per_class.values()) / 10 == pytest.approx(
+      result["accuracy"], abs=0.02)  # Fashion-MNIST's test split is balanced
+  assert sum(map(sum, result["confusion"])) == 10_000 and result["images_per_s"] > 0
+
+  variables, _ = checkpoints.load_model(path, checkpoints.read_model_meta(path)["architecture"],
+                                        None)
+  torch.save(torch_bridge.variables_to_torch_state_dict(variables), tmp_path / "teacher.pt")
+  proc = _cli("--model", str(tmp_path / "teacher.pt"), "--confusion", str(tmp_path / "c.png"),
+              "--output", str(tmp_path / "r.json"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / "r.json") as f:
+    assert json.load(f)["accuracy"] == pytest.approx(result["accuracy"], abs=1e-4)
+  assert os.path.getsize(tmp_path / "c.png") > 1000
+  assert "accuracy" in proc.stdout and "Ankle boot: " in proc.stdout
+
+
+def test_a_missing_model_is_one_error_line(tmp_path):
+  proc = _cli("--model", str(tmp_path / "nothing"))
+  assert proc.returncode == 1
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert lines[-1].startswith("error: No model at") and len(
+      [line for line in lines if line.startswith("error:")]) == 1
