@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dnd_jax import checkpoints, teacher as teacher_lib, workdir as run_folder
+from dnd_jax import checkpoints, steps, teacher as teacher_lib, workdir as run_folder
 from dnd_jax.data import augment, load_dataset
 from dnd_jax.methods import get_method
 from dnd_jax.models import BATCH_COUNTER, NUM_STAGES, ResNet, build_model, init_variables
@@ -55,12 +55,6 @@ def make_probe(student: ResNet, teacher: ResNet, data_config, mean, std, batch_s
   """
 
   def probe(s_vars, t_vars, images_u8, labels):
-    n = images_u8.shape[0]
-    nb = -(-n // batch_size)
-    pad = nb * batch_size - n
-    images_u8 = jnp.pad(images_u8, ((0, pad),) + ((0, 0),) * (images_u8.ndim - 1))
-    labels = jnp.pad(labels, (0, pad), constant_values=-1)
-
     def one_batch(xy):
       x, y = xy
       valid = y >= 0
@@ -88,8 +82,7 @@ def make_probe(student: ResNet, teacher: ResNet, data_config, mean, std, batch_s
           "teacher_sq": jnp.stack([masked(_per_example_sq(tk)) for tk in t]),
       }
 
-    per_batch = jax.lax.map(one_batch, (images_u8.reshape(nb, batch_size, *images_u8.shape[1:]),
-                                        labels.reshape(nb, batch_size)))
+    per_batch = jax.lax.map(one_batch, steps.padded_batches(images_u8, labels, batch_size))
     return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_batch)
 
   return probe

@@ -287,6 +287,21 @@ def eval_batch_size(num_images: int, image_shape, model: ResNet, device=None) ->
   return max(-(-num_images // batches), 1)
 
 
+def padded_batches(images_u8, labels, batch_size: int):
+  """(images, labels) cut into whole batches of `batch_size`, the last padded with label -1.
+
+  Label -1 never counts as correct and is masked out of sums, so one `lax.map` over the batches
+  covers every example exactly once.
+  """
+  n = images_u8.shape[0]
+  nb = -(-n // batch_size)
+  pad = nb * batch_size - n
+  images_u8 = jnp.pad(images_u8, ((0, pad),) + ((0, 0),) * (images_u8.ndim - 1))
+  labels = jnp.pad(labels, (0, pad), constant_values=-1)
+  return (images_u8.reshape(nb, batch_size, *images_u8.shape[1:]),
+          labels.reshape(nb, batch_size))
+
+
 def make_evaluate(model: ResNet, data_config, mean, std, batch_size: int = 0):
   """(variables, images_u8, labels) -> (number correct, summed CE) over padded batches.
 
@@ -298,10 +313,6 @@ def make_evaluate(model: ResNet, data_config, mean, std, batch_size: int = 0):
   def evaluate(variables, images_u8, labels):
     n = images_u8.shape[0]
     size = batch_size if batch_size > 0 else eval_batch_size(n, images_u8.shape[1:], model)
-    nb = -(-n // size)
-    pad = nb * size - n
-    images_u8 = jnp.pad(images_u8, ((0, pad),) + ((0, 0),) * (images_u8.ndim - 1))
-    labels = jnp.pad(labels, (0, pad), constant_values=-1)
 
     def one_batch(xy):
       x, y = xy
@@ -311,8 +322,7 @@ def make_evaluate(model: ResNet, data_config, mean, std, batch_size: int = 0):
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(y, 0))
       return correct, jnp.sum(jnp.where(valid, ce, 0.0))
 
-    correct, ce = jax.lax.map(one_batch, (images_u8.reshape(nb, size, *images_u8.shape[1:]),
-                                          labels.reshape(nb, size)))
+    correct, ce = jax.lax.map(one_batch, padded_batches(images_u8, labels, size))
     return jnp.sum(correct), jnp.sum(ce)
 
   return evaluate
