@@ -14,7 +14,8 @@ donated, batch sharded over every device, gather + augmentation inside) and repo
                         update); hidden behind the device while it is below ms/step
   peak, temp memory     XLA's memory analysis of the compiled step (argument + output - aliased +
                         temporaries; a compile-time figure), and its temporaries alone
-  GFLOP/step, % peak    XLA's cost analysis of the compiled step, and the share of the device's
+  GFLOP/step, % peak    XLA's cost analysis of the lowered step (the compiled one misses cuDNN's
+                        convolutions on a GPU; `--recount-flops` fixes older tables), and the share of the device's
                         dense peak it reaches at the loop's speed: against the data sheet, and
                         against what such a device really reaches on a large matrix product
                         (measured in this run with --measure-peak N, else the figure recorded
@@ -153,8 +154,14 @@ def _median_ms(seconds: list[float]) -> float:
   return 1e3 * statistics.median(seconds)
 
 
-def _cost_flops(compiled) -> float | None:
-  cost = compiled.cost_analysis()
+def _cost_flops(lowered) -> float | None:
+  """XLA's FLOP count of a lowered (not compiled) program.
+
+  The lowered module is the one to count: after compilation for a GPU, the convolutions are
+  cuDNN custom calls that XLA's cost analysis does not count (an H200 run reported 3.6 GFLOP for
+  a ResNet step of several hundred), while the lowered module still has them as convolutions.
+  """
+  cost = lowered.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per device program
     cost = cost[0] if cost else None
   return float(cost["flops"]) if cost and "flops" in cost else None
@@ -284,47 +291,71 @@ class JaxBench:
       self._vars[depth] = jax.device_get(variables)
     return self._vars[depth]
 
-  def row(self, case_name: str, batch: int, dtype_name: str, per_dispatch: int = 1) -> dict:
-    args = self.args
+  def _step(self, case_name: str, batch: int, dtype_name: str, abstract: bool = False):
+    """The case's step as `dnd_jax.train` builds it, its train state, metric sums and data.
+
+    `abstract`: the variables, state and sums as `jax.ShapeDtypeStruct`s (for a FLOP count that
+    lowers the step without computing or placing anything); else real ones on the devices.
+    """
     case = CASES[case_name]
     method = get_method(case.method)
-    dtype = DTYPES[dtype_name]
     config = base_config("cifar100", case.method)
     config.method.memory_lean = case.memory_lean
-    model = self.model(config.model.depth, dtype)
-    teacher = self.model(TEACHER_DEPTH, dtype) if method.needs_teacher else None
-    teacher_vars = (jax.device_put(self.variables(TEACHER_DEPTH), self.repl)
-                    if teacher is not None else None)
+    model = self.model(config.model.depth, DTYPES[dtype_name])
+    teacher = self.model(TEACHER_DEPTH, DTYPES[dtype_name]) if method.needs_teacher else None
     tx = make_optimizer(config.optim, TOTAL_STEPS, TOTAL_STEPS / len(method.phases))
-    steps_per_epoch = args.dataset_size // batch
+    steps_per_epoch = self.args.dataset_size // batch
     if steps_per_epoch == 0:
-      raise ValueError(f"--dataset-size {args.dataset_size} is smaller than the batch {batch}.")
+      raise ValueError(f"--dataset-size {self.args.dataset_size} is smaller than the batch {batch}.")
     step_fn = steps.make_train_step(
         model=model, teacher=teacher, method=method, groups=method.partition(case.phase),
         method_config=config.method, data_config=config.data, tx=tx, mean=cifar100.MEAN,
         std=cifar100.STD, batch_size=batch, steps_per_epoch=steps_per_epoch,
         batch_sharding=parallel.batch_sharded(self.mesh))
-    state = jax.device_put(steps.create_train_state(self.variables(config.model.depth), tx),
-                           self.repl)
+    if abstract:
+      def variables(depth):
+        return jax.eval_shape(lambda: init_variables(
+            self.model(depth, jnp.float32), jax.random.key(0), self.image_shape))
+      place = lambda tree: tree  # noqa: E731
+      state = jax.eval_shape(lambda v: steps.create_train_state(v, tx),
+                             variables(config.model.depth))
+    else:
+      variables = self.variables
+      place = lambda tree: jax.device_put(tree, self.repl)  # noqa: E731
+      state = place(steps.create_train_state(variables(config.model.depth), tx))
+    teacher_vars = place(variables(TEACHER_DEPTH)) if teacher is not None else None
     data = (self.images, self.labels, self.perm, teacher_vars)
-    sums = jax.device_put(steps.zero_metrics_like(step_fn, state, *data), self.repl)
+    sums = place(steps.zero_metrics_like(step_fn, state, *data))
+    return step_fn, state, sums, data
+
+  def step_gflop(self, case_name: str, batch: int, dtype_name: str) -> float | None:
+    """XLA's GFLOP count of one step, from the lowered program (nothing is compiled or run)."""
+    step_fn, state, sums, data = self._step(case_name, batch, dtype_name, abstract=True)
+    flops = _cost_flops(jax.jit(steps.accumulate_metrics(step_fn)).lower(state, sums, *data))
+    return None if flops is None else flops / 1e9
+
+  def row(self, case_name: str, batch: int, dtype_name: str, per_dispatch: int = 1) -> dict:
+    step_fn, state, sums, data = self._step(case_name, batch, dtype_name)
     jitted = jax.jit(steps.repeat_steps(steps.accumulate_metrics(step_fn), per_dispatch),
                      donate_argnums=(0, 1), out_shardings=(self.repl, self.repl))
     t0 = time.perf_counter()
     compiled = jitted.lower(state, sums, *data).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
-    flops = _cost_flops(compiled)
+    # one step's count, from the single-step program (a scan's loop body would count once)
+    flops = _cost_flops(jax.jit(steps.accumulate_metrics(step_fn)).lower(state, sums, *data))
+    flops = None if flops is None else flops / 1e9
 
     runner = _Runner(lambda carry: compiled(*carry, *data), jax.block_until_ready)
-    (state, sums), synced, loop, host = time_loop(runner, (state, sums), args.warmup, args.steps)
+    (state, sums), synced, loop, host = time_loop(runner, (state, sums), self.args.warmup,
+                                                  self.args.steps)
     loss = float(sums["loss"]) / max(float(sums["count"]), 1.0)
     row = {
         "framework": "jax", "case": case_name, "batch": batch, "dtype": dtype_name,
         "steps_per_dispatch": per_dispatch, "compile_s": compile_s,
         **_timing_fields(batch, synced, loop, host, per_dispatch),
         "peak_mib": None, "temp_mib": None, "donated_mib": None,
-        "gflop_per_step": None if flops is None else flops / 1e9 / per_dispatch,
+        "gflop_per_step": flops,
         "mean_loss": loss, "loss_finite": math.isfinite(loss),
     }
     if mem is not None:
@@ -399,9 +430,11 @@ def torch_row(bench: JaxBench, case_name: str, batch: int, dtype_name: str, mode
 # --- report -------------------------------------------------------------------------------------
 
 
-def add_flop_shares(rows: list[dict], device_kind: str, run_peak: dict | None = None) -> None:
+def add_flop_shares(rows: list[dict], device_kind: str, run_peak: dict | None = None,
+                    counted: dict | None = None) -> None:
   """% of the device's peak, from XLA's FLOP count of the single-step JAX row of the same case
-  (the scanned row's own count is unreliable: cost analysis undercounts inside loops).
+  (the scanned row's own count is unreliable: cost analysis undercounts inside loops), or else
+  from `counted["case/batch/dtype"]` (`recount_flops`, for PyTorch rows run without JAX rows).
 
   `pct_of_peak` is against the data sheet; `pct_of_measured_peak` against `run_peak[dtype]` (a
   matrix product measured in this run) or else the figure recorded for this kind of machine.
@@ -410,6 +443,8 @@ def add_flop_shares(rows: list[dict], device_kind: str, run_peak: dict | None = 
            if r["framework"] == "jax" and r["steps_per_dispatch"] == 1 and "error" not in r}
   for r in rows:
     gflop = flops.get((r["case"], r["batch"], r["dtype"]))
+    if gflop is None:
+      gflop = (counted or {}).get(f"{r['case']}/{r['batch']}/{r['dtype']}")
     r["xla_gflop_per_step"] = gflop
     r["peak_tflops"] = peak_tflops(device_kind, r["dtype"])
     r["measured_peak_tflops"] = ((run_peak or {}).get(r["dtype"])
@@ -488,6 +523,8 @@ def markdown(result: dict) -> str:
          f"{run_peak:,.4g} TFLOP/s" if run_peak else
          "MEASURED_PEAK_TFLOPS, recorded on the lent H100/H200; n/a elsewhere") + ").",
       *[f"Command: `{c}`" for c in meta.get("commands", [meta.get("command", "")])],
+      *([f"FLOP counts recounted {meta['flops_recounted']} (`--recount-flops`)."]
+        if meta.get("flops_recounted") else []),
       "",
       "images/s and ms/step: steps dispatched back to back (what an epoch sees); synced: each "
       "step waited for on its own.",
@@ -553,12 +590,45 @@ def _write_atomic(path: str, text: str) -> None:
 def write_outputs(out: str, result: dict) -> str:
   """<out>/benchmark.json and <out>/benchmark.md for the rows so far; returns the markdown."""
   add_flop_shares(result["rows"], result["meta"]["device_kind"],
-                  {"bfloat16": result["meta"].get("measured_matmul_tflops")})
+                  {"bfloat16": result["meta"].get("measured_matmul_tflops")},
+                  result["meta"].get("gflop_per_step"))
   os.makedirs(out, exist_ok=True)
   _write_atomic(os.path.join(out, JSON_FILE), json.dumps(result, indent=2))
   text = markdown(result)
   _write_atomic(os.path.join(out, MARKDOWN_FILE), text)
   return text
+
+
+def recount_flops(out: str) -> dict:
+  """Rewrites <out>/benchmark.json and .md with every case's FLOP count from its lowered step.
+
+  For tables written before the count came from the lowered program (a GPU run's compiled count
+  misses the convolutions, see `_cost_flops`): the lowered program depends only on the shapes in
+  the table's meta, so any machine, a CPU one too, counts what the recorded device ran. The
+  counts go into each single-step JAX row and, for every case of the table, into
+  meta["gflop_per_step"] (PyTorch rows without a JAX row read theirs from there).
+  """
+  path = os.path.join(out, JSON_FILE)
+  with open(path) as f:
+    result = json.load(f)
+  meta = result["meta"]
+  args = argparse.Namespace(width=meta["width"], image_size=meta["image_size"],
+                            num_classes=meta["num_classes"], dataset_size=meta["dataset_size"])
+  bench = JaxBench(args)
+  counted = {}
+  for r in result["rows"]:
+    key = f"{r['case']}/{r['batch']}/{r['dtype']}"
+    if r["case"] in CASES and key not in counted:
+      _log(f"[benchmark] counting {key} ...")
+      counted[key] = bench.step_gflop(r["case"], r["batch"], r["dtype"])
+    if r["framework"] == "jax" and r.get("steps_per_dispatch", 1) == 1 and "error" not in r:
+      r["gflop_per_step"] = counted[key]
+  meta["gflop_per_step"] = counted
+  meta["flops_recounted"] = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}"
+                             f" on {jax.default_backend()}, jax {jax.__version__}, from the "
+                             "lowered steps")
+  write_outputs(out, result)
+  return result
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -590,6 +660,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--out", default=None, help="output folder (default runs/benchmark_<backend>)")
   p.add_argument("--append", action="store_true",
                  help="keep the rows already in <out>/benchmark.json and add these")
+  p.add_argument("--recount-flops", action="store_true",
+                 help="only rewrite <out>'s FLOP counts and %% of peak from the lowered steps "
+                      "(for tables whose counts came from a GPU's compiled program)")
   args = p.parse_args(argv)
   preset = PRESETS[args.preset or ("cpu" if jax.default_backend() == "cpu" else "accelerator")]
   for key, value in preset.items():
@@ -693,6 +766,10 @@ def run(args, command: str | None = None) -> dict:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
+  if args.recount_flops:
+    result = recount_flops(args.out)
+    print(markdown(result))
+    return result
   result = run(args, _command(argv))
   print(markdown(result))
   _log(f"[benchmark] wrote {args.out}/{JSON_FILE} and {MARKDOWN_FILE}")

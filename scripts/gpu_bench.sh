@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The speed benchmark on a GPU in one command of at most 9 minutes (issue 10):
 #
-#   bash scripts/gpu_bench.sh
+#   bash scripts/gpu_bench.sh           # parts a, b, c
+#   bash scripts/gpu_bench.sh c,b       # only the named parts (always in the order a, b, c)
 #
 # Parts, in priority order, each under its own time limit, all appending to one
 # $OUT/benchmark.json and benchmark.md that are rewritten after every row:
@@ -10,6 +11,9 @@
 #      product measures the card's practical peak
 #   b  the same Progressive-DnD and KD steps in torch.compile, default mode and CUDA graphs
 #   c  batch 512: KD, DnD and memory-lean DnD (peak memory)
+#   d  (only when asked: `bash scripts/gpu_bench.sh d`) Progressive DnD and KD at batch 128, each
+#      once per dispatch and 4 steps per dispatch (lax.scan): whether the host's dispatch is what
+#      limits the JAX rows (the 2026-11-26 H200 run showed host ms/step about equal to ms/step)
 # Exit 3 when part a wrote no row: a broken setup costs about a minute. Other codes and the
 # environment variables: scripts/gpu/common.sh. Sizes: GPU_TOY=1 shrinks everything (the CPU
 # test); GPU_BENCH_ARGS adds benchmark flags to every part (e.g. "--steps 100").
@@ -17,6 +21,8 @@
 
 GPU_SCRIPT=gpu_bench
 source "$(dirname "${BASH_SOURCE[0]}")/gpu/common.sh"
+
+PARTS=${1:-a,b,c}
 
 # Most of the GPU to JAX, the rest to the PyTorch rows of the same process (JAX would otherwise
 # take 75% up front). Peak memory is XLA's compile-time figure, which this does not change.
@@ -27,27 +33,27 @@ if [ "$GPU_TOY" = 1 ]; then
   # on a CPU, so part b's PyTorch rows are eager there.
   SHAPES=(--width 4 --image-size 8 --dataset-size 32 --steps 2 --warmup 1)
   BATCH_A=8 BATCH_C=16 PEAK_N=64
-  METHODS_A=pdnd_p3 METHODS_B=kd TORCH_B=eager METHODS_C=kd,dnd_lean
+  METHODS_A=pdnd_p3 METHODS_B=kd TORCH_B=eager METHODS_C=kd,dnd_lean METHODS_D=kd
 else
   # 50,000 resident images as in CIFAR-100; 50 timed steps of each kind per row
   SHAPES=(--width 64 --image-size 32 --dataset-size 50000 --steps 50 --warmup 5)
   BATCH_A=128 BATCH_C=512 PEAK_N=8192
   METHODS_A=pdnd_p1,pdnd_p2,pdnd_p3,dnd,kd METHODS_B=pdnd_p3,kd,pdnd_p1,pdnd_p2
-  TORCH_B=compile,cudagraphs METHODS_C=kd,dnd,dnd_lean
+  TORCH_B=compile,cudagraphs METHODS_C=kd,dnd,dnd_lean METHODS_D=pdnd_p3,kd
 fi
 # shellcheck disable=SC2206
 EXTRA=(${GPU_BENCH_ARGS:-})
-BENCH=("$PY" scripts/benchmark.py "${SHAPES[@]}" --dtypes bfloat16 --steps-per-dispatch 1
-       --out "$OUT" "${EXTRA[@]}")
+BENCH=("$PY" scripts/benchmark.py "${SHAPES[@]}" --dtypes bfloat16 --out "$OUT")
 
 gpu_install_wheels
 gpu_record_env "$@"
 
 # Estimates for an H100 (not measured): five XLA compiles of 20-40 s each dominate part a; each
 # torch.compile of part b takes 30-60 s; part c is three XLA compiles.
-gpu_part a 240 "${BENCH[@]}" --methods "$METHODS_A" --batch-sizes "$BATCH_A" \
-  --torch eager --measure-peak "$PEAK_N"
-if ! "$PY" - "$OUT/benchmark.json" <<'EOF'
+part_a() {
+  gpu_part a 240 "${BENCH[@]}" --methods "$METHODS_A" --batch-sizes "$BATCH_A" \
+    --torch eager --measure-peak "$PEAK_N" --steps-per-dispatch 1 "${EXTRA[@]}"
+  if ! "$PY" - "$OUT/benchmark.json" <<'EOF'
 import json, sys
 try:
   rows = json.load(open(sys.argv[1]))["rows"]
@@ -55,14 +61,26 @@ except (OSError, ValueError, KeyError):
   rows = []
 sys.exit(0 if any("error" not in r for r in rows) else 1)
 EOF
-then
-  gpu_log "error: part a produced no row: the setup is broken; see $LOG"
-  tail -n 40 "$LOG"
-  exit 3
-fi
-gpu_part b 190 "${BENCH[@]}" --methods "$METHODS_B" --batch-sizes "$BATCH_A" --no-jax \
-  --torch "$TORCH_B" --append
-gpu_part c 90 "${BENCH[@]}" --methods "$METHODS_C" --batch-sizes "$BATCH_C" --torch none \
-  --append
-cat "$OUT/benchmark.md"
+  then
+    gpu_log "error: part a produced no row: the setup is broken; see $LOG"
+    tail -n 40 "$LOG"
+    exit 3
+  fi
+}
+
+case ",$PARTS," in *,a,*) part_a ;; esac
+# --append: to the rows of an earlier part in this $OUT (a fresh table when there are none)
+case ",$PARTS," in *,b,*)
+  gpu_part b 190 "${BENCH[@]}" --methods "$METHODS_B" --batch-sizes "$BATCH_A" --no-jax \
+    --torch "$TORCH_B" --steps-per-dispatch 1 --append "${EXTRA[@]}" ;;
+esac
+case ",$PARTS," in *,c,*)
+  gpu_part c 90 "${BENCH[@]}" --methods "$METHODS_C" --batch-sizes "$BATCH_C" --torch none \
+    --steps-per-dispatch 1 --append "${EXTRA[@]}" ;;
+esac
+case ",$PARTS," in *,d,*)
+  gpu_part d 120 "${BENCH[@]}" --methods "$METHODS_D" --batch-sizes "$BATCH_A" --torch none \
+    --steps-per-dispatch 4 --scan-methods "$METHODS_D" --append "${EXTRA[@]}" ;;
+esac
+[ -f "$OUT/benchmark.md" ] && cat "$OUT/benchmark.md"
 gpu_finish

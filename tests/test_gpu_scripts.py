@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -40,27 +41,6 @@ def test_fake_cifar100_is_read_as_the_official_format(tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_bench_runs_its_three_parts_into_one_table(tmp_path):
-  done = run_script("gpu_bench.sh", tmp_path)
-  assert done.returncode == 0, done.stdout + done.stderr
-  assert sorted(os.listdir(tmp_path)) == ["benchmark.json", "benchmark.md", "env.txt",
-                                          "gpu_bench.log"]
-  result = json.loads((tmp_path / "benchmark.json").read_text())
-  rows = [(r["framework"], r["case"], r["batch"]) for r in result["rows"]]
-  assert rows == [("jax", "pdnd_p3", 8), ("torch eager", "pdnd_p3", 8),  # part a
-                  ("torch eager", "kd", 8),  # part b (torch.compile on a GPU)
-                  ("jax", "kd", 16), ("jax", "dnd_lean", 16)]  # part c
-  assert not [r for r in result["rows"] if "error" in r]
-  assert all(r["dtype"] == "bfloat16" for r in result["rows"])
-  assert len(result["meta"]["commands"]) == 3 and result["meta"]["measured_matmul_tflops"] > 0
-  text = (tmp_path / "benchmark.md").read_text()
-  assert "pdnd_p3 batch 8 bfloat16" in text and "memory-lean DnD batch 16 bfloat16" in text
-  env = (tmp_path / "env.txt").read_text()
-  assert "jax 0." in env and "python 3." in env and "nvidia-smi" in env
-  assert "   a 0 " in done.stdout and "   c 0 " in done.stdout
-
-
-@pytest.mark.slow
 def test_gpu_bench_stops_early_with_its_own_exit_code_when_part_a_writes_nothing(tmp_path):
   done = run_script("gpu_bench.sh", tmp_path, JAX_PLATFORMS="no_such_platform")
   assert done.returncode == 3, done.stdout + done.stderr
@@ -75,10 +55,38 @@ def _runs(out):
 
 
 @pytest.mark.slow
-def test_gpu_headline_part_a_times_the_main_command_on_random_cifar(tmp_path):
+def test_gpu_all_runs_every_bench_part_and_the_headline_into_seven_files(tmp_path):
+  """One device command for both measurements (scripts/gpu_all.sh): the bench's parts named (all
+  four here), then the headline's part a; the files gathered into the at most 8 that come back."""
   out = tmp_path / "out"
-  done = run_script("gpu_headline.sh", out, "a", GPU_WORK=str(tmp_path / "work"))
+  done = run_script("gpu_all.sh", out, GPU_WORK=str(tmp_path / "work"),
+                    GPU_ALL_BENCH_PARTS="a,b,c,d", GPU_ALL_HEADLINE_PARTS="a",
+                    GPU_ALL_BENCH_S="1500", GPU_ALL_HEADLINE_S="1500")
   assert done.returncode == 0, done.stdout + done.stderr
+  assert sorted(os.listdir(out)) == ["benchmark.json", "benchmark.md", "env.txt", "headline.csv",
+                                     "headline.json", "headline.md", "logs.tgz"]
+  with tarfile.open(out / "logs.tgz") as tar:
+    names = tar.getnames()
+  assert "./bench/gpu_bench.log" in names and "./headline/gpu_headline.log" in names
+
+  # the bench: every part's rows in one table, in priority order
+  result = json.loads((out / "benchmark.json").read_text())
+  rows = [(r["framework"], r["case"], r["batch"], r["steps_per_dispatch"]) for r in result["rows"]]
+  assert rows == [("jax", "pdnd_p3", 8, 1), ("torch eager", "pdnd_p3", 8, 1),  # part a
+                  ("torch eager", "kd", 8, 1),  # part b (torch.compile on a GPU)
+                  ("jax", "kd", 16, 1), ("jax", "dnd_lean", 16, 1),  # part c
+                  ("jax", "kd", 8, 1), ("jax", "kd", 8, 4)]  # part d: 1 and 4 steps per dispatch
+  assert not [r for r in result["rows"] if "error" in r]
+  assert all(r["dtype"] == "bfloat16" for r in result["rows"])
+  assert len(result["meta"]["commands"]) == 4 and result["meta"]["measured_matmul_tflops"] > 0
+  text = (out / "benchmark.md").read_text()
+  assert "pdnd_p3 batch 8 bfloat16" in text and "memory-lean DnD batch 16 bfloat16" in text
+  env = (out / "env.txt").read_text()
+  assert "jax 0." in env and "python 3." in env and "nvidia-smi" in env
+  for part in "abcd":
+    assert f"   {part} 0 " in done.stdout
+
+  # the headline's part a: the main command's runs, each with its summary
   runs = _runs(out)
   assert list(runs) == ["teacher_cifar", "pdnd_cifar", "kd_cifar"]
   for name, method in (("teacher_cifar", "teacher"), ("pdnd_cifar", "pdnd"), ("kd_cifar", "kd")):
@@ -89,6 +97,7 @@ def test_gpu_headline_part_a_times_the_main_command_on_random_cifar(tmp_path):
   text = (out / "headline.md").read_text()
   assert "| a | pdnd_cifar | 0 |" in text and "compile_time_s" in text
   assert "\na,pdnd_cifar,0," in (out / "headline.csv").read_text()
+  assert "gpu_bench exit 0, gpu_headline exit 0" in done.stdout
 
 
 @pytest.mark.slow
