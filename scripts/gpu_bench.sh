@@ -30,10 +30,11 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}
 
 if [ "$GPU_TOY" = 1 ]; then
   # The CPU test: the same parts and files, one or two cases each; torch.compile takes minutes
-  # on a CPU, so part b's PyTorch rows are eager there.
+  # on a CPU, so part b's PyTorch rows are eager there. Part d repeats part a's case, whose
+  # single-step program then comes from the compilation cache.
   SHAPES=(--width 4 --image-size 8 --dataset-size 32 --steps 2 --warmup 1)
   BATCH_A=8 BATCH_C=16 PEAK_N=64
-  METHODS_A=pdnd_p3 METHODS_B=kd TORCH_B=eager METHODS_C=kd,dnd_lean METHODS_D=kd
+  METHODS_A=pdnd_p3 METHODS_B=kd TORCH_B=eager METHODS_C=kd,dnd_lean METHODS_D=pdnd_p3
 else
   # 50,000 resident images as in CIFAR-100; 50 timed steps of each kind per row
   SHAPES=(--width 64 --image-size 32 --dataset-size 50000 --steps 50 --warmup 5)

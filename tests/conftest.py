@@ -6,11 +6,20 @@ also use. (Turning XLA's backend optimisations off compiles faster but runs conv
 slower, a net loss here.)
 """
 
+import fcntl
 import os
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ["DND_JAX_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="dnd_jax_test_xla_cache_")
+# One cache per test session, shared by pytest-xdist's workers (the README's command runs two):
+# their run id names it; without xdist, a fresh folder.
+_run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _run_id:
+  _cache = os.path.join(tempfile.gettempdir(), f"dnd_jax_test_xla_cache_{_run_id}")
+  os.makedirs(_cache, exist_ok=True)
+else:
+  _cache = tempfile.mkdtemp(prefix="dnd_jax_test_xla_cache_")
+os.environ["DND_JAX_COMPILATION_CACHE"] = _cache
 
 import jax  # noqa: E402
 
@@ -47,8 +56,17 @@ def tiny_config(method: str, **overrides):
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory):
-  """A width-4 ResNet34 teacher trained once per session; returns its exported model path."""
+  """A width-4 ResNet34 teacher trained once per session; returns its exported model path.
+
+  Under pytest-xdist the workers share it: the first to get the lock trains it, the others find
+  the finished run (train_and_evaluate returns its summary without training again).
+  """
   from dnd_jax.train import train_and_evaluate
-  workdir = tmp_path_factory.mktemp("teacher")
-  summary = train_and_evaluate(tiny_config("teacher"), str(workdir))
-  return str(workdir / "model"), summary
+  if not _run_id:
+    workdir = tmp_path_factory.mktemp("teacher")
+    return str(workdir / "model"), train_and_evaluate(tiny_config("teacher"), str(workdir))
+  workdir = os.path.join(tempfile.gettempdir(), f"dnd_jax_test_teacher_{_run_id}")
+  with open(workdir + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    summary = train_and_evaluate(tiny_config("teacher"), workdir)
+  return os.path.join(workdir, "model"), summary

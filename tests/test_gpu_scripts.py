@@ -75,7 +75,7 @@ def test_gpu_all_runs_every_bench_part_and_the_headline_into_seven_files(tmp_pat
   assert rows == [("jax", "pdnd_p3", 8, 1), ("torch eager", "pdnd_p3", 8, 1),  # part a
                   ("torch eager", "kd", 8, 1),  # part b (torch.compile on a GPU)
                   ("jax", "kd", 16, 1), ("jax", "dnd_lean", 16, 1),  # part c
-                  ("jax", "kd", 8, 1), ("jax", "kd", 8, 4)]  # part d: 1 and 4 steps per dispatch
+                  ("jax", "pdnd_p3", 8, 1), ("jax", "pdnd_p3", 8, 4)]  # part d: 1 and 4 per dispatch
   assert not [r for r in result["rows"] if "error" in r]
   assert all(r["dtype"] == "bfloat16" for r in result["rows"])
   assert len(result["meta"]["commands"]) == 4 and result["meta"]["measured_matmul_tflops"] > 0
