@@ -55,12 +55,14 @@ def _runs(out):
 
 
 @pytest.mark.slow
-def test_gpu_all_runs_every_bench_part_and_the_headline_into_seven_files(tmp_path):
-  """One device command for both measurements (scripts/gpu_all.sh): the bench's parts named (all
-  four here), then the headline's part a; the files gathered into the at most 8 that come back."""
+def test_gpu_all_runs_the_bench_parts_and_the_headline_into_seven_files(tmp_path):
+  """One device command for both measurements (scripts/gpu_all.sh): the bench's parts named (the
+  default three here; part d, the same benchmark with --steps-per-dispatch 4, is left out for the
+  suite's time: a scanned step compiles slowly on a CPU), then the headline's part a; the files
+  gathered into the at most 8 that come back."""
   out = tmp_path / "out"
   done = run_script("gpu_all.sh", out, GPU_WORK=str(tmp_path / "work"),
-                    GPU_ALL_BENCH_PARTS="a,b,c,d", GPU_ALL_HEADLINE_PARTS="a",
+                    GPU_ALL_BENCH_PARTS="a,b,c", GPU_ALL_HEADLINE_PARTS="a",
                     GPU_ALL_BENCH_S="1500", GPU_ALL_HEADLINE_S="1500")
   assert done.returncode == 0, done.stdout + done.stderr
   assert sorted(os.listdir(out)) == ["benchmark.json", "benchmark.md", "env.txt", "headline.csv",
@@ -74,16 +76,15 @@ def test_gpu_all_runs_every_bench_part_and_the_headline_into_seven_files(tmp_pat
   rows = [(r["framework"], r["case"], r["batch"], r["steps_per_dispatch"]) for r in result["rows"]]
   assert rows == [("jax", "pdnd_p3", 8, 1), ("torch eager", "pdnd_p3", 8, 1),  # part a
                   ("torch eager", "kd", 8, 1),  # part b (torch.compile on a GPU)
-                  ("jax", "kd", 16, 1), ("jax", "dnd_lean", 16, 1),  # part c
-                  ("jax", "pdnd_p3", 8, 1), ("jax", "pdnd_p3", 8, 4)]  # part d: 1 and 4 per dispatch
+                  ("jax", "kd", 16, 1), ("jax", "dnd_lean", 16, 1)]  # part c
   assert not [r for r in result["rows"] if "error" in r]
   assert all(r["dtype"] == "bfloat16" for r in result["rows"])
-  assert len(result["meta"]["commands"]) == 4 and result["meta"]["measured_matmul_tflops"] > 0
+  assert len(result["meta"]["commands"]) == 3 and result["meta"]["measured_matmul_tflops"] > 0
   text = (out / "benchmark.md").read_text()
   assert "pdnd_p3 batch 8 bfloat16" in text and "memory-lean DnD batch 16 bfloat16" in text
   env = (out / "env.txt").read_text()
   assert "jax 0." in env and "python 3." in env and "nvidia-smi" in env
-  for part in "abcd":
+  for part in "abc":
     assert f"   {part} 0 " in done.stdout
 
   # the headline's part a: the main command's runs, each with its summary
