@@ -15,11 +15,11 @@ donated, batch sharded over every device, gather + augmentation inside) and repo
   peak, temp memory     XLA's memory analysis of the compiled step (argument + output - aliased +
                         temporaries; a compile-time figure), and its temporaries alone
   GFLOP/step, % peak    XLA's cost analysis of the lowered step (the compiled one misses cuDNN's
-                        convolutions on a GPU; `--recount-flops` fixes older tables), and the share of the device's
-                        dense peak it reaches at the loop's speed: against the data sheet, and
-                        against what such a device really reaches on a large matrix product
-                        (measured in this run with --measure-peak N, else the figure recorded
-                        for the lent H100/H200 in MEASURED_PEAK_TFLOPS)
+                        convolutions on a GPU; `--recount-flops` fixes older tables), and the
+                        share of the device's dense peak it reaches at the loop's speed: against
+                        the data sheet, and against what such a device really reaches on a large
+                        matrix product (measured in this run with --measure-peak N, else the
+                        figure recorded for the lent H100/H200 in MEASURED_PEAK_TFLOPS)
 
 and, on the same device in the same run, `dnd_jax.torch_reference` (eager, torch.compile and
 torch.compile with CUDA graphs) for the methods it implements, with XLA's FLOP count of the same
@@ -154,8 +154,8 @@ def _median_ms(seconds: list[float]) -> float:
   return 1e3 * statistics.median(seconds)
 
 
-def _cost_flops(lowered) -> float | None:
-  """XLA's FLOP count of a lowered (not compiled) program.
+def _cost_gflop(lowered) -> float | None:
+  """XLA's GFLOP count of a lowered (not compiled) program.
 
   The lowered module is the one to count: after compilation for a GPU, the convolutions are
   cuDNN custom calls that XLA's cost analysis does not count (an H200 run reported 3.6 GFLOP for
@@ -164,7 +164,7 @@ def _cost_flops(lowered) -> float | None:
   cost = lowered.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per device program
     cost = cost[0] if cost else None
-  return float(cost["flops"]) if cost and "flops" in cost else None
+  return float(cost["flops"]) / 1e9 if cost and "flops" in cost else None
 
 
 def measure_matmul_tflops(n: int, dtype: str = "bfloat16", reps: int = 10) -> float:
@@ -306,7 +306,8 @@ class JaxBench:
     tx = make_optimizer(config.optim, TOTAL_STEPS, TOTAL_STEPS / len(method.phases))
     steps_per_epoch = self.args.dataset_size // batch
     if steps_per_epoch == 0:
-      raise ValueError(f"--dataset-size {self.args.dataset_size} is smaller than the batch {batch}.")
+      raise ValueError(f"--dataset-size {self.args.dataset_size} is smaller than the batch "
+                       f"{batch}.")
     step_fn = steps.make_train_step(
         model=model, teacher=teacher, method=method, groups=method.partition(case.phase),
         method_config=config.method, data_config=config.data, tx=tx, mean=cifar100.MEAN,
@@ -331,20 +332,21 @@ class JaxBench:
   def step_gflop(self, case_name: str, batch: int, dtype_name: str) -> float | None:
     """XLA's GFLOP count of one step, from the lowered program (nothing is compiled or run)."""
     step_fn, state, sums, data = self._step(case_name, batch, dtype_name, abstract=True)
-    flops = _cost_flops(jax.jit(steps.accumulate_metrics(step_fn)).lower(state, sums, *data))
-    return None if flops is None else flops / 1e9
+    return _cost_gflop(jax.jit(steps.accumulate_metrics(step_fn)).lower(state, sums, *data))
 
   def row(self, case_name: str, batch: int, dtype_name: str, per_dispatch: int = 1) -> dict:
     step_fn, state, sums, data = self._step(case_name, batch, dtype_name)
     jitted = jax.jit(steps.repeat_steps(steps.accumulate_metrics(step_fn), per_dispatch),
                      donate_argnums=(0, 1), out_shardings=(self.repl, self.repl))
     t0 = time.perf_counter()
-    compiled = jitted.lower(state, sums, *data).compile()
+    lowered = jitted.lower(state, sums, *data)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
-    # one step's count, from the single-step program (a scan's loop body would count once)
-    flops = _cost_flops(jax.jit(steps.accumulate_metrics(step_fn)).lower(state, sums, *data))
-    flops = None if flops is None else flops / 1e9
+    # one step's count: the timed program's own when it is one step, else the single-step
+    # program's (a scan's loop body would count once)
+    gflop = _cost_gflop(lowered if per_dispatch == 1 else
+                        jax.jit(steps.accumulate_metrics(step_fn)).lower(state, sums, *data))
 
     runner = _Runner(lambda carry: compiled(*carry, *data), jax.block_until_ready)
     (state, sums), synced, loop, host = time_loop(runner, (state, sums), self.args.warmup,
@@ -355,7 +357,7 @@ class JaxBench:
         "steps_per_dispatch": per_dispatch, "compile_s": compile_s,
         **_timing_fields(batch, synced, loop, host, per_dispatch),
         "peak_mib": None, "temp_mib": None, "donated_mib": None,
-        "gflop_per_step": flops,
+        "gflop_per_step": gflop,
         "mean_loss": loss, "loss_finite": math.isfinite(loss),
     }
     if mem is not None:
@@ -603,7 +605,7 @@ def recount_flops(out: str) -> dict:
   """Rewrites <out>/benchmark.json and .md with every case's FLOP count from its lowered step.
 
   For tables written before the count came from the lowered program (a GPU run's compiled count
-  misses the convolutions, see `_cost_flops`): the lowered program depends only on the shapes in
+  misses the convolutions, see `_cost_gflop`): the lowered program depends only on the shapes in
   the table's meta, so any machine, a CPU one too, counts what the recorded device ran. The
   counts go into each single-step JAX row and, for every case of the table, into
   meta["gflop_per_step"] (PyTorch rows without a JAX row read theirs from there).
