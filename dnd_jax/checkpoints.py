@@ -164,10 +164,15 @@ class TrainCheckpoints:
   def __init__(self, workdir: str, keep: int):
     def manager(directory, max_to_keep, tree_item):
       # handlers named up front, so that a fresh manager (a resumed run) can read a checkpoint's
-      # tree metadata before restoring it (`_compatible_target`)
+      # tree metadata before restoring it (`_compatible_target`). Each manager's cross-process
+      # barriers get their own prefix: Orbax names them by step, and the state and the best
+      # model are often saved at the same step, which in a multi-process run made two saves
+      # wait at one barrier until it timed out and the processes aborted.
       return ocp.CheckpointManager(
           directory, options=ocp.CheckpointManagerOptions(
-              max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True),
+              max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True,
+              multiprocessing_options=ocp.options.MultiprocessingOptions(
+                  barrier_sync_key_prefix=tree_item)),
           item_handlers={tree_item: ocp.StandardCheckpointHandler(),
                          "meta": ocp.JsonCheckpointHandler()})
 

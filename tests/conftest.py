@@ -54,6 +54,20 @@ def tiny_config(method: str, **overrides):
   return c
 
 
+# The modules with the longest end-to-end tests, longest first (by `--durations` on this 2-core
+# machine, 2026-11-27). With `--dist loadscope` a module runs whole on one pytest-xdist worker,
+# and xdist's default order (the modules with the most tests first) drew these last, so one worker
+# ran them while the other sat idle; `--no-loadscope-reorder` (pyproject.toml) keeps this order.
+LONGEST_FIRST = ("test_train.py", "test_gpu_scripts.py", "test_multiprocess.py",
+                 "test_reliability.py", "test_reproduce.py", "test_dispatch.py", "test_parallel.py",
+                 "test_methods.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep order
+
+
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory):
   """A width-4 ResNet34 teacher trained once per session; returns its exported model path.

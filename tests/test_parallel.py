@@ -35,7 +35,6 @@ def _max_diffs(a, b) -> dict:
 
 def _worker() -> dict:
   """Runs under 4 forced CPU devices: one DnD and one KD step on 1 and on 4 devices."""
-  import jax.numpy as jnp  # noqa: PLC0415
 
   from dnd_jax import steps  # noqa: PLC0415
   from dnd_jax.configs import base_config  # noqa: PLC0415

@@ -172,7 +172,9 @@ def test_a_failed_run_then_a_finished_one_then_a_rerun(tmp_path, capsys):
 @pytest.mark.slow
 def test_ctrl_c_says_where_it_stopped_and_the_rerun_resumes(tmp_path):
   workdir = tmp_path / "run"
-  proc = cli(workdir, "--config.num_epochs=3", popen=True)
+  # 8 epochs: the first checkpoint is committed in the background, at the latest when the second
+  # is saved, so a short run could end before the signal
+  proc = cli(workdir, "--config.num_epochs=8", popen=True)
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
     ckpts = run_folder.checkpoints_dir(str(workdir))
@@ -187,10 +189,10 @@ def test_ctrl_c_says_where_it_stopped_and_the_rerun_resumes(tmp_path):
   done = len(run_folder.read_metrics(str(workdir)))
   assert (f"interrupted at epoch {done + 1}; rerun the same command to resume" in err or
           f"interrupted at epoch {done}; rerun the same command to resume" in err), err
-  result = cli(workdir, "--config.num_epochs=3")
+  result = cli(workdir, "--config.num_epochs=8")
   assert result.returncode == 0, result.stderr
   assert "Resuming" in result.stderr and "Taking over" not in result.stderr
-  assert [r["epoch"] for r in run_folder.read_metrics(str(workdir))] == [1, 2, 3]
+  assert [r["epoch"] for r in run_folder.read_metrics(str(workdir))] == list(range(1, 9))
 
 
 # --- the teacher a student run trains for itself ------------------------------------------------
