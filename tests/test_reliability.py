@@ -169,6 +169,22 @@ def test_a_failed_run_then_a_finished_one_then_a_rerun(tmp_path, capsys):
   assert open(run_folder.summary_path(workdir)).read() == before
 
 
+def test_a_ctrl_c_that_a_library_swallows_still_stops_the_run():
+  from dnd_jax.train import _CtrlC  # noqa: PLC0415
+
+  before = signal.getsignal(signal.SIGINT)
+  with _CtrlC() as ctrl_c:
+    ctrl_c.check()  # nothing pending
+    try:  # what Orbax's event loop does with a KeyboardInterrupt: catches it and carries on
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(1)
+    except BaseException:  # noqa: BLE001
+      pass
+    with pytest.raises(KeyboardInterrupt):
+      ctrl_c.check()
+  assert signal.getsignal(signal.SIGINT) is before
+
+
 @pytest.mark.slow
 def test_ctrl_c_says_where_it_stopped_and_the_rerun_resumes(tmp_path):
   workdir = tmp_path / "run"
