@@ -16,9 +16,7 @@ import bisect
 import contextlib
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from typing import Any
 
@@ -114,35 +112,6 @@ def resume_or_start(workdir: str, keep: int, state):
 # --- the loop -----------------------------------------------------------------------------------
 
 
-class _CtrlC:
-  """Ctrl-C raises KeyboardInterrupt as usual and is also remembered, because a library can
-  swallow it: Orbax runs a save's event loop under `except BaseException`, so a Ctrl-C that
-  landed during a checkpoint save was logged and training carried on to the end. `check` raises
-  it again at the end of the epoch. Installed only in the main thread, over Python's default
-  handler (a caller's own SIGINT handler is left alone)."""
-
-  def __init__(self):
-    self.pending, self._previous = False, None
-
-  def __enter__(self):
-    if (threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-      self._previous = signal.signal(signal.SIGINT, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    self.pending = True
-    signal.default_int_handler(signum, frame)
-
-  def check(self) -> None:
-    if self.pending:
-      raise KeyboardInterrupt
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGINT, self._previous)
-
-
 class Interrupted(KeyboardInterrupt):
   """Ctrl-C during a run; carries the epoch it stopped in (the checkpoints before it are intact)."""
 
@@ -177,15 +146,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # one process holds the lock for a multi-host run (its peers write no records)
   with run_folder.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
     try:
-      with _CtrlC() as ctrl_c:
-        return _train_and_evaluate(config, workdir, ctrl_c)
+      return _train_and_evaluate(config, workdir)
     except KeyboardInterrupt:
       done = len(read_metrics(workdir))
       raise Interrupted(workdir, min(done + 1, config.num_epochs)) from None
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        ctrl_c: _CtrlC | None = None) -> dict:
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   clock = TimeSplit()
   runtime.enable_compilation_cache()
   run_folder.record_config(config, workdir)
@@ -369,8 +336,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       meta.update(clock.totals())  # the time split so far, continued by a resumed run
       with clock("checkpoint"):
         ckpts.save(int(state.step), state, dict(meta))
-    if ctrl_c is not None:
-      ctrl_c.check()  # a Ctrl-C that a save swallowed stops the run here
   with clock("checkpoint"):
     ckpts.wait()
   tracer.close()
