@@ -9,6 +9,7 @@ slower, a net loss here.)
 import fcntl
 import os
 import tempfile
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One cache per test session, shared by pytest-xdist's workers (the README's command runs two):
@@ -56,8 +57,8 @@ def tiny_config(method: str, **overrides):
 
 # The modules with the longest end-to-end tests, longest first (by `--durations` on this 2-core
 # machine, 2026-11-27). With `--dist loadscope` a module runs whole on one pytest-xdist worker,
-# and xdist's default order (the modules with the most tests first) drew these last, so one worker
-# ran them while the other sat idle; `--no-loadscope-reorder` (pyproject.toml) keeps this order.
+# and xdist's default order (the modules with the most tests first) drew these last;
+# `--no-loadscope-reorder` (pyproject.toml) keeps this order instead.
 LONGEST_FIRST = ("test_train.py", "test_gpu_scripts.py", "test_multiprocess.py",
                  "test_reliability.py", "test_reproduce.py", "test_dispatch.py", "test_parallel.py",
                  "test_methods.py")
@@ -66,6 +67,18 @@ LONGEST_FIRST = ("test_train.py", "test_gpu_scripts.py", "test_multiprocess.py",
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep order
+
+
+def wait_for_first_checkpoint(workdir, procs, timeout: float) -> None:
+  """Until a training-state checkpoint in `workdir` is complete (Orbax renames its folder to the
+  step number once written), one of `procs` has exited, or `timeout` seconds have passed."""
+  from dnd_jax import workdir as run_folder  # noqa: PLC0415
+  folder = run_folder.checkpoints_dir(str(workdir))
+  deadline = time.time() + timeout
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder)):
+      return
+    time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

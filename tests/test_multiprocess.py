@@ -22,8 +22,8 @@ import time
 
 import pytest
 
-from conftest import tiny_config
-from dnd_jax import checkpoints, workdir as run_folder
+from conftest import tiny_config, wait_for_first_checkpoint
+from dnd_jax import checkpoints
 from dnd_jax.train import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,15 +130,10 @@ def test_processes_train_pdnd_like_one_process_and_resume_after_one_is_killed(ti
                                   "num_epochs": epochs, "checkpoint.keep": 3})
   workdir = tmp_path / "multi"
 
-  # a node dies: the last process is killed once the checkpoint of epoch 1 is complete (Orbax renames
-  # its folder to the step number); the launcher then stops the others
+  # a node dies: the last process is killed once the checkpoint of epoch 1 is complete; the
+  # launcher then stops the others
   procs = _start(config, workdir, processes)
-  ckpt_dir = run_folder.checkpoints_dir(str(workdir))
-  deadline = time.time() + 600
-  while time.time() < deadline and all(p.poll() is None for p in procs):
-    if os.path.isdir(ckpt_dir) and any(name.isdigit() for name in os.listdir(ckpt_dir)):
-      break
-    time.sleep(0.05)
+  wait_for_first_checkpoint(workdir, procs, timeout=600)
   procs[-1].send_signal(signal.SIGKILL)
   time.sleep(2)
   for p in procs:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import tiny_config
+from conftest import tiny_config, wait_for_first_checkpoint
 from dnd_jax import checkpoints, teacher, workdir as run_folder
 from dnd_jax.train import train_and_evaluate
 
@@ -175,12 +175,7 @@ def test_a_failed_run_then_a_finished_one_then_a_rerun(tmp_path, capsys):
 def test_ctrl_c_says_where_it_stopped_and_the_rerun_resumes(tmp_path):
   workdir = tmp_path / "run"
   proc = cli(workdir, "--config.num_epochs=4", popen=True)
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    ckpts = run_folder.checkpoints_dir(str(workdir))
-    if os.path.isdir(ckpts) and any(s.isdigit() for s in os.listdir(ckpts)):
-      break
-    time.sleep(0.05)
+  wait_for_first_checkpoint(workdir, [proc], timeout=240)
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=120)
   assert not run_folder.is_finished(str(workdir)), "the run finished before it was interrupted"
