@@ -25,6 +25,14 @@ and, on the same device in the same run, `dnd_jax.torch_reference` (eager, torch
 torch.compile with CUDA graphs) for the methods it implements, with XLA's FLOP count of the same
 step for its % of peak. With `--steps-per-dispatch K > 1` the cases of `--scan-methods` get a
 second row running K steps per dispatch (`lax.scan`, as `config.steps_per_dispatch` does).
+With `--profile-steps N` each JAX row then runs N more steps under `jax.profiler` (the trace in
+<out>/traces/<row>/) and adds the trace's summary (`dnd_jax.profiling.summarize_trace`): the
+device's busy time per step against the step's span, kernels and launches per step, ms per op
+class; it tells a device-bound step from one the host's launches hold back. `--xla-option NAME=VALUE`
+compiles the timed steps with that XLA option (only them: the rest of the run's programs come from
+the compilation cache as usual), and `--jax-label` names such a variant's JAX rows so that they
+stand apart from the default rows of the same table; the rows record their options (and any
+XLA_FLAGS of the environment).
 
 It writes <out>/benchmark.json and <out>/benchmark.md after every row, so a run cut off by a
 time limit keeps what it finished; `--append` adds rows to what <out> already holds (the GPU
@@ -51,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dnd_jax import parallel, steps
+from dnd_jax import parallel, profiling, steps
 from dnd_jax.configs import base_config
 from dnd_jax.data import augment, cifar100
 from dnd_jax.methods import get_method
@@ -329,6 +337,25 @@ class JaxBench:
     sums = place(steps.zero_metrics_like(step_fn, state, *data))
     return step_fn, state, sums, data
 
+  def profile(self, runner: "_Runner", carry, label: str, per_dispatch: int):
+    """`--profile-steps` more dispatches back to back under the profiler; (carry, summary)."""
+    trace_dir = os.path.join(self.args.out, "traces", label)
+    dispatches = max(self.args.profile_steps // per_dispatch, 1)
+    jax.profiler.start_trace(trace_dir)
+    try:
+      for _ in range(dispatches):
+        carry = runner.step(carry)
+      runner.sync(carry)
+    finally:
+      jax.profiler.stop_trace()
+    trace = profiling.find_trace(trace_dir)
+    if trace is None:
+      return carry, {"error": f"no *.trace.json.gz under {trace_dir}"}
+    summary = profiling.summarize_trace(trace, dispatches * per_dispatch)
+    summary["trace"] = os.path.relpath(trace, self.args.out)
+    _log(f"[benchmark] profile {label}: {profiling.describe(summary)}")
+    return carry, summary
+
   def step_gflop(self, case_name: str, batch: int, dtype_name: str) -> float | None:
     """XLA's GFLOP count of one step, from the lowered program (nothing is compiled or run)."""
     step_fn, state, sums, data = self._step(case_name, batch, dtype_name, abstract=True)
@@ -340,7 +367,7 @@ class JaxBench:
                      donate_argnums=(0, 1), out_shardings=(self.repl, self.repl))
     t0 = time.perf_counter()
     lowered = jitted.lower(state, sums, *data)
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options=self.args.xla_options or None)
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     # one step's count: the timed program's own when it is one step, else the single-step
@@ -351,15 +378,26 @@ class JaxBench:
     runner = _Runner(lambda carry: compiled(*carry, *data), jax.block_until_ready)
     (state, sums), synced, loop, host = time_loop(runner, (state, sums), self.args.warmup,
                                                   self.args.steps)
+    profile = None
+    if self.args.profile_steps:
+      label = f"{self.args.jax_label}_{case_name}_b{batch}_{dtype_name}_x{per_dispatch}"
+      (state, sums), profile = self.profile(runner, (state, sums), label, per_dispatch)
     loss = float(sums["loss"]) / max(float(sums["count"]), 1.0)
     row = {
-        "framework": "jax", "case": case_name, "batch": batch, "dtype": dtype_name,
+        "framework": self.args.jax_label, "case": case_name, "batch": batch,
+        "dtype": dtype_name,
         "steps_per_dispatch": per_dispatch, "compile_s": compile_s,
         **_timing_fields(batch, synced, loop, host, per_dispatch),
         "peak_mib": None, "temp_mib": None, "donated_mib": None,
         "gflop_per_step": gflop,
         "mean_loss": loss, "loss_finite": math.isfinite(loss),
     }
+    if os.environ.get("XLA_FLAGS"):
+      row["xla_flags"] = os.environ["XLA_FLAGS"]
+    if self.args.xla_options:
+      row["xla_options"] = dict(self.args.xla_options)
+    if profile is not None:
+      row["profile"] = profile
     if mem is not None:
       peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
               + mem.temp_size_in_bytes)
@@ -442,7 +480,7 @@ def add_flop_shares(rows: list[dict], device_kind: str, run_peak: dict | None = 
   matrix product measured in this run) or else the figure recorded for this kind of machine.
   """
   flops = {(r["case"], r["batch"], r["dtype"]): r["gflop_per_step"] for r in rows
-           if r["framework"] == "jax" and r["steps_per_dispatch"] == 1 and "error" not in r}
+           if _is_jax(r) and r["steps_per_dispatch"] == 1 and "error" not in r}
   for r in rows:
     gflop = flops.get((r["case"], r["batch"], r["dtype"]))
     if gflop is None:
@@ -455,6 +493,11 @@ def add_flop_shares(rows: list[dict], device_kind: str, run_peak: dict | None = 
                       ("pct_of_measured_peak", r["measured_peak_tflops"])):
       r[key] = (None if gflop is None or peak is None or "error" in r
                 else 100.0 * gflop * 1e9 / (r["ms_per_step"] / 1e3) / (peak * 1e12))
+
+
+def _is_jax(row: dict) -> bool:
+  """A JAX row: framework "jax", or a `--jax-label` variant (which starts with "jax")."""
+  return row["framework"].startswith("jax")
 
 
 def _fmt(v, spec: str) -> str:
@@ -480,10 +523,11 @@ def targets(rows: list[dict]) -> list[str]:
            for r in rows if "error" not in r}
   lines = []
   for (fw, case, batch, dtype, k), r in sorted(index.items()):
-    if fw != "jax" or k != 1 or CASES[case].method != "pdnd":
+    if not fw.startswith("jax") or k != 1 or CASES[case].method != "pdnd":
       continue
     judged = dtype == "bfloat16" and batch == 128
-    parts = [f"{case} batch {batch} {dtype}: {r['images_per_s']:,.0f} images/s"
+    name = case if fw == "jax" else f"{case} ({fw})"
+    parts = [f"{name} batch {batch} {dtype}: {r['images_per_s']:,.0f} images/s"
              + (f" ({_verdict(r['images_per_s'], TARGET_PDND_IMAGES_PER_S)}: "
                 f">= {TARGET_PDND_IMAGES_PER_S:,})" if judged else "")]
     for other, target in TARGET_VS_TORCH.items():
@@ -494,12 +538,14 @@ def targets(rows: list[dict]) -> list[str]:
                      + (f" ({_verdict(ratio, target)}: >= {target}x)" if judged else ""))
     lines.append("- " + ", ".join(parts))
   for (fw, case, batch, dtype, k), r in sorted(index.items()):
-    kd = index.get(("jax", "kd", batch, dtype, 1))
-    dnd = index.get(("jax", "dnd", batch, dtype, 1))
-    if fw == "jax" and case == "dnd_lean" and k == 1 and kd and r["peak_mib"] and kd["peak_mib"]:
+    kd = index.get((fw, "kd", batch, dtype, 1))
+    dnd = index.get((fw, "dnd", batch, dtype, 1))
+    if (fw.startswith("jax") and case == "dnd_lean" and k == 1 and kd and r["peak_mib"]
+        and kd["peak_mib"]):
       ratio = r["peak_mib"] / kd["peak_mib"]
       lines.append(
-          f"- memory-lean DnD batch {batch} {dtype}: peak {r['peak_mib']:.1f} MiB = "
+          f"- memory-lean DnD batch {batch} {dtype}{'' if fw == 'jax' else f' ({fw})'}: peak "
+          f"{r['peak_mib']:.1f} MiB = "
           f"{ratio:.2f}x vanilla KD's ({kd['peak_mib']:.1f} MiB; "
           f"{_verdict(ratio, TARGET_LEAN_VS_KD, higher_is_better=False)}: <= {TARGET_LEAN_VS_KD}x)"
           + (f", {r['peak_mib'] / dnd['peak_mib']:.2f}x default DnD's" if dnd else "")
@@ -555,6 +601,33 @@ def markdown(result: dict) -> str:
   if donated:
     lines += ["", f"Every JAX step donates its train state and metric sums: XLA updates "
                   f"{min(donated):.2f}-{max(donated):.2f} MiB of its inputs in place."]
+  variants = sorted({(r["framework"], " ".join(
+      ([f"XLA_FLAGS={r['xla_flags']}"] if r.get("xla_flags") else [])
+      + [f"{k}={v}" for k, v in sorted(r.get("xla_options", {}).items())]))
+      for r in result["rows"] if r.get("xla_flags") or r.get("xla_options")})
+  if variants:
+    lines += [""] + [f"Rows of `{fw}` were compiled with `{how}`." for fw, how in variants]
+  profiled = [r for r in result["rows"] if r.get("profile") and "error" not in r["profile"]]
+  if profiled:
+    lines += ["", "Profiles (`--profile-steps`; `dnd_jax.profiling.summarize_trace`): device busy "
+                  "is the union of the kernels' time on the device's streams, span the time from "
+                  "the first dispatch to the last kernel's end; busy well below span means the "
+                  "device waits for the host.", "",
+              "| method | batch | dtype | framework | steps traced | ms/step (loop) | span ms/step "
+              "| device busy ms/step | busy % of span | kernels/step | kernel launches/step | "
+              "graph launches/step | ms/step by op class |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in profiled:
+      p = r["profile"]
+      busy, span = p.get("device_busy_ms_per_step"), p.get("span_ms_per_step")
+      share = 100 * busy / span if busy is not None and span else None
+      ops = ", ".join(f"{k} {v:.2f}" for k, v in list(p.get("op_ms_per_step", {}).items())[:4])
+      lines.append(
+          f"| {r['case']} | {r['batch']} | {r['dtype']} | {r['framework']} | {p['steps']} | "
+          f"{r['ms_per_step']:.2f} | {_fmt(span, '.2f')} | {_fmt(busy, '.2f')} | "
+          f"{_fmt(share, '.0f')} | {_fmt(p.get('device_kernels_per_step'), '.0f')} | "
+          f"{_fmt(p.get('kernel_launches_per_step'), '.0f')} | "
+          f"{_fmt(p.get('graph_launches_per_step'), '.0f')} | {ops or 'n/a'} |")
   lines += ["", "Targets (issue 10, one H100; reported, not asserted):", ""]
   lines += targets(result["rows"]) or ["- none"]
   return "\n".join(lines) + "\n"
@@ -623,7 +696,7 @@ def recount_flops(out: str) -> dict:
     if r["case"] in CASES and key not in counted:
       _log(f"[benchmark] counting {key} ...")
       counted[key] = bench.step_gflop(r["case"], r["batch"], r["dtype"])
-    if r["framework"] == "jax" and r.get("steps_per_dispatch", 1) == 1 and "error" not in r:
+    if _is_jax(r) and r.get("steps_per_dispatch", 1) == 1 and "error" not in r:
       r["gflop_per_step"] = counted[key]
   meta["gflop_per_step"] = counted
   meta["flops_recounted"] = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}"
@@ -657,6 +730,15 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--measure-peak", type=int, default=0, metavar="N",
                  help="time an N^3 bf16 matrix product first, for '%% of peak (measured)' "
                       "(8192 on a GPU; 0 = use the recorded figure)")
+  p.add_argument("--profile-steps", type=int, default=0, metavar="N",
+                 help="after timing, trace N more steps of each JAX row with jax.profiler and "
+                      "add the trace's summary (traces in <out>/traces/)")
+  p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",
+                 help="an XLA option for the timed steps' compile (repeatable), e.g. "
+                      "xla_gpu_enable_command_buffer=FUSION,CONVOLUTION")
+  p.add_argument("--jax-label", default="jax",
+                 help="framework name of this run's JAX rows, starting with 'jax' (e.g. "
+                      "'jax conv-graphs' for a run with --xla-option)")
   p.add_argument("--preset", choices=sorted(PRESETS),
                  help="defaults for unset flags; by default 'cpu' on a CPU, else 'accelerator'")
   p.add_argument("--out", default=None, help="output folder (default runs/benchmark_<backend>)")
@@ -682,6 +764,15 @@ def parse_args(argv=None) -> argparse.Namespace:
   if any(t not in TORCH_MODES for t in args.torch):
     p.error(f"--torch takes a comma list of {', '.join(TORCH_MODES)}, or none")
   args.scan_methods = [m for m in args.scan_methods.split(",") if m]
+  bad = [o for o in args.xla_option if "=" not in o or not o.split("=", 1)[0]]
+  if bad:
+    p.error(f"--xla-option takes NAME=VALUE (got {bad[0]!r}), e.g. "
+            "xla_gpu_enable_command_buffer=FUSION,CONVOLUTION")
+  args.xla_options = dict(o.split("=", 1) for o in args.xla_option)
+  if not args.jax_label.startswith("jax"):
+    p.error(f"--jax-label must start with 'jax' (got {args.jax_label!r}), e.g. 'jax conv-graphs'")
+  if args.profile_steps < 0:
+    p.error("--profile-steps must be 0 (no trace) or a number of steps")
   args.out = args.out or os.path.join("runs", f"benchmark_{jax.default_backend()}")
   return args
 
@@ -750,12 +841,12 @@ def run(args, command: str | None = None) -> dict:
         base = {"case": case, "batch": batch, "dtype": dtype, "steps_per_dispatch": 1}
         if not args.no_jax:
           attempt(f"jax {case} b{batch} {dtype}", lambda: bench.row(case, batch, dtype),
-                  {**base, "framework": "jax"})
+                  {**base, "framework": args.jax_label})
           k = args.steps_per_dispatch
           if k > 1 and case in args.scan_methods:
             attempt(f"jax {case} b{batch} {dtype} x{k}",
                     lambda: bench.row(case, batch, dtype, k),
-                    {**base, "framework": "jax", "steps_per_dispatch": k})
+                    {**base, "framework": args.jax_label, "steps_per_dispatch": k})
         if args.torch and torch_supports(case):
           for mode in args.torch:
             label = TORCH_MODES[mode][0]

@@ -9,7 +9,8 @@
 # default a: the main command's wall clock) in GPU_ALL_HEADLINE_S seconds, the two sharing one
 # compilation cache. The two scripts' files would be nine, one more than come back from the device
 # machine, so they are gathered into seven under $OUT: env.txt, benchmark.{json,md},
-# headline.{json,csv,md} and logs.tgz (both logs and anything else they wrote).
+# headline.{json,csv,md} and logs.tgz (both logs and anything else they wrote), and an eighth,
+# traces.tgz, when the bench's part e ran.
 # Exit code: the larger of the two scripts' (scripts/gpu/common.sh lists them).
 
 set -u -o pipefail
@@ -26,10 +27,10 @@ OUT=$PARTS_DIR/headline GPU_BUDGET_S=${GPU_ALL_HEADLINE_S:-360} \
 headline_rc=$?
 
 for f in bench/env.txt bench/benchmark.json bench/benchmark.md headline/headline.json \
-         headline/headline.csv headline/headline.md; do
+         headline/headline.csv headline/headline.md bench/traces.tgz; do
   [ -f "$PARTS_DIR/$f" ] && cp "$PARTS_DIR/$f" "$FINAL/"
 done
-tar czf "$FINAL/logs.tgz" -C "$PARTS_DIR" .
+tar czf "$FINAL/logs.tgz" --exclude=./bench/traces.tgz -C "$PARTS_DIR" .
 echo "== gpu_all: gpu_bench exit $bench_rc, gpu_headline exit $headline_rc; files in $FINAL"
 ls -l "$FINAL"
 exit $(( bench_rc > headline_rc ? bench_rc : headline_rc ))

@@ -2,7 +2,7 @@
 # The speed benchmark on a GPU in one command of at most 9 minutes (issue 10):
 #
 #   bash scripts/gpu_bench.sh           # parts a, b, c
-#   bash scripts/gpu_bench.sh c,b       # only the named parts (always in the order a, b, c)
+#   bash scripts/gpu_bench.sh c,b       # only the named parts (always in the order a, b, c, e, d)
 #
 # Parts, in priority order, each under its own time limit, all appending to one
 # $OUT/benchmark.json and benchmark.md that are rewritten after every row:
@@ -11,13 +11,19 @@
 #      product measures the card's practical peak
 #   b  the same Progressive-DnD and KD steps in torch.compile, default mode and CUDA graphs
 #   c  batch 512: KD, DnD and memory-lean DnD (peak memory)
-#   d  (only when asked: `bash scripts/gpu_bench.sh d`) Progressive DnD and KD at batch 128, each
-#      once per dispatch and 4 steps per dispatch (lax.scan): whether the host's dispatch is what
-#      limits the JAX rows (the 2026-11-26 H200 run showed host ms/step about equal to ms/step)
+#   e  (only when asked) why the JAX steps are slower than PyTorch's CUDA graphs: Progressive
+#      DnD partition 1, DnD and KD at batch 128, each traced for PROFILE_STEPS steps with
+#      jax.profiler (device busy time against the step's span, kernels and launches per step),
+#      once as they are and once with XLA's command buffers (CUDA graphs) extended to
+#      convolutions (CONV_GRAPHS below, a compile option of the timed steps; the rows are
+#      labelled "jax conv-graphs"); the traces come back as traces.tgz
+#   d  (only when asked) Progressive DnD and KD at batch 128, each once per dispatch and 4 steps
+#      per dispatch (lax.scan): whether the host's dispatch is what limits the JAX rows (the
+#      2026-11-26 H200 run showed host ms/step about equal to ms/step)
 # Exit 3 when part a wrote no row: a broken setup costs about a minute. Other codes and the
 # environment variables: scripts/gpu/common.sh. Sizes: GPU_TOY=1 shrinks everything (the CPU
 # test); GPU_BENCH_ARGS adds benchmark flags to every part (e.g. "--steps 100").
-# Files back: env.txt, benchmark.json, benchmark.md, gpu_bench.log.
+# Files back: env.txt, benchmark.json, benchmark.md, gpu_bench.log (and traces.tgz after part e).
 
 GPU_SCRIPT=gpu_bench
 source "$(dirname "${BASH_SOURCE[0]}")/gpu/common.sh"
@@ -35,13 +41,20 @@ if [ "$GPU_TOY" = 1 ]; then
   SHAPES=(--width 4 --image-size 8 --dataset-size 32 --steps 2 --warmup 1)
   BATCH_A=8 BATCH_C=16 PEAK_N=64
   METHODS_A=pdnd_p3 METHODS_B=kd TORCH_B=eager METHODS_C=kd,dnd_lean METHODS_D=pdnd_p3
+  METHODS_E=pdnd_p3 PROFILE_STEPS=2
 else
   # 50,000 resident images as in CIFAR-100; 50 timed steps of each kind per row
   SHAPES=(--width 64 --image-size 32 --dataset-size 50000 --steps 50 --warmup 5)
   BATCH_A=128 BATCH_C=512 PEAK_N=8192
   METHODS_A=pdnd_p1,pdnd_p2,pdnd_p3,dnd,kd METHODS_B=pdnd_p3,kd,pdnd_p1,pdnd_p2
   TORCH_B=compile,cudagraphs METHODS_C=kd,dnd,dnd_lean METHODS_D=pdnd_p3,kd
+  METHODS_E=pdnd_p1,dnd,kd PROFILE_STEPS=5
 fi
+# Part e's variant: XLA's default command-buffer commands (XLA's debug_options_flags.cc: fusions,
+# cuBLAS, cuBLASLt, custom calls, cuDNN, dynamic-slice fusions) plus CONVOLUTION, so that the
+# convolutions no longer cut the step's CUDA graphs into pieces. The option is checked on any
+# backend (the CPU test passes it too) and recorded in each row.
+CONV_GRAPHS="xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,CONVOLUTION"
 # shellcheck disable=SC2206
 EXTRA=(${GPU_BENCH_ARGS:-})
 BENCH=("$PY" scripts/benchmark.py "${SHAPES[@]}" --dtypes bfloat16 --out "$OUT")
@@ -78,6 +91,23 @@ esac
 case ",$PARTS," in *,c,*)
   gpu_part c 90 "${BENCH[@]}" --methods "$METHODS_C" --batch-sizes "$BATCH_C" --torch none \
     --steps-per-dispatch 1 --append "${EXTRA[@]}" ;;
+esac
+case ",$PARTS," in *,e,*)
+  PROFILED=("${BENCH[@]}" --methods "$METHODS_E" --batch-sizes "$BATCH_A" --torch none
+            --steps-per-dispatch 1 --profile-steps "$PROFILE_STEPS" --append "${EXTRA[@]}")
+  gpu_part e 120 "${PROFILED[@]}"
+  gpu_part e_conv_graphs 120 "${PROFILED[@]}" --xla-option "$CONV_GRAPHS" \
+    --jax-label "jax conv-graphs"
+  # the Perfetto traces only (the .xplane.pb files hold the same), in one file of <= 16 MiB
+  if [ -d "$OUT/traces" ]; then
+    (cd "$OUT" && find traces -name '*.trace.json.gz' -print0 | tar czf traces.tgz --null -T -)
+    rm -rf "$OUT/traces"
+    if [ "$(stat -c %s "$OUT/traces.tgz")" -gt $((16 * 1024 * 1024)) ]; then
+      gpu_log "traces.tgz is over 16 MiB (it would not come back): removed; benchmark.json has each trace's summary"
+      rm -f "$OUT/traces.tgz"
+    fi
+  fi
+  ;;
 esac
 case ",$PARTS," in *,d,*)
   gpu_part d 120 "${BENCH[@]}" --methods "$METHODS_D" --batch-sizes "$BATCH_A" --torch none \

@@ -55,36 +55,47 @@ def _runs(out):
 
 
 @pytest.mark.slow
-def test_gpu_all_runs_the_bench_parts_and_the_headline_into_seven_files(tmp_path):
-  """One device command for both measurements (scripts/gpu_all.sh): the bench's parts named (the
-  default three here; part d, the same benchmark with --steps-per-dispatch 4, is left out for the
-  suite's time: a scanned step compiles slowly on a CPU), then the headline's part a; the files
-  gathered into the at most 8 that come back."""
+def test_gpu_all_runs_the_bench_parts_and_the_headline_into_eight_files(tmp_path):
+  """One device command for both measurements (scripts/gpu_all.sh): the bench's parts named (a,
+  b and the profiled part e here; left out for the suite's time are part c, the benchmark's
+  memory rows at another batch size, whose verdict tests/test_benchmark.py checks, and part d,
+  the same benchmark with --steps-per-dispatch 4, since a scanned step compiles slowly on a
+  CPU), then the headline's part a; the files gathered into the at most 8 that come back."""
   out = tmp_path / "out"
   done = run_script("gpu_all.sh", out, GPU_WORK=str(tmp_path / "work"),
-                    GPU_ALL_BENCH_PARTS="a,b,c", GPU_ALL_HEADLINE_PARTS="a",
+                    GPU_ALL_BENCH_PARTS="a,b,e", GPU_ALL_HEADLINE_PARTS="a",
                     GPU_ALL_BENCH_S="1500", GPU_ALL_HEADLINE_S="1500")
   assert done.returncode == 0, done.stdout + done.stderr
   assert sorted(os.listdir(out)) == ["benchmark.json", "benchmark.md", "env.txt", "headline.csv",
-                                     "headline.json", "headline.md", "logs.tgz"]
+                                     "headline.json", "headline.md", "logs.tgz", "traces.tgz"]
   with tarfile.open(out / "logs.tgz") as tar:
     names = tar.getnames()
   assert "./bench/gpu_bench.log" in names and "./headline/gpu_headline.log" in names
+  assert not [n for n in names if "trace" in n]  # the traces travel in their own file
+  with tarfile.open(out / "traces.tgz") as tar:
+    traces = [n for n in tar.getnames() if n.endswith(".trace.json.gz")]
+  assert len(traces) == 2 and any("conv-graphs" in n for n in traces)
 
   # the bench: every part's rows in one table, in priority order
   result = json.loads((out / "benchmark.json").read_text())
   rows = [(r["framework"], r["case"], r["batch"], r["steps_per_dispatch"]) for r in result["rows"]]
   assert rows == [("jax", "pdnd_p3", 8, 1), ("torch eager", "pdnd_p3", 8, 1),  # part a
                   ("torch eager", "kd", 8, 1),  # part b (torch.compile on a GPU)
-                  ("jax", "kd", 16, 1), ("jax", "dnd_lean", 16, 1)]  # part c
+                  ("jax", "pdnd_p3", 8, 1), ("jax conv-graphs", "pdnd_p3", 8, 1)]  # part e
   assert not [r for r in result["rows"] if "error" in r]
   assert all(r["dtype"] == "bfloat16" for r in result["rows"])
-  assert len(result["meta"]["commands"]) == 3 and result["meta"]["measured_matmul_tflops"] > 0
+  assert len(result["meta"]["commands"]) == 4 and result["meta"]["measured_matmul_tflops"] > 0
+  profiled = result["rows"][-2:]
+  assert all(r["profile"]["steps"] == 2 and r["profile"]["dispatches"] == 2 for r in profiled)
+  assert "CONVOLUTION" in profiled[1]["xla_options"]["xla_gpu_enable_command_buffer"]
+  assert "xla_options" not in profiled[0]
   text = (out / "benchmark.md").read_text()
-  assert "pdnd_p3 batch 8 bfloat16" in text and "memory-lean DnD batch 16 bfloat16" in text
+  assert "pdnd_p3 batch 8 bfloat16" in text
+  assert "Rows of `jax conv-graphs` were compiled with `xla_gpu_enable_command_buffer=" in text
+  assert "| pdnd_p3 | 8 | bfloat16 | jax conv-graphs | 2 |" in text  # the profile table
   env = (out / "env.txt").read_text()
   assert "jax 0." in env and "python 3." in env and "nvidia-smi" in env
-  for part in "abc":
+  for part in ("a", "b", "e", "e_conv_graphs"):
     assert f"   {part} 0 " in done.stdout
 
   # the headline's part a: the main command's runs, each with its summary

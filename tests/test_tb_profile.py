@@ -30,7 +30,7 @@ def read_scalars(logdir: str) -> dict[str, list[int]]:
 
 
 @pytest.mark.slow
-def test_events_continue_on_resume_and_a_trace_is_written(tmp_path):
+def test_events_continue_on_resume_and_a_trace_is_written(tmp_path, capsys):
   pytest.importorskip("tensorboardX")
   overrides = {"data.fraction": 0.004, "log.refresh_steps": 3, "log.profile_steps": "2-4"}
   train_and_evaluate(tiny_config("teacher", num_epochs=1, **overrides), str(tmp_path))
@@ -44,6 +44,10 @@ def test_events_continue_on_resume_and_a_trace_is_written(tmp_path):
   traces = glob.glob(run_folder.profile_dir(str(tmp_path)) + "/plugins/profile/*/*")
   assert any(t.endswith(".xplane.pb") for t in traces), traces
   assert any(t.endswith(".trace.json.gz") for t in traces), traces
+  # and one line of the log says where the traced steps' time went
+  profile_lines = [line for line in capsys.readouterr().err.splitlines()
+                   if line.startswith("Profile: ")]
+  assert len(profile_lines) == 1 and profile_lines[0].startswith("Profile: 2 steps, host dispatch")
 
 
 def test_without_tensorboardx_the_writer_warns_once_and_writes_nothing(tmp_path, monkeypatch,
