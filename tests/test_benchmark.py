@@ -41,6 +41,12 @@ def test_one_method_runs_in_both_frameworks_and_writes_json_and_markdown(tmp_pat
   assert profile["device_busy_ms_per_step"] is None
   assert (tmp_path / profile["trace"]).is_file()
   assert "| pdnd_p3 | 8 | float32 | jax | 2 |" in text  # the profile table
+  # PyTorch rows alone, appended (the GPU script's part b): scored with the JAX row's FLOP count
+  result = benchmark.main(["--methods", "pdnd_p3", *TOY, "--torch", "eager", "--no-jax",
+                           "--append", "--out", str(tmp_path)])
+  assert [r["framework"] for r in result["rows"]] == ["jax", "torch eager", "torch eager"]
+  assert result["rows"][-1]["xla_gflop_per_step"] == jax_row["gflop_per_step"]
+  assert len(result["meta"]["commands"]) == 2
 
 
 def test_files_are_written_after_every_row_and_append_keeps_them(tmp_path, monkeypatch):
@@ -124,7 +130,7 @@ def test_unknown_method_is_a_clear_error(capsys):
 
 
 def test_a_labelled_variant_gets_its_own_verdicts():
-  """Rows of a `--jax-label` run (other XLA_FLAGS) are JAX rows: scored with the FLOP count and
+  """Rows of a `--jax-label` run (other compile options) are JAX rows: scored with the FLOP count and
   judged against the same PyTorch rows, under their own name."""
   timing = {"batch": 128, "dtype": "bfloat16", "steps_per_dispatch": 1, "peak_mib": 1.0,
             "temp_mib": 1.0}
