@@ -523,7 +523,7 @@ def targets(rows: list[dict]) -> list[str]:
            for r in rows if "error" not in r}
   lines = []
   for (fw, case, batch, dtype, k), r in sorted(index.items()):
-    if not fw.startswith("jax") or k != 1 or CASES[case].method != "pdnd":
+    if not _is_jax(r) or k != 1 or CASES[case].method != "pdnd":
       continue
     judged = dtype == "bfloat16" and batch == 128
     name = case if fw == "jax" else f"{case} ({fw})"
@@ -540,8 +540,7 @@ def targets(rows: list[dict]) -> list[str]:
   for (fw, case, batch, dtype, k), r in sorted(index.items()):
     kd = index.get((fw, "kd", batch, dtype, 1))
     dnd = index.get((fw, "dnd", batch, dtype, 1))
-    if (fw.startswith("jax") and case == "dnd_lean" and k == 1 and kd and r["peak_mib"]
-        and kd["peak_mib"]):
+    if _is_jax(r) and case == "dnd_lean" and k == 1 and kd and r["peak_mib"] and kd["peak_mib"]:
       ratio = r["peak_mib"] / kd["peak_mib"]
       lines.append(
           f"- memory-lean DnD batch {batch} {dtype}{'' if fw == 'jax' else f' ({fw})'}: peak "
@@ -621,7 +620,7 @@ def markdown(result: dict) -> str:
       p = r["profile"]
       busy, span = p.get("device_busy_ms_per_step"), p.get("span_ms_per_step")
       share = 100 * busy / span if busy is not None and span else None
-      ops = ", ".join(f"{k} {v:.2f}" for k, v in list(p.get("op_ms_per_step", {}).items())[:4])
+      ops = profiling.op_breakdown(p)
       lines.append(
           f"| {r['case']} | {r['batch']} | {r['dtype']} | {r['framework']} | {p['steps']} | "
           f"{r['ms_per_step']:.2f} | {_fmt(span, '.2f')} | {_fmt(busy, '.2f')} | "

@@ -138,7 +138,6 @@ def summarize_trace(path: str, steps: int) -> dict:
   the host's figures. `threads` lists every (process, thread, events) seen, so a trace laid out
   differently than expected still shows what it holds.
   """
-
   with gzip.open(path, "rt") as f:
     events = json.load(f)["traceEvents"]
   procs = {e["pid"]: e["args"]["name"] for e in events
@@ -160,9 +159,9 @@ def summarize_trace(path: str, steps: int) -> dict:
   xla_ops = [e for e in spans if on_device(e) and thread(e) == "XLA Ops"]
   host = [e for e in spans if not on_device(e)]
   dispatches = _outermost([e for e in host if e["name"].startswith("PjitFunction")])
-  lower = [(e, e["name"].lower()) for e in host]
-  launches = sum(1 for _, n in lower if any(k in n for k in _LAUNCH))
-  graph_launches = sum(1 for _, n in lower if any(k in n for k in _GRAPH_LAUNCH))
+  host_names = [e["name"].lower() for e in host]
+  launches = sum(1 for name in host_names if any(k in name for k in _LAUNCH))
+  graph_launches = sum(1 for name in host_names if any(k in name for k in _GRAPH_LAUNCH))
   n = max(steps, 1)
   ms = 1e-3  # trace times are in microseconds
 
@@ -201,7 +200,6 @@ def summarize_trace(path: str, steps: int) -> dict:
 
 def find_trace(trace_dir: str) -> str | None:
   """The newest `*.trace.json.gz` under a `jax.profiler` output folder."""
-
   found = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.trace.json.gz"))
   return max(found, key=os.path.getmtime) if found else None
 
@@ -221,6 +219,11 @@ def describe(summary: dict) -> str:
   else:
     parts.append("no device rows in the trace (a CPU run)")
   if summary.get("op_ms_per_step"):
-    parts.append("ms/step by op: " + ", ".join(f"{k} {v:.2f}" for k, v in
-                                                list(summary["op_ms_per_step"].items())[:4]))
+    parts.append("ms/step by op: " + op_breakdown(summary))
   return "; ".join(parts)
+
+
+def op_breakdown(summary: dict, top: int = 4) -> str:
+  """The `top` op classes of a summary with their ms per step ("convolution 1.20, fusion 0.80");
+  "" when the trace had none."""
+  return ", ".join(f"{k} {v:.2f}" for k, v in list(summary.get("op_ms_per_step", {}).items())[:top])
