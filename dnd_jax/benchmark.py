@@ -29,10 +29,10 @@ With `--profile-steps N` each JAX row then runs N more steps under `jax.profiler
 <out>/traces/<row>/) and adds the trace's summary (`dnd_jax.profiling.summarize_trace`): the
 device's busy time per step against the step's span, kernels and launches per step, ms per op
 class; it tells a device-bound step from one the host's launches hold back.
-`--xla-option NAME=VALUE` compiles the timed steps with that XLA option (only them: the rest of the run's programs come from
-the compilation cache as usual), and `--jax-label` names such a variant's JAX rows so that they
-stand apart from the default rows of the same table; the rows record their options (and any
-XLA_FLAGS of the environment).
+`--xla-option NAME=VALUE` compiles the timed steps with that XLA option (only them: the rest of the
+run's programs come from the compilation cache as usual), and `--jax-label` names such a variant's
+JAX rows so that they stand apart from the default rows of the same table; the rows record their
+options (and any XLA_FLAGS of the environment).
 
 It writes <out>/benchmark.json and <out>/benchmark.md after every row, so a run cut off by a
 time limit keeps what it finished; `--append` adds rows to what <out> already holds (the GPU

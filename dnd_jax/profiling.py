@@ -4,10 +4,10 @@
 nothing). Pick steps after the first epoch's compile, where the run is in its steady state. The
 trace lands in `<workdir>/profile/plugins/profile/<time>/` as `*.xplane.pb` (TensorBoard's
 profile plugin: `tensorboard --logdir <workdir>/profile`) and `*.trace.json.gz` (open it in
-https://ui.perfetto.dev). The trace is stopped after the device finished the last traced step,
-and one line says where the traced steps' time went (`summarize_trace`: the device's busy time against the step's span,
-kernels and launches per step), so the first question a trace answers (is the device busy, or
-waiting for the host?) needs no viewer.
+https://ui.perfetto.dev). The trace is stopped after the device finished the last traced step, and
+one line says where the traced steps' time went (`summarize_trace`: the device's busy time against
+the step's span, kernels and launches per step), so the first question a trace answers (is the
+device busy, or waiting for the host?) needs no viewer.
 """
 
 from __future__ import annotations
