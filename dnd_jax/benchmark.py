@@ -1,7 +1,7 @@
 """Time every method's training step, next to the PyTorch reference of the same step, in one run.
 
-For each case (teacher CE, vanilla KD, AT, Jacobian, DnD, memory-lean DnD, and each Progressive
-DnD phase), batch size and dtype, on synthetic data (random uint8 images resident on the device,
+For each case (teacher CE, vanilla KD, AT, Jacobian, DnD, memory-lean DnD, each Progressive DnD
+phase, and KD and DnD with rematerialised blocks), batch size and dtype, on synthetic data (random uint8 images resident on the device,
 so nothing is downloaded), it builds the training step exactly as `dnd_jax.train` does (jitted,
 donated, batch sharded over every device, gather + augmentation inside) and reports:
 
@@ -29,6 +29,8 @@ With `--profile-steps N` each JAX row then runs N more steps under `jax.profiler
 <out>/traces/<row>/) and adds the trace's summary (`dnd_jax.profiling.summarize_trace`): the
 device's busy time per step against the step's span, kernels and launches per step, ms per op
 class; it tells a device-bound step from one the host's launches hold back.
+`--xla-dump` keeps, per JAX row, XLA's buffer assignment and memory-usage report of its step
+(under <out>/xla_dump/<row>/): which buffers are alive at the peak that the memory columns report.
 `--xla-option NAME=VALUE` compiles the timed steps with that XLA option (only them: the rest of the
 run's programs come from the compilation cache as usual), and `--jax-label` names such a variant's
 JAX rows so that they stand apart from the default rows of the same table; the rows record their
@@ -72,11 +74,13 @@ TEACHER_DEPTH = 34  # the paper's ResNet34 teacher; a student's depth comes from
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-  """One timed step: a method of the registry, one of its phases, and the memory-lean switch."""
+  """One timed step: a method of the registry, one of its phases, and the two memory switches
+  (`config.method.memory_lean`, `config.model.remat`)."""
 
   method: str
   phase: int = 0
   memory_lean: bool = False
+  remat: bool = False
 
 
 CASES = {
@@ -86,6 +90,9 @@ CASES = {
     "jacobian": Case("jacobian"),
     "dnd": Case("dnd"),
     "dnd_lean": Case("dnd", memory_lean=True),
+    "dnd_remat": Case("dnd", remat=True),
+    "dnd_lean_remat": Case("dnd", memory_lean=True, remat=True),
+    "kd_remat": Case("kd", remat=True),
     "pdnd_p1": Case("pdnd", 0),
     "pdnd_p2": Case("pdnd", 1),
     "pdnd_p3": Case("pdnd", 2),
@@ -268,9 +275,9 @@ class JaxBench:
     self.perm = jax.device_put(rng.permutation(args.dataset_size).astype(np.int32), self.repl)
     self._vars: dict[int, dict] = {}
 
-  def model(self, depth: int, dtype) -> ResNet:
+  def model(self, depth: int, dtype, remat: bool = False) -> ResNet:
     return ResNet(depth=depth, num_classes=self.args.num_classes, width=self.args.width,
-                  stem="cifar", dtype=dtype)
+                  stem="cifar", dtype=dtype, remat=remat)
 
   def variables(self, depth: int) -> dict:
     """fp32 variables (the same for either compute dtype), made once per depth and kept on the
@@ -309,7 +316,7 @@ class JaxBench:
     method = get_method(case.method)
     config = base_config("cifar100", case.method)
     config.method.memory_lean = case.memory_lean
-    model = self.model(config.model.depth, DTYPES[dtype_name])
+    model = self.model(config.model.depth, DTYPES[dtype_name], case.remat)
     teacher = self.model(TEACHER_DEPTH, DTYPES[dtype_name]) if method.needs_teacher else None
     tx = make_optimizer(config.optim, TOTAL_STEPS, TOTAL_STEPS / len(method.phases))
     steps_per_epoch = self.args.dataset_size // batch
@@ -365,10 +372,24 @@ class JaxBench:
     step_fn, state, sums, data = self._step(case_name, batch, dtype_name)
     jitted = jax.jit(steps.repeat_steps(steps.accumulate_metrics(step_fn), per_dispatch),
                      donate_argnums=(0, 1), out_shardings=(self.repl, self.repl))
-    t0 = time.perf_counter()
-    lowered = jitted.lower(state, sums, *data)
-    compiled = lowered.compile(compiler_options=self.args.xla_options or None)
-    compile_s = time.perf_counter() - t0
+    label = (f"{self.args.jax_label}_{case_name}_b{batch}_{dtype_name}_x{per_dispatch}"
+             .replace(" ", "-"))
+    options = dict(self.args.xla_options)
+    dump_dir = None
+    if self.args.xla_dump:
+      dump_dir = os.path.join(self.args.out, "xla_dump", label)
+      options["xla_dump_to"] = os.path.abspath(dump_dir)
+    cache_was = jax.config.jax_enable_compilation_cache
+    if dump_dir:  # a program from the persistent cache is not compiled, so XLA would dump nothing
+      jax.config.update("jax_enable_compilation_cache", False)
+    try:
+      t0 = time.perf_counter()
+      lowered = jitted.lower(state, sums, *data)
+      compiled = lowered.compile(compiler_options=options or None)
+      compile_s = time.perf_counter() - t0
+    finally:
+      jax.config.update("jax_enable_compilation_cache", cache_was)
+    dumped = _keep_memory_reports(dump_dir) if dump_dir else None
     mem = compiled.memory_analysis()
     # one step's count: the timed program's own when it is one step, else the single-step
     # program's (a scan's loop body would count once)
@@ -380,7 +401,6 @@ class JaxBench:
                                                   self.args.steps)
     profile = None
     if self.args.profile_steps:
-      label = f"{self.args.jax_label}_{case_name}_b{batch}_{dtype_name}_x{per_dispatch}"
       (state, sums), profile = self.profile(runner, (state, sums), label, per_dispatch)
     loss = float(sums["loss"]) / max(float(sums["count"]), 1.0)
     row = {
@@ -398,6 +418,8 @@ class JaxBench:
       row["xla_options"] = dict(self.args.xla_options)
     if profile is not None:
       row["profile"] = profile
+    if dumped is not None:
+      row["xla_dump"] = [os.path.relpath(f, self.args.out) for f in dumped]
     if mem is not None:
       peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
               + mem.temp_size_in_bytes)
@@ -409,15 +431,37 @@ class JaxBench:
     return row
 
 
+def _keep_memory_reports(dump_dir: str) -> list[str]:
+  """The memory files of XLA's dump of the timed step, everything else in `dump_dir` deleted.
+
+  XLA writes, per compiled module, its HLO before and after optimisation and the generated code
+  too (tens of MiB for these steps); what explains a peak is the buffer assignment (every buffer,
+  its size and live range, and the buffers live at the peak) and the memory-usage report (the
+  allocations by size). Only the step's module is kept: `jit_step` or `jit_steps`.
+  """
+  kept = []
+  for root, _, files in os.walk(dump_dir):
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      if ".jit_step" in name and name.endswith(("-buffer-assignment.txt",
+                                                 "-memory-usage-report.txt")):
+        kept.append(path)
+      else:
+        os.remove(path)
+  if not kept:
+    _log(f"[benchmark] --xla-dump: XLA wrote no memory report for the step under {dump_dir}")
+  return kept
+
+
 # --- PyTorch ------------------------------------------------------------------------------------
 
 
 def torch_supports(case_name: str) -> bool:
-  """Whether the PyTorch reference implements this case (plain steps only, no memory-lean)."""
+  """Whether the PyTorch reference implements this case (plain steps: no memory-lean, no remat)."""
   from dnd_jax import torch_reference as tr  # noqa: PLC0415  (torch: a test/benchmark extra)
 
   case = CASES[case_name]
-  return case.method in tr.METHODS and not case.memory_lean
+  return case.method in tr.METHODS and not (case.memory_lean or case.remat)
 
 
 def torch_row(bench: JaxBench, case_name: str, batch: int, dtype_name: str, mode: str) -> dict:
@@ -539,16 +583,25 @@ def targets(rows: list[dict]) -> list[str]:
     lines.append("- " + ", ".join(parts))
   for (fw, case, batch, dtype, k), r in sorted(index.items()):
     kd = index.get((fw, "kd", batch, dtype, 1))
-    dnd = index.get((fw, "dnd", batch, dtype, 1))
-    if _is_jax(r) and case == "dnd_lean" and k == 1 and kd and r["peak_mib"] and kd["peak_mib"]:
-      ratio = r["peak_mib"] / kd["peak_mib"]
-      lines.append(
-          f"- memory-lean DnD batch {batch} {dtype}{'' if fw == 'jax' else f' ({fw})'}: peak "
-          f"{r['peak_mib']:.1f} MiB = "
-          f"{ratio:.2f}x vanilla KD's ({kd['peak_mib']:.1f} MiB; "
-          f"{_verdict(ratio, TARGET_LEAN_VS_KD, higher_is_better=False)}: <= {TARGET_LEAN_VS_KD}x)"
-          + (f", {r['peak_mib'] / dnd['peak_mib']:.2f}x default DnD's" if dnd else "")
-          + f"; temporaries {r['temp_mib'] / kd['temp_mib']:.2f}x KD's")
+    spec = CASES[case]
+    memory_case = case == "dnd" or spec.memory_lean or spec.remat
+    if not (_is_jax(r) and memory_case and k == 1 and kd and r["peak_mib"] and kd["peak_mib"]):
+      continue
+    ratio = r["peak_mib"] / kd["peak_mib"]
+    # the target names memory-lean DnD; the other rows show what each switch does on its own
+    judged = spec.method == "dnd" and spec.memory_lean
+    switches = [name for name, on in (("memory-lean", spec.memory_lean), ("remat", spec.remat))
+                if on]
+    what = {"kd": "KD", "dnd": "DnD"}[spec.method] + (f" ({', '.join(switches)})" if switches
+                                                       else "")
+    dnd = index.get((fw, "dnd", batch, dtype, 1)) if spec.method == "dnd" and case != "dnd" else None
+    lines.append(
+        f"- {what} batch {batch} {dtype}{'' if fw == 'jax' else f' ({fw})'}: peak "
+        f"{r['peak_mib']:.1f} MiB = {ratio:.2f}x vanilla KD's ({kd['peak_mib']:.1f} MiB"
+        + (f"; {_verdict(ratio, TARGET_LEAN_VS_KD, higher_is_better=False)}: "
+           f"<= {TARGET_LEAN_VS_KD}x" if judged else "")
+        + ")" + (f", {r['peak_mib'] / dnd['peak_mib']:.2f}x default DnD's" if dnd else "")
+        + f"; temporaries {r['temp_mib'] / kd['temp_mib']:.2f}x KD's")
   return lines
 
 
@@ -735,6 +788,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",
                  help="an XLA option for the timed steps' compile (repeatable), e.g. "
                       "xla_gpu_enable_command_buffer=FUSION,CONVOLUTION")
+  p.add_argument("--xla-dump", action="store_true",
+                 help="keep XLA's buffer assignment and memory-usage report of each JAX row's "
+                      "step (under <out>/xla_dump/<row>/; compiled past the compilation cache): "
+                      "what is alive at the peak")
   p.add_argument("--jax-label", default="jax",
                  help="framework name of this run's JAX rows, starting with 'jax' (e.g. "
                       "'jax conv-graphs' for a run with --xla-option)")

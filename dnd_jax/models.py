@@ -157,9 +157,13 @@ class ResidualStage(nn.Module):
   dtype: Any
   train: bool
   bn_momentum: float = 0.1
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x):
+    # Rematerialised blocks keep only their input for the backward pass; without gradients
+    # (evaluation, the frozen teacher) there is nothing to save, so they stay plain.
+    block = nn.remat(BasicBlock) if self.remat and self.train else BasicBlock
     conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
     norm = functools.partial(BatchNorm, use_running_average=not self.train,
                              momentum=self.bn_momentum, dtype=self.dtype)
@@ -172,7 +176,7 @@ class ResidualStage(nn.Module):
       x = nn.relu(norm(name="stem_bn")(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for i in range(self.num_blocks):
-      x = BasicBlock(self.features, self.strides if i == 0 else 1, conv, norm, name=f"block{i}")(x)
+      x = block(self.features, self.strides if i == 0 else 1, conv, norm, name=f"block{i}")(x)
     return x
 
 
@@ -198,6 +202,12 @@ class ResNet(nn.Module):
   `batch_stats` collection) when `train` is true, running statistics otherwise. `bn_momentum` is
   PyTorch's BatchNorm momentum (0.1); 1.0 makes the updated statistics the batch's own, which
   is how `diagnose` re-estimates them.
+
+  `remat` recomputes each residual block's activations in the backward pass instead of keeping
+  them (`jax.checkpoint` via `nn.remat`): only the blocks' inputs stay alive between the forward
+  and backward passes, at the price of one more forward pass of the blocks. The parameters,
+  their names and the computed values are unchanged, so it is a switch of any run
+  (`config.model.remat`), not of the model's identity.
   """
 
   depth: int = 18
@@ -206,6 +216,7 @@ class ResNet(nn.Module):
   stem: str = "cifar"
   dtype: Any = jnp.float32
   bn_momentum: float = 0.1
+  remat: bool = False
 
   def _stage(self, k: int, train: bool) -> nn.Module:
     sizes = STAGE_SIZES[self.depth]
@@ -213,7 +224,7 @@ class ResNet(nn.Module):
       return Head(self.num_classes, self.dtype, name="stage5")
     return ResidualStage(sizes[k - 1], self.width * 2 ** (k - 1), 1 if k == 1 else 2,
                          self.stem if k == 1 else None, self.dtype, train, self.bn_momentum,
-                         name=f"stage{k}")
+                         self.remat, name=f"stage{k}")
 
   @nn.compact
   def stages(self, x, first: int = 1, last: int = NUM_STAGES, train: bool = False):
@@ -235,9 +246,10 @@ class ResNet(nn.Module):
 
 
 def build_model(model_config, num_classes: int, dtype: Any = jnp.float32) -> ResNet:
-  """A ResNet from a config block with `depth`, `width` and `stem`."""
+  """A ResNet from a config block with `depth`, `width`, `stem` and optionally `remat`."""
   return ResNet(depth=int(model_config.depth), num_classes=int(num_classes),
-                width=int(model_config.width), stem=str(model_config.stem), dtype=dtype)
+                width=int(model_config.width), stem=str(model_config.stem), dtype=dtype,
+                remat=bool(model_config.get("remat", False)))
 
 
 def init_variables(model: ResNet, key: jax.Array, image_shape: Sequence[int]) -> dict:

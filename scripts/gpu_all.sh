@@ -9,8 +9,8 @@
 # default a: the main command's wall clock) in GPU_ALL_HEADLINE_S seconds, the two sharing one
 # compilation cache. The two scripts' files would be nine, one more than come back from the device
 # machine, so they are gathered into seven under $OUT: env.txt, benchmark.{json,md},
-# headline.{json,csv,md} and logs.tgz (both logs and anything else they wrote), and an eighth,
-# traces.tgz, when the bench's part e ran.
+# headline.{json,csv,md} and logs.tgz (both logs and anything else they wrote, such as part c's
+# xla_memory.tgz), and an eighth, traces.tgz, when the bench's part e ran.
 # Exit code: the larger of the two scripts' (scripts/gpu/common.sh lists them).
 
 set -u -o pipefail

@@ -10,7 +10,9 @@
 #      each beside PyTorch eager (AMP, channels_last) of the same step; first a bf16 matrix
 #      product measures the card's practical peak
 #   b  the same Progressive-DnD and KD steps in torch.compile, default mode and CUDA graphs
-#   c  batch 512: KD, DnD and memory-lean DnD (peak memory)
+#   c  batch 512, peak memory: KD, DnD and memory-lean DnD, each also with rematerialised blocks
+#      (config.model.remat); XLA's buffer assignment and memory-usage report of every step come
+#      back as xla_memory.tgz (what is alive at the peak)
 #   e  (only when asked) why the JAX steps are slower than PyTorch's CUDA graphs: Progressive
 #      DnD partition 1, DnD and KD at batch 128, each traced for PROFILE_STEPS steps with
 #      jax.profiler (device busy time against the step's span, kernels and launches per step),
@@ -23,7 +25,8 @@
 # Exit 3 when part a wrote no row: a broken setup costs about a minute. Other codes and the
 # environment variables: scripts/gpu/common.sh. Sizes: GPU_TOY=1 shrinks everything (the CPU
 # test); GPU_BENCH_ARGS adds benchmark flags to every part (e.g. "--steps 100").
-# Files back: env.txt, benchmark.json, benchmark.md, gpu_bench.log (and traces.tgz after part e).
+# Files back: env.txt, benchmark.json, benchmark.md, gpu_bench.log, xla_memory.tgz after part c,
+# traces.tgz after part e.
 
 GPU_SCRIPT=gpu_bench
 source "$(dirname "${BASH_SOURCE[0]}")/gpu/common.sh"
@@ -40,14 +43,15 @@ if [ "$GPU_TOY" = 1 ]; then
   # single-step program then comes from the compilation cache.
   SHAPES=(--width 4 --image-size 8 --dataset-size 32 --steps 2 --warmup 1)
   BATCH_A=8 BATCH_C=16 PEAK_N=64
-  METHODS_A=pdnd_p3 METHODS_B=kd TORCH_B=eager METHODS_C=kd,dnd_lean METHODS_D=pdnd_p3
+  METHODS_A=pdnd_p3 METHODS_B=kd TORCH_B=eager METHODS_C=kd,dnd_lean_remat METHODS_D=pdnd_p3
   METHODS_E=pdnd_p3 PROFILE_STEPS=2
 else
   # 50,000 resident images as in CIFAR-100; 50 timed steps of each kind per row
   SHAPES=(--width 64 --image-size 32 --dataset-size 50000 --steps 50 --warmup 5)
   BATCH_A=128 BATCH_C=512 PEAK_N=8192
   METHODS_A=pdnd_p1,pdnd_p2,pdnd_p3,dnd,kd METHODS_B=pdnd_p3,kd,pdnd_p1,pdnd_p2
-  TORCH_B=compile,cudagraphs METHODS_C=kd,dnd,dnd_lean METHODS_D=pdnd_p3,kd
+  TORCH_B=compile,cudagraphs METHODS_C=kd,dnd,dnd_lean,dnd_remat,dnd_lean_remat,kd_remat
+  METHODS_D=pdnd_p3,kd
   METHODS_E=pdnd_p1,dnd,kd PROFILE_STEPS=5
 fi
 # Part e's variant: XLA's default command-buffer commands (XLA's debug_options_flags.cc: fusions,
@@ -63,7 +67,8 @@ gpu_install_wheels
 gpu_record_env "$@"
 
 # Estimates for an H100 (not measured): five XLA compiles of 20-40 s each dominate part a; each
-# torch.compile of part b takes 30-60 s; part c is three XLA compiles.
+# torch.compile of part b takes 30-60 s. Part c: three rows took 46 s on the H200 (2026-11-26), so
+# its six about 90 s; its steps compile past the cache (for XLA's dump).
 part_a() {
   gpu_part a 240 "${BENCH[@]}" --methods "$METHODS_A" --batch-sizes "$BATCH_A" \
     --torch eager --measure-peak "$PEAK_N" --steps-per-dispatch 1 "${EXTRA[@]}"
@@ -89,8 +94,19 @@ case ",$PARTS," in *,b,*)
     --torch "$TORCH_B" --steps-per-dispatch 1 --append "${EXTRA[@]}" ;;
 esac
 case ",$PARTS," in *,c,*)
-  gpu_part c 90 "${BENCH[@]}" --methods "$METHODS_C" --batch-sizes "$BATCH_C" --torch none \
-    --steps-per-dispatch 1 --append "${EXTRA[@]}" ;;
+  gpu_part c 150 "${BENCH[@]}" --methods "$METHODS_C" --batch-sizes "$BATCH_C" --torch none \
+    --steps-per-dispatch 1 --xla-dump --append "${EXTRA[@]}"
+  # a few MiB of text per step before compression; the reports alone if that is still too much
+  if [ -d "$OUT/xla_dump" ]; then
+    (cd "$OUT" && tar czf xla_memory.tgz xla_dump)
+    if [ "$(stat -c %s "$OUT/xla_memory.tgz")" -gt $((8 * 1024 * 1024)) ]; then
+      gpu_log "xla_memory.tgz is over 8 MiB: kept the memory-usage reports only"
+      (cd "$OUT" && find xla_dump -name '*memory-usage-report.txt' -print0 \
+         | tar czf xla_memory.tgz --null -T -)
+    fi
+    rm -rf "$OUT/xla_dump"
+  fi
+  ;;
 esac
 case ",$PARTS," in *,e,*)
   PROFILED=("${BENCH[@]}" --methods "$METHODS_E" --batch-sizes "$BATCH_A" --torch none

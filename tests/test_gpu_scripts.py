@@ -56,15 +56,15 @@ def _runs(out):
 
 @pytest.mark.slow
 def test_gpu_all_runs_the_bench_parts_and_the_headline_into_eight_files(tmp_path):
-  """One device command for both measurements (scripts/gpu_all.sh): the bench's parts named (a
-  and the profiled part e here; left out for the suite's time are part b, PyTorch rows appended
-  with --no-jax, and part c, memory rows at another batch size, which tests/test_benchmark.py
+  """One device command for both measurements (scripts/gpu_all.sh): the bench's parts named (a,
+  the memory rows of part c with XLA's memory dump, and the profiled part e here; left out for the
+  suite's time are part b, PyTorch rows appended with --no-jax, which tests/test_benchmark.py
   covers, and part d, the same benchmark with --steps-per-dispatch 4, since a scanned step
   compiles slowly on a CPU), then the headline's part a; the files gathered into the at most 8
   that come back."""
   out = tmp_path / "out"
   done = run_script("gpu_all.sh", out, GPU_WORK=str(tmp_path / "work"),
-                    GPU_ALL_BENCH_PARTS="a,e", GPU_ALL_HEADLINE_PARTS="a",
+                    GPU_ALL_BENCH_PARTS="a,c,e", GPU_ALL_HEADLINE_PARTS="a",
                     GPU_ALL_BENCH_S="1500", GPU_ALL_HEADLINE_S="1500")
   assert done.returncode == 0, done.stdout + done.stderr
   assert sorted(os.listdir(out)) == ["benchmark.json", "benchmark.md", "env.txt", "headline.csv",
@@ -73,6 +73,12 @@ def test_gpu_all_runs_the_bench_parts_and_the_headline_into_eight_files(tmp_path
     names = tar.getnames()
   assert "./bench/gpu_bench.log" in names and "./headline/gpu_headline.log" in names
   assert not [n for n in names if "trace" in n]  # the traces travel in their own file
+  assert "./bench/xla_memory.tgz" in names and "./bench/xla_dump" not in names
+  with tarfile.open(out / "logs.tgz") as tar:
+    with tarfile.open(fileobj=tar.extractfile("./bench/xla_memory.tgz")) as dump:
+      reports = sorted(os.path.dirname(n) for n in dump.getnames()
+                       if n.endswith("memory-usage-report.txt"))
+  assert reports == ["xla_dump/jax_dnd_lean_remat_b16_bfloat16_x1", "xla_dump/jax_kd_b16_bfloat16_x1"]
   with tarfile.open(out / "traces.tgz") as tar:
     traces = [n for n in tar.getnames() if n.endswith(".trace.json.gz")]
   assert len(traces) == 2 and any("conv-graphs" in n for n in traces)
@@ -81,22 +87,25 @@ def test_gpu_all_runs_the_bench_parts_and_the_headline_into_eight_files(tmp_path
   result = json.loads((out / "benchmark.json").read_text())
   rows = [(r["framework"], r["case"], r["batch"], r["steps_per_dispatch"]) for r in result["rows"]]
   assert rows == [("jax", "pdnd_p3", 8, 1), ("torch eager", "pdnd_p3", 8, 1),  # part a
+                  ("jax", "kd", 16, 1), ("jax", "dnd_lean_remat", 16, 1),  # part c
                   ("jax", "pdnd_p3", 8, 1), ("jax conv-graphs", "pdnd_p3", 8, 1)]  # part e
   assert not [r for r in result["rows"] if "error" in r]
   assert all(r["dtype"] == "bfloat16" for r in result["rows"])
-  assert len(result["meta"]["commands"]) == 3 and result["meta"]["measured_matmul_tflops"] > 0
+  assert [len(r.get("xla_dump", [])) for r in result["rows"]] == [0, 0, 2, 2, 0, 0]
+  assert len(result["meta"]["commands"]) == 4 and result["meta"]["measured_matmul_tflops"] > 0
   profiled = result["rows"][-2:]
   assert all(r["profile"]["steps"] == 2 and r["profile"]["dispatches"] == 2 for r in profiled)
   assert "CONVOLUTION" in profiled[1]["xla_options"]["xla_gpu_enable_command_buffer"]
   assert "xla_options" not in profiled[0]
   text = (out / "benchmark.md").read_text()
   assert "pdnd_p3 batch 8 bfloat16" in text
+  assert "- DnD (memory-lean, remat) batch 16 bfloat16: peak " in text
   assert "Rows of `jax conv-graphs` were compiled with `" in text
   assert "xla_gpu_enable_command_buffer=FUSION," in text
   assert "| pdnd_p3 | 8 | bfloat16 | jax conv-graphs | 2 |" in text  # the profile table
   env = (out / "env.txt").read_text()
   assert "jax 0." in env and "python 3." in env and "nvidia-smi" in env
-  for part in ("a", "e", "e_conv_graphs"):
+  for part in ("a", "c", "e", "e_conv_graphs"):
     assert f"   {part} 0 " in done.stdout
 
   # the headline's part a: the main command's runs, each with its summary

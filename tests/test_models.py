@@ -68,3 +68,39 @@ def test_bfloat16_compute_keeps_float32_parameters():
              for p, x in leaves)
   feats = model.apply(variables, jnp.ones((2, 8, 8, 3)), method="stages")
   assert feats[0].dtype == jnp.bfloat16 and feats[-1].dtype == jnp.float32
+
+
+def test_remat_recomputes_blocks_in_the_backward_pass_with_the_same_values():
+  """`remat` changes what the backward pass keeps, not the model: the same variables, outputs,
+  statistics and gradients, and a gradient program that runs the blocks' convolutions twice."""
+  import ml_collections
+
+  from dnd_jax.models import build_model
+
+  spec = ml_collections.ConfigDict({"depth": 18, "width": 4, "stem": "cifar", "remat": True})
+  lean = build_model(spec, num_classes=5)
+  plain = lean.clone(remat=False)
+  assert lean.remat and not plain.remat
+  variables = init_variables(plain, jax.random.key(0), (8, 8, 3))
+  assert (jax.tree.structure(jax.eval_shape(lambda k: init_variables(lean, k, (8, 8, 3)), jax.random.key(0)))
+          == jax.tree.structure(variables))
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 4))  # stage 1's output: stage 2's input
+
+  def loss(params, model):  # stage 2 alone: two blocks, the first with a projection
+    (out,), updated = model.apply({**variables, "params": params}, x, 2, 2, True,
+                                  method="stages", mutable=["batch_stats"])
+    return jnp.sum(out ** 2), updated["batch_stats"]
+
+  results, convs = {}, {}
+  for name, model in (("plain", plain), ("remat", lean)):
+    grad_fn = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    convs[name] = grad_fn.lower(variables["params"], model).as_text().count("convolution(")
+    results[name] = grad_fn(variables["params"], model)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               results["remat"], results["plain"])
+  # 5 convolutions forward, 5 for the weights' gradients, 3 for the inputs' (not stage 2's own
+  # input, which the first block's two convolutions read); then the 5 once more, recomputed
+  assert convs["plain"] == 13 and convs["remat"] == 13 + 5, convs
+  # no gradient, nothing to recompute: evaluation runs the plain blocks
+  np.testing.assert_array_equal(lean.apply(variables, x, 2, 2, method="stages")[0],
+                                plain.apply(variables, x, 2, 2, method="stages")[0])

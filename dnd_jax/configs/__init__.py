@@ -46,6 +46,9 @@ def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
   c.model.width = 64
   c.model.stem = STEM[dataset]
   c.model.dtype = "float32"  # "bfloat16": bf16 compute, fp32 parameters, statistics and losses
+  # Recompute each residual block in the backward pass instead of keeping its activations
+  # (jax.checkpoint): lower peak memory for one more forward pass of the student's blocks.
+  c.model.remat = False
 
   # The frozen teacher: where its exported model lives, and the config that trains it when it
   # is missing (a path to a config file, optionally "file.py:arg"); "" means never train it here.
