@@ -45,6 +45,7 @@ is its command line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -58,6 +59,7 @@ import time
 import traceback
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
 import numpy as np
 
@@ -379,16 +381,11 @@ class JaxBench:
     if self.args.xla_dump:
       dump_dir = os.path.join(self.args.out, "xla_dump", label)
       options["xla_dump_to"] = os.path.abspath(dump_dir)
-    cache_was = jax.config.jax_enable_compilation_cache
-    if dump_dir:  # a program from the persistent cache is not compiled, so XLA would dump nothing
-      jax.config.update("jax_enable_compilation_cache", False)
-    try:
+    with _without_persistent_cache() if dump_dir else contextlib.nullcontext():
       t0 = time.perf_counter()
       lowered = jitted.lower(state, sums, *data)
       compiled = lowered.compile(compiler_options=options or None)
       compile_s = time.perf_counter() - t0
-    finally:
-      jax.config.update("jax_enable_compilation_cache", cache_was)
     dumped = _keep_memory_reports(dump_dir) if dump_dir else None
     mem = compiled.memory_analysis()
     # one step's count: the timed program's own when it is one step, else the single-step
@@ -429,6 +426,21 @@ class JaxBench:
       row["donated_mib"] = mem.alias_size_in_bytes / 2 ** 20
     del compiled, state, sums
     return row
+
+
+@contextlib.contextmanager
+def _without_persistent_cache():
+  """Compile past the persistent compilation cache: XLA dumps only what it compiles, and a program
+  read from the cache is not compiled (the dump options are no part of the cache key). JAX
+  decides once per process whether it uses the cache, so it is reset on the way in and out."""
+  was = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_compilation_cache", was)
+    compilation_cache.reset_cache()
 
 
 def _keep_memory_reports(dump_dir: str) -> list[str]:

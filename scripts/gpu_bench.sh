@@ -10,8 +10,8 @@
 #      each beside PyTorch eager (AMP, channels_last) of the same step; first a bf16 matrix
 #      product measures the card's practical peak
 #   b  the same Progressive-DnD and KD steps in torch.compile, default mode and CUDA graphs
-#   c  batch 512, peak memory: KD, DnD and memory-lean DnD, each also with rematerialised blocks
-#      (config.model.remat); XLA's buffer assignment and memory-usage report of every step come
+#   c  batch 512, peak memory: KD, DnD and memory-lean DnD, the two DnD steps also with
+#      rematerialised blocks (config.model.remat); XLA's buffer assignment and memory-usage report of every step come
 #      back as xla_memory.tgz (what is alive at the peak)
 #   e  (only when asked) why the JAX steps are slower than PyTorch's CUDA graphs: Progressive
 #      DnD partition 1, DnD and KD at batch 128, each traced for PROFILE_STEPS steps with
@@ -50,7 +50,7 @@ else
   SHAPES=(--width 64 --image-size 32 --dataset-size 50000 --steps 50 --warmup 5)
   BATCH_A=128 BATCH_C=512 PEAK_N=8192
   METHODS_A=pdnd_p1,pdnd_p2,pdnd_p3,dnd,kd METHODS_B=pdnd_p3,kd,pdnd_p1,pdnd_p2
-  TORCH_B=compile,cudagraphs METHODS_C=kd,dnd,dnd_lean,dnd_remat,dnd_lean_remat,kd_remat
+  TORCH_B=compile,cudagraphs METHODS_C=kd,dnd,dnd_lean,dnd_remat,dnd_lean_remat
   METHODS_D=pdnd_p3,kd
   METHODS_E=pdnd_p1,dnd,kd PROFILE_STEPS=5
 fi
@@ -68,7 +68,7 @@ gpu_record_env "$@"
 
 # Estimates for an H100 (not measured): five XLA compiles of 20-40 s each dominate part a; each
 # torch.compile of part b takes 30-60 s. Part c: three rows took 46 s on the H200 (2026-11-26), so
-# its six about 90 s; its steps compile past the cache (for XLA's dump).
+# its five about 80 s; its steps compile past the cache (for XLA's dump).
 part_a() {
   gpu_part a 240 "${BENCH[@]}" --methods "$METHODS_A" --batch-sizes "$BATCH_A" \
     --torch eager --measure-peak "$PEAK_N" --steps-per-dispatch 1 "${EXTRA[@]}"

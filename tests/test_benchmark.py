@@ -3,7 +3,10 @@ and its targets."""
 
 import json
 import math
+import os
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from dnd_jax import benchmark
@@ -226,3 +229,27 @@ def test_pdnd_partition_1_and_dnd_lower_to_the_same_network_computation():
   differ = {op for op in dnd.keys() | pdnd.keys() if dnd[op] != pdnd[op]}
   assert differ <= {"add", "subtract", "multiply", "divide", "constant", "floor", "power",
                     "cosine", "abs", "maximum", "minimum", "compare", "select", "convert"}, differ
+
+
+def test_xla_dump_compiles_past_the_persistent_cache(tmp_path):
+  """XLA dumps only what it compiles, and the dump options are no part of the cache key: a step
+  already in the persistent cache would leave `--xla-dump` empty-handed without the bypass."""
+  before = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # cache even this one
+  try:
+    x = jnp.full((16, 16), float(len(str(tmp_path))))  # a program of its own, cached here
+    lowered = jax.jit(lambda a: jnp.tanh(a) @ a.T - 3.25).lower(x)
+    lowered.compile()
+
+    def reports(folder):
+      return [n for n in os.listdir(folder) if n.endswith("memory-usage-report.txt")] \
+          if os.path.isdir(folder) else []
+
+    lowered.compile(compiler_options={"xla_dump_to": str(tmp_path / "cached")})
+    assert not reports(tmp_path / "cached")  # read from the cache: nothing compiled, no dump
+    with benchmark._without_persistent_cache():
+      lowered.compile(compiler_options={"xla_dump_to": str(tmp_path / "bypass")})
+    assert reports(tmp_path / "bypass")
+    assert jax.config.jax_enable_compilation_cache
+  finally:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
