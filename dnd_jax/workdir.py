@@ -40,7 +40,7 @@ PROFILE_DIR = "profile"
 MODEL_META = "model.json"  # inside an exported model folder (`model_dir`)
 
 # Fields that may change between a run and its resumption without changing what it computes.
-RESULT_NEUTRAL = ("log", "checkpoint", "teacher.checkpoint", "teacher.config")
+RESULT_NEUTRAL = ("log", "checkpoint", "teacher.checkpoint", "teacher.config", "model.remat")
 
 
 class WorkdirError(ValueError):
