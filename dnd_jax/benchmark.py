@@ -11,7 +11,11 @@ donated, batch sharded over every device, gather + augmentation inside) and repo
                         synchronisation at the end): what an epoch costs per step
   synced ms/step        median of the same steps each synchronised on its own (latency)
   host ms/step          time the loop spends in Python per step (the step call + a progress-bar
-                        update); hidden behind the device while it is below ms/step
+                        update), the median; hidden behind the device while it is below ms/step.
+                        The JSON keeps each step's (`host_ms_each`) and how many dispatches
+                        returned before the first that waited for the device
+                        (`dispatches_before_a_wait`): a median equal to ms/step with that count
+                        at 0 means every call waited, with a count above 0 a bounded queue
   peak, temp memory     XLA's memory analysis of the compiled step (argument + output - aliased +
                         temporaries; a compile-time figure), and its temporaries alone
   GFLOP/step, % peak    XLA's cost analysis of the lowered step (the compiled one misses cuDNN's
@@ -251,11 +255,20 @@ class _Runner:
 
 def _timing_fields(batch: int, synced: list[float], loop_s: float, host: list[float],
                    per_dispatch: int = 1) -> dict:
-  """Throughput from the back-to-back loop (what training sees); the synced median beside it."""
+  """Throughput from the back-to-back loop (what training sees); the synced median beside it.
+
+  Also each dispatch's host time, and how many dispatches returned before the first one that
+  waited (took over half the loop's time per dispatch): 0 when every call waits (the dispatch
+  itself, or a wait inside it, sets the pace), all of them when the host never waited (it ran
+  ahead of the device), and in between the depth of a bounded queue of computations in flight.
+  """
   step_s = loop_s / per_dispatch
+  ahead = next((i for i, h in enumerate(host) if h > 0.5 * loop_s), len(host))
   return {"ms_per_step": 1e3 * step_s, "images_per_s": batch / step_s,
           "synced_ms_per_step": _median_ms(synced) / per_dispatch,
-          "host_ms_per_step": _median_ms(host) / per_dispatch}
+          "host_ms_per_step": _median_ms(host) / per_dispatch,
+          "host_ms_each": [round(1e3 * h / per_dispatch, 4) for h in host],
+          "dispatches_before_a_wait": ahead}
 
 
 # --- JAX ----------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ def test_one_method_runs_in_both_frameworks_and_writes_json_and_markdown(tmp_pat
     # throughput is the back-to-back loop's
     assert r["images_per_s"] == pytest.approx(8 / (r["ms_per_step"] / 1e3))
   jax_row = rows["jax"]
+  assert len(jax_row["host_ms_each"]) == int(TOY[TOY.index("--steps") + 1])
+  assert 0 <= jax_row["dispatches_before_a_wait"] <= len(jax_row["host_ms_each"])
   assert jax_row["compile_s"] > 0 and jax_row["peak_mib"] >= jax_row["temp_mib"] > 0
   assert jax_row["gflop_per_step"] > 0
   # the PyTorch row is scored with XLA's FLOP count of the same step
@@ -253,3 +255,19 @@ def test_xla_dump_compiles_past_the_persistent_cache(tmp_path):
     assert jax.config.jax_enable_compilation_cache
   finally:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
+
+
+def test_timing_tells_a_waiting_dispatch_from_a_bounded_queue_and_a_free_run():
+  """`dispatches_before_a_wait`: the host's view of why host ms/step can equal ms/step."""
+  loop_s = 4e-3  # 4 ms per step, back to back, 6 steps
+  every_call_waits = benchmark._timing_fields(128, [4e-3], loop_s, [4e-3] * 6)
+  queue_of_3 = benchmark._timing_fields(128, [4e-3], loop_s, [1e-4] * 3 + [4e-3] * 3)
+  runs_ahead = benchmark._timing_fields(128, [4e-3], loop_s, [1e-4] * 6)
+  assert every_call_waits["dispatches_before_a_wait"] == 0
+  assert queue_of_3["dispatches_before_a_wait"] == 3
+  assert runs_ahead["dispatches_before_a_wait"] == 6
+  assert queue_of_3["host_ms_each"] == [0.1] * 3 + [4.0] * 3
+  assert every_call_waits["host_ms_per_step"] == pytest.approx(4.0)
+  # several steps per dispatch: per step, like the other fields
+  scanned = benchmark._timing_fields(128, [8e-3], 8e-3, [2e-4, 8e-3], per_dispatch=2)
+  assert scanned["host_ms_each"] == [0.1, 4.0] and scanned["dispatches_before_a_wait"] == 1
