@@ -43,7 +43,7 @@ if [ "$GPU_TOY" = 1 ]; then
   # single-step program then comes from the compilation cache.
   SHAPES=(--width 4 --image-size 8 --dataset-size 32 --steps 2 --warmup 1)
   BATCH_A=8 BATCH_C=16 PEAK_N=64
-  METHODS_A=pdnd_p3 METHODS_B=kd TORCH_B=eager METHODS_C=kd,dnd_lean_remat METHODS_D=pdnd_p3
+  METHODS_A=pdnd_p3 METHODS_B=kd TORCH_B=eager METHODS_C=dnd_lean_remat METHODS_D=pdnd_p3
   METHODS_E=pdnd_p3 PROFILE_STEPS=2
 else
   # 50,000 resident images as in CIFAR-100; 50 timed steps of each kind per row

@@ -168,14 +168,22 @@ def test_validation_split_selects_and_reports_test_accuracy_of_both_models(tmp_p
     assert summary["best_test_accuracy"] == summary["final_test_accuracy"]
 
 
+def test_rematerialised_blocks_are_no_config_change_for_a_resumed_run():
+  """A run that ran out of memory resumes with `model.remat` on: the same computation and the same
+  parameters (tests/test_models.py), so it is no change worth a warning; a learning rate is."""
+  from dnd_jax import workdir
+
+  stored = json.loads(tiny_config("dnd").to_json())  # as the workdir keeps it
+  changes = workdir.config_changes(stored, tiny_config("dnd", **{"model.remat": True,
+                                                                 "optim.lr": 0.5}))
+  assert len(changes) == 1 and changes[0].startswith("optim.lr ") and changes[0].endswith("0.5")
+
+
 def test_resuming_with_a_changed_config_says_what_changed(tmp_path, capsys):
   train_and_evaluate(tiny_config("teacher", num_epochs=1), str(tmp_path))
   capsys.readouterr()
-  # ... and with rematerialised blocks (what a run that ran out of memory would resume with): the
-  # same computation, so no change worth a line, and the checkpoint fits the model as it was
-  summary = train_and_evaluate(tiny_config("teacher", num_epochs=2, **{"model.remat": True}),
-                               str(tmp_path))
+  summary = train_and_evaluate(tiny_config("teacher", num_epochs=2), str(tmp_path))
   err = capsys.readouterr().err
-  assert "Resuming" in err and "num_epochs 1 -> 2" in err and "remat" not in err
+  assert "Resuming" in err and "num_epochs 1 -> 2" in err
   assert [r["epoch"] for r in read_metrics(str(tmp_path))] == [1, 2]
   assert summary["epochs"] == 2
