@@ -42,6 +42,12 @@ from dnd_jax.configs import base_config  # noqa: E402
 def tiny_config(method: str, **overrides):
   """A config that runs the real loop on real Fashion-MNIST in seconds on 2 CPU cores."""
   c = base_config("fashion_mnist", method)
+  if method == "teacher":
+    # The tests' trained teachers are ResNet18s, not the paper's ResNet34: a ResNet34 step
+    # compiles about 1.7x the convolutions, and what these runs check does not depend on the
+    # teacher being deeper (tests/test_methods.py, test_diagnose.py and test_compile_once.py
+    # build ResNet34 teachers where depth matters).
+    c.model.depth = 18
   c.model.width = 4
   c.teacher.width = 4
   c.data.image_size = 8
@@ -89,7 +95,8 @@ def wait_for_first_checkpoint(workdir, procs, timeout: float) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory):
-  """A width-4 ResNet34 teacher trained once per session; returns its exported model path.
+  """A width-4 ResNet18 teacher (see tiny_config) trained once per session; returns its exported
+  model path.
 
   Under pytest-xdist the workers share it: the first to get the lock trains it, the others find
   the finished run (train_and_evaluate returns its summary without training again).

@@ -83,7 +83,7 @@ def test_batchnorm_reestimation_equals_pytorch_update_bn():
 @pytest.mark.slow
 def test_a_teacher_diagnosed_against_itself_has_no_error(tiny_teacher):
   path, summary = tiny_teacher
-  config = tiny_config("dnd", **{"teacher.checkpoint": path, "model.depth": 34})
+  config = tiny_config("dnd", **{"teacher.checkpoint": path, "model.depth": 18})
   d = diagnose.diagnose(config, path, bn_batches=2)
   assert d["teacher_accuracy"] == pytest.approx(summary["final_accuracy"], abs=1e-9)
   trained = d["trained_statistics"]

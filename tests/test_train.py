@@ -49,7 +49,8 @@ def test_every_method_lowers_its_loss_and_beats_chance(tiny_teacher, tmp_path, m
 def _cli(workdir, *overrides):
   args = [sys.executable, os.path.join(REPO, "scripts", "train.py"),
           "--config", os.path.join(REPO, "configs", "teacher_fashion.py"), "--workdir", str(workdir),
-          "--config.model.width=4", "--config.data.image_size=8", "--config.data.fraction=0.05",
+          "--config.model.depth=18", "--config.model.width=4", "--config.data.image_size=8",
+          "--config.data.fraction=0.05",
           "--config.batch_size=32", "--config.num_epochs=6", "--config.log.progress_bar=False",
           "--config.eval_batch_size=1000", *overrides]
   return args, dict(os.environ)
@@ -119,8 +120,8 @@ def test_missing_teacher_is_a_clear_error(tmp_path):
 
 def test_teacher_of_another_architecture_is_a_clear_error(tiny_teacher, tmp_path):
   path, _ = tiny_teacher
-  config = tiny_config("kd", **{"teacher.checkpoint": path, "teacher.depth": 18})
-  with pytest.raises(checkpoints.CheckpointError, match="depth: checkpoint 34 vs config 18"):
+  config = tiny_config("kd", **{"teacher.checkpoint": path, "teacher.depth": 34})
+  with pytest.raises(checkpoints.CheckpointError, match="depth: checkpoint 18 vs config 34"):
     train_and_evaluate(config, str(tmp_path))
 
 
