@@ -1,8 +1,8 @@
 """Time every method's training step, next to the PyTorch reference of the same step, in one run.
 
 For each case (teacher CE, vanilla KD, AT, Jacobian, DnD, memory-lean DnD, each Progressive DnD
-phase, and KD and DnD with rematerialised blocks), batch size and dtype, on synthetic data (random uint8 images resident on the device,
-so nothing is downloaded), it builds the training step exactly as `dnd_jax.train` does (jitted,
+phase, and KD and DnD with rematerialised blocks), batch size and dtype, on synthetic data
+(random uint8 images resident on the device, so nothing is downloaded), it builds the training step exactly as `dnd_jax.train` does (jitted,
 donated, batch sharded over every device, gather + augmentation inside) and reports:
 
   compile time          lower + compile (a hit when the persistent compilation cache is on and
@@ -619,7 +619,8 @@ def targets(rows: list[dict]) -> list[str]:
                 if on]
     what = {"kd": "KD", "dnd": "DnD"}[spec.method] + (f" ({', '.join(switches)})" if switches
                                                        else "")
-    dnd = index.get((fw, "dnd", batch, dtype, 1)) if spec.method == "dnd" and case != "dnd" else None
+    dnd = (index.get((fw, "dnd", batch, dtype, 1)) if spec.method == "dnd" and case != "dnd"
+           else None)
     lines.append(
         f"- {what} batch {batch} {dtype}{'' if fw == 'jax' else f' ({fw})'}: peak "
         f"{r['peak_mib']:.1f} MiB = {ratio:.2f}x vanilla KD's ({kd['peak_mib']:.1f} MiB"

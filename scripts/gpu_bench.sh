@@ -11,8 +11,8 @@
 #      product measures the card's practical peak
 #   b  the same Progressive-DnD and KD steps in torch.compile, default mode and CUDA graphs
 #   c  batch 512, peak memory: KD, DnD and memory-lean DnD, the two DnD steps also with
-#      rematerialised blocks (config.model.remat); XLA's buffer assignment and memory-usage report of every step come
-#      back as xla_memory.tgz (what is alive at the peak)
+#      rematerialised blocks (config.model.remat); XLA's buffer assignment and memory-usage
+#      report of every step come back as xla_memory.tgz (what is alive at the peak)
 #   e  (only when asked) why the JAX steps are slower than PyTorch's CUDA graphs: Progressive
 #      DnD partition 1, DnD and KD at batch 128, each traced for PROFILE_STEPS steps with
 #      jax.profiler (device busy time against the step's span, kernels and launches per step),

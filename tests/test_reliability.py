@@ -18,8 +18,8 @@ from dnd_jax.train import train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a ResNet18 where a config trains a ResNet34 teacher, as tiny_config does (faster to compile)
-TINY = ["--config.model.depth=18", "--config.model.width=4", "--config.data.image_size=8", "--config.data.fraction=0.05",
-        "--config.batch_size=32", "--config.log.progress_bar=False", "--config.eval_batch_size=1000"]
+TINY = ["--config.model.depth=18", "--config.model.width=4", "--config.data.image_size=8",
+        "--config.data.fraction=0.05", "--config.batch_size=32", "--config.log.progress_bar=False", "--config.eval_batch_size=1000"]
 
 
 def cli(workdir, *overrides, config="teacher_fashion.py", popen=False):
