@@ -43,6 +43,14 @@ def architecture(model_config, num_classes: int, image_shape) -> dict:
           "in_channels": int(image_shape[-1])}
 
 
+def input_record(dataset) -> dict:
+  """What a network trained on `dataset` expects of its inputs: the data set, the image shape and
+  the normalisation. A teacher's features are computed on the student run's inputs, so these must
+  be the ones the teacher was trained on (`dnd_jax.teacher.check_inputs`)."""
+  return {"data": dataset.name, "image_shape": list(dataset.image_shape),
+          "mean": [float(m) for m in dataset.mean], "std": [float(s) for s in dataset.std]}
+
+
 def evaluation_record(dataset, dtype: str) -> dict:
   """What an evaluation accuracy is measured on: the evaluation split's images and labels (their
   SHA-256, with their count, shape and split for a reader), the normalisation, the compute dtype.
@@ -54,10 +62,8 @@ def evaluation_record(dataset, dtype: str) -> dict:
   digest = hashlib.sha256()
   for array in (dataset.eval_images, dataset.eval_labels):
     digest.update(np.ascontiguousarray(array).data)
-  return {"data": dataset.name, "split": dataset.eval_split, "examples": len(dataset.eval_labels),
-          "image_shape": list(dataset.image_shape), "mean": [float(m) for m in dataset.mean],
-          "std": [float(s) for s in dataset.std], "dtype": str(dtype),
-          "sha256": digest.hexdigest()}
+  return {**input_record(dataset), "split": dataset.eval_split,
+          "examples": len(dataset.eval_labels), "dtype": str(dtype), "sha256": digest.hexdigest()}
 
 
 def recorded_accuracy(meta: dict, record: dict) -> float | None:

@@ -144,7 +144,7 @@ def diagnose(config, student_path: str, *, bn_batches: int = 0, seed: int = 0) -
   dataset = load_dataset(config.data)
   student = build_model(config.model, dataset.num_classes, dtype)
   # the teacher's architecture is its model.json's (dnd_jax.teacher)
-  teacher, t_vars, _ = teacher_lib.load(config, dataset.num_classes, dataset.image_shape, dtype)
+  teacher, t_vars, _ = teacher_lib.load(config, dataset, dtype)
   # DnD's partition crosses every stage boundary, which is what the hybrids need
   check_stage_shapes(student, teacher, get_method("dnd"), dataset.image_shape,
                      config.teacher.checkpoint)

@@ -145,10 +145,76 @@ def train_into(teacher_config, teacher_workdir: str, train_fn=None, why: str = "
   return model_path
 
 
-def load(config, num_classes: int, image_shape, dtype) -> tuple[ResNet, dict, dict]:
-  """The frozen teacher at `config.teacher.checkpoint`: the model built from its `model.json`
-  architecture (checked against any `config.teacher.{depth,width,stem}` that is set), its
-  variables, and its `model.json`."""
+def _describe(field: str, value) -> str:
+  if field == "image_shape":
+    return "x".join(str(n) for n in value)
+  if field in ("mean", "std"):
+    return "(" + ", ".join(f"{v:.4g}" for v in value) + ")"
+  return str(value)
+
+
+def input_differences(meta: dict, dataset) -> list[str]:
+  """How the inputs a teacher was trained on differ from `dataset`'s, as "field X (this run: Y)"
+  strings. What a model.json records with its accuracy was measured on the data its run trained
+  on (`checkpoints.evaluation_record`); a model without that record (an imported PyTorch teacher)
+  has no differences to show."""
+  recorded = meta.get("evaluation")
+  if not isinstance(recorded, dict):
+    return []
+  names = {"data": "data set", "image_shape": "image shape", "mean": "normalisation mean",
+           "std": "normalisation std"}
+  differences = []
+  for field, now in checkpoints.input_record(dataset).items():
+    then = recorded.get(field)
+    if then is None:
+      continue
+    same = (then == now if field in ("data", "image_shape") else
+            len(then) == len(now) and all(abs(a - b) <= 1e-6 for a, b in zip(then, now)))
+    if not same:
+      differences.append(f"{names[field]} {_describe(field, then)} "
+                         f"(this run: {_describe(field, now)})")
+  return differences
+
+
+def check_inputs(config, meta: dict, dataset) -> None:
+  """Refuse a teacher trained on other inputs (another data set, image size or normalisation)
+  unless `config.teacher.allow_other_inputs`: its features on this run's images are not the ones
+  it learned, and a run distilling from it would train to the end without saying so. A run
+  whose teacher path holds a teacher made for other settings (an earlier run's automatic
+  teacher, say) is the usual way to get here."""
+  differences = input_differences(meta, dataset)
+  if not differences:
+    return
+  path = config.teacher.checkpoint
+  if config.teacher.get("allow_other_inputs", False):
+    _log(f"The teacher at {path!r} was trained on other inputs ({'; '.join(differences)}); "
+         "distilling from it as config.teacher.allow_other_inputs asks.")
+    return
+  raise checkpoints.CheckpointError(
+      f"The teacher at {path!r} was trained on other inputs than this run's: "
+      f"{'; '.join(differences)}. Point --config.teacher.checkpoint at a new <folder>/model "
+      "(with config.teacher.config set, the run trains a teacher for this data there), or set "
+      "--config.teacher.allow_other_inputs=True to distil from it anyway.")
+
+
+def chance_warning(accuracy: float, num_classes: int) -> str | None:
+  """A line for a teacher whose accuracy is within 1.5x of chance: one that has no record of its
+  inputs to check (an imported PyTorch teacher trained with another normalisation, say), or that
+  was allowed other inputs, can still be useless, and the run should say so before it trains."""
+  chance = 1.0 / num_classes
+  if accuracy > 1.5 * chance:
+    return None
+  return (f"Warning: the teacher's accuracy {accuracy:.4f} is about chance ({chance:.4f} for "
+          f"{num_classes} classes), so the student learns little from it. Check "
+          "config.teacher.checkpoint, and for an imported teacher config.data.mean and std.")
+
+
+def load(config, dataset, dtype) -> tuple[ResNet, dict, dict]:
+  """The frozen teacher at `config.teacher.checkpoint` for a run on `dataset`: the model built
+  from its `model.json` architecture (checked against any `config.teacher.{depth,width,stem}`
+  that is set, and its inputs against `dataset`'s: `check_inputs`), its variables, and its
+  `model.json`."""
+  num_classes, image_shape = dataset.num_classes, dataset.image_shape
   path = config.teacher.checkpoint
   if not run_folder.has_model(path):
     hint = (" `python scripts/train.py` trains it first from config.teacher.config; a library "
@@ -157,7 +223,9 @@ def load(config, num_classes: int, image_shape, dtype) -> tuple[ResNet, dict, di
             "--workdir <dir>` and set --config.teacher.checkpoint=<dir>/model, or import a "
             "PyTorch teacher with scripts/import_torch_teacher.py.")
     raise checkpoints.CheckpointError(_missing(config) + hint)
-  saved = checkpoints.read_model_meta(path).get("architecture", {})
+  saved_meta = checkpoints.read_model_meta(path)
+  check_inputs(config, saved_meta, dataset)
+  saved = saved_meta.get("architecture", {})
   arch = {**{k: saved.get(k) for k in ARCH_FIELDS}, **requested_architecture(config)}
   if any(arch[k] is None for k in ARCH_FIELDS):
     raise checkpoints.CheckpointError(

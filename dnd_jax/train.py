@@ -183,8 +183,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
   teacher, teacher_vars, teacher_meta = None, None, {}
   if method.needs_teacher:
-    teacher, teacher_vars, teacher_meta = teacher_lib.load(config, dataset.num_classes,
-                                                           image_shape, dtype)
+    teacher, teacher_vars, teacher_meta = teacher_lib.load(config, dataset, dtype)
     check_stage_shapes(model, teacher, method, image_shape, config.teacher.checkpoint)
 
   root_key = jax.random.key(config.seed)
@@ -236,6 +235,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         correct, _ = t_eval(teacher_vars, eval_images, eval_labels)
         meta["teacher_accuracy"], source = float(correct) / len(dataset.eval_labels), "measured"
     _log(f"Teacher {dataset.eval_split} accuracy: {meta['teacher_accuracy']:.4f} ({source})")
+    if warning := teacher_lib.chance_warning(meta["teacher_accuracy"], dataset.num_classes):
+      _log(warning)
   if method.trained_stages is not None and "start_accuracy" not in meta:
     # the trained network with its re-initialised stages, before any step: where the curve starts
     meta["start_accuracy"] = eval_accuracy(state.variables)[0]

@@ -125,6 +125,44 @@ def test_teacher_of_another_architecture_is_a_clear_error(tiny_teacher, tmp_path
     train_and_evaluate(config, str(tmp_path))
 
 
+def test_teacher_trained_on_other_inputs_is_a_clear_error_unless_allowed(tiny_teacher, tmp_path,
+                                                                         capsys):
+  """The teacher's path may hold a teacher made for other settings (an earlier run's automatic
+  teacher at another image size, say): its accuracy on this run's images is about chance, and a
+  run distilling from it would train to the end without a word."""
+  path, _ = tiny_teacher  # trained on 8x8 Fashion-MNIST
+  config = tiny_config("kd", **{"teacher.checkpoint": path, "data.image_size": 16})
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"trained on other inputs than this run's: image shape 8x8x1 "
+                           r"\(this run: 16x16x1\)\. .*allow_other_inputs=True"):
+    train_and_evaluate(config, str(tmp_path / "run"))
+  assert read_metrics(str(tmp_path / "run")) == []  # stopped before training
+
+  from dnd_jax.data import load_dataset  # noqa: PLC0415
+  dataset = load_dataset(config.data)
+  meta = checkpoints.read_model_meta(path)
+  assert teacher.input_differences(meta, load_dataset(tiny_config("kd").data)) == []
+  renormalised = json.loads(json.dumps(meta))
+  renormalised["evaluation"].update(mean=[0.5], std=[0.5], image_shape=[16, 16, 1])
+  assert teacher.input_differences(renormalised, dataset) == [
+      "normalisation mean (0.5) (this run: (0.286))",
+      "normalisation std (0.5) (this run: (0.353))"]
+  assert teacher.input_differences({"architecture": meta["architecture"]}, dataset) == []
+
+  # allowed: loaded, with a line that says so
+  with config.unlocked():
+    config.teacher.allow_other_inputs = True
+  model, variables, _ = teacher.load(config, dataset, np.float32)
+  assert model.depth == 18 and "params" in variables
+  assert "trained on other inputs (image shape 8x8x1" in capsys.readouterr().err
+
+
+def test_a_teacher_at_about_chance_is_worth_a_warning():
+  assert "about chance (0.1000 for 10 classes)" in teacher.chance_warning(0.1001, 10)
+  assert "about chance" in teacher.chance_warning(0.012, 100)
+  assert teacher.chance_warning(0.16, 10) is None and teacher.chance_warning(0.2, 100) is None
+
+
 def test_stage_shapes_that_differ_are_a_clear_error(tiny_teacher, tmp_path):
   path, _ = tiny_teacher
   config = tiny_config("dnd", **{"teacher.checkpoint": path, "model.width": 8})

@@ -60,6 +60,9 @@ def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
   c.teacher.stem = ml_collections.FieldReference(None, field_type=str)
   c.teacher.checkpoint = f"runs/teacher_{SHORT_NAME[dataset]}/model"
   c.teacher.config = f"configs/teacher_{SHORT_NAME[dataset]}.py"
+  # A teacher whose model.json says it was trained on other inputs than this run's (another data
+  # set, image size or normalisation) is an error unless this is True (dnd_jax.teacher).
+  c.teacher.allow_other_inputs = False
 
   # The method's name, the shared switch below, then the method's own fields (see its `config`).
   c.method = ml_collections.ConfigDict()
