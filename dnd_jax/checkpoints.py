@@ -46,9 +46,40 @@ def architecture(model_config, num_classes: int, image_shape) -> dict:
 def input_record(dataset) -> dict:
   """What a network trained on `dataset` expects of its inputs: the data set, the image shape and
   the normalisation. A teacher's features are computed on the student run's inputs, so these must
-  be the ones the teacher was trained on (`dnd_jax.teacher.check_inputs`)."""
+  be the ones the teacher was trained on (`dnd_jax.teacher.check_inputs`); an evaluation on other
+  inputs says so (`dnd_jax.evaluate`)."""
   return {"data": dataset.name, "image_shape": list(dataset.image_shape),
           "mean": [float(m) for m in dataset.mean], "std": [float(s) for s in dataset.std]}
+
+
+def _describe(field: str, value) -> str:
+  if field == "image_shape":
+    return "x".join(str(n) for n in value)
+  if field in ("mean", "std"):
+    return "(" + ", ".join(f"{v:.4g}" for v in value) + ")"
+  return str(value)
+
+
+def input_differences(meta: dict, dataset) -> list[str]:
+  """How the inputs a model was trained on differ from `dataset`'s, as "field X (this run: Y)"
+  strings. The evaluation a model.json records (`evaluation_record`) was made on the data its run
+  trained on; a model without that record (an imported PyTorch one) has no differences to show."""
+  recorded = meta.get("evaluation")
+  if not isinstance(recorded, dict):
+    return []
+  names = {"data": "data set", "image_shape": "image shape", "mean": "normalisation mean",
+           "std": "normalisation std"}
+  differences = []
+  for field, now in input_record(dataset).items():
+    then = recorded.get(field)
+    if then is None:
+      continue
+    same = (then == now if field in ("data", "image_shape") else
+            len(then) == len(now) and all(abs(a - b) <= 1e-6 for a, b in zip(then, now)))
+    if not same:
+      differences.append(f"{names[field]} {_describe(field, then)} "
+                         f"(this run: {_describe(field, now)})")
+  return differences
 
 
 def evaluation_record(dataset, dtype: str) -> dict:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dnd_jax import checkpoints, torch_bridge
+from dnd_jax import checkpoints, steps, torch_bridge
 from dnd_jax.data import augment, load_dataset
 from dnd_jax.models import ResNet, init_variables
 
@@ -57,22 +57,25 @@ def evaluate_model(path: str, config, split: str = "test") -> dict:
         f"The model has {arch['num_classes']} classes and {arch['in_channels']} input channels; "
         f"{dataset.name} has {dataset.num_classes} and {dataset.image_shape[-1]}. Pick the config "
         "of the data set the model was trained on.")
-  batch = int(config.eval_batch_size)
+  # a model evaluated on other inputs than it was trained on is allowed (robustness, say), but the
+  # accuracy is then not the training run's, which the result says
+  other_inputs = (checkpoints.input_differences(checkpoints.read_model_meta(path), dataset)
+                  if os.path.isdir(path) else [])
   n = len(labels)
-  nb = -(-n // batch)
-  padded = np.concatenate([images, np.zeros((nb * batch - n, *images.shape[1:]), images.dtype)])
+  # 0 (the configs' default): sized for the device, as the training run's evaluation is
+  batch = int(config.eval_batch_size) or steps.eval_batch_size(n, images.shape[1:], model)
 
   @jax.jit
-  def predict(variables, images_u8):
-    def one_batch(x):
-      x = augment.eval_preprocess(x, config.data, dataset.mean, dataset.std)
+  def predict(variables, images_u8, labels):
+    def one_batch(xy):
+      x = augment.eval_preprocess(xy[0], config.data, dataset.mean, dataset.std)
       return jnp.argmax(model.apply(variables, x), -1)
-    return jax.lax.map(one_batch, images_u8.reshape(nb, batch, *images_u8.shape[1:])).reshape(-1)
+    return jax.lax.map(one_batch, steps.padded_batches(images_u8, labels, batch)).reshape(-1)
 
-  variables, padded = jax.device_put((variables, padded))
-  jax.block_until_ready(predict(variables, padded))  # compile and warm up
+  on_device = jax.device_put((variables, images, labels))
+  jax.block_until_ready(predict(*on_device))  # compile and warm up
   t0 = time.perf_counter()
-  predictions = np.asarray(jax.block_until_ready(predict(variables, padded)))[:n]
+  predictions = np.asarray(jax.block_until_ready(predict(*on_device)))[:n]
   seconds = time.perf_counter() - t0
   k = dataset.num_classes
   confusion = np.zeros((k, k), np.int64)
@@ -83,6 +86,7 @@ def evaluate_model(path: str, config, split: str = "test") -> dict:
           "per_class_accuracy": {name: float(a) for name, a in
                                  zip(dataset.class_names or [str(i) for i in range(k)], per_class)},
           "confusion": confusion.tolist(), "images_per_s": n / seconds,
+          "trained_on_other_inputs": other_inputs,
           "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}"}
 
 

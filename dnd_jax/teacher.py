@@ -145,44 +145,13 @@ def train_into(teacher_config, teacher_workdir: str, train_fn=None, why: str = "
   return model_path
 
 
-def _describe(field: str, value) -> str:
-  if field == "image_shape":
-    return "x".join(str(n) for n in value)
-  if field in ("mean", "std"):
-    return "(" + ", ".join(f"{v:.4g}" for v in value) + ")"
-  return str(value)
-
-
-def input_differences(meta: dict, dataset) -> list[str]:
-  """How the inputs a teacher was trained on differ from `dataset`'s, as "field X (this run: Y)"
-  strings. What a model.json records with its accuracy was measured on the data its run trained
-  on (`checkpoints.evaluation_record`); a model without that record (an imported PyTorch teacher)
-  has no differences to show."""
-  recorded = meta.get("evaluation")
-  if not isinstance(recorded, dict):
-    return []
-  names = {"data": "data set", "image_shape": "image shape", "mean": "normalisation mean",
-           "std": "normalisation std"}
-  differences = []
-  for field, now in checkpoints.input_record(dataset).items():
-    then = recorded.get(field)
-    if then is None:
-      continue
-    same = (then == now if field in ("data", "image_shape") else
-            len(then) == len(now) and all(abs(a - b) <= 1e-6 for a, b in zip(then, now)))
-    if not same:
-      differences.append(f"{names[field]} {_describe(field, then)} "
-                         f"(this run: {_describe(field, now)})")
-  return differences
-
-
 def check_inputs(config, meta: dict, dataset) -> None:
   """Refuse a teacher trained on other inputs (another data set, image size or normalisation)
   unless `config.teacher.allow_other_inputs`: its features on this run's images are not the ones
   it learned, and a run distilling from it would train to the end without saying so. A run
   whose teacher path holds a teacher made for other settings (an earlier run's automatic
   teacher, say) is the usual way to get here."""
-  differences = input_differences(meta, dataset)
+  differences = checkpoints.input_differences(meta, dataset)
   if not differences:
     return
   path = config.teacher.checkpoint

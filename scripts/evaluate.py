@@ -49,6 +49,10 @@ def main(argv):
   print(f"ResNet{arch['depth']} (width {arch['width']}) on {result['dataset']} {result['split']} "
         f"({result['images']} images): accuracy {100 * result['accuracy']:.2f}%, "
         f"{result['images_per_s']:.0f} images/s on {result['device']}")
+  if result["trained_on_other_inputs"]:
+    print(f"Note: the model was trained on other inputs than these: "
+          f"{'; '.join(result['trained_on_other_inputs'])}. Give the config (and --config.data.* "
+          "overrides) of its training run to measure the accuracy that run reported.")
   for name, acc in result["per_class_accuracy"].items():
     print(f"  {name:>20}: {100 * acc:.2f}%")
   if FLAGS.output:

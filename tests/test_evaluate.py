@@ -34,6 +34,13 @@ def test_evaluate_reports_the_training_runs_accuracy_for_ours_and_torch(tiny_tea
   assert len(per_class) == 10 and sum(per_class.values()) / 10 == pytest.approx(
       result["accuracy"], abs=0.02)  # Fashion-MNIST's test split is balanced
   assert sum(map(sum, result["confusion"])) == 10_000 and result["images_per_s"] > 0
+  assert result["trained_on_other_inputs"] == []
+  # another image size than the training run's: measured all the same, and said; in batches
+  # sized for the device (the configs' eval_batch_size 0)
+  other = evaluate_model(path, tiny_config("teacher", eval_batch_size=0,
+                                           **{"data.image_size": 12}))
+  assert other["trained_on_other_inputs"] == ["image shape 8x8x1 (this run: 12x12x1)"]
+  assert other["images"] == 10_000 and sum(map(sum, other["confusion"])) == 10_000
 
   variables, _ = checkpoints.load_model(path, checkpoints.read_model_meta(path)["architecture"],
                                         None)
@@ -42,7 +49,9 @@ def test_evaluate_reports_the_training_runs_accuracy_for_ours_and_torch(tiny_tea
               "--output", str(tmp_path / "r.json"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / "r.json") as f:
-    assert json.load(f)["accuracy"] == pytest.approx(result["accuracy"], abs=1e-4)
+    from_torch = json.load(f)
+  assert from_torch["accuracy"] == pytest.approx(result["accuracy"], abs=1e-4)
+  assert from_torch["trained_on_other_inputs"] == []  # a PyTorch file records no inputs
   assert os.path.getsize(tmp_path / "c.png") > 1000
   assert "accuracy" in proc.stdout and "Ankle boot: " in proc.stdout
 

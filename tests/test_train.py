@@ -141,13 +141,13 @@ def test_teacher_trained_on_other_inputs_is_a_clear_error_unless_allowed(tiny_te
   from dnd_jax.data import load_dataset  # noqa: PLC0415
   dataset = load_dataset(config.data)
   meta = checkpoints.read_model_meta(path)
-  assert teacher.input_differences(meta, load_dataset(tiny_config("kd").data)) == []
+  assert checkpoints.input_differences(meta, load_dataset(tiny_config("kd").data)) == []
   renormalised = json.loads(json.dumps(meta))
   renormalised["evaluation"].update(mean=[0.5], std=[0.5], image_shape=[16, 16, 1])
-  assert teacher.input_differences(renormalised, dataset) == [
+  assert checkpoints.input_differences(renormalised, dataset) == [
       "normalisation mean (0.5) (this run: (0.286))",
       "normalisation std (0.5) (this run: (0.353))"]
-  assert teacher.input_differences({"architecture": meta["architecture"]}, dataset) == []
+  assert checkpoints.input_differences({"architecture": meta["architecture"]}, dataset) == []
 
   # allowed: loaded, with a line that says so
   with config.unlocked():
