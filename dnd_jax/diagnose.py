@@ -51,7 +51,8 @@ def make_probe(student: ResNet, teacher: ResNet, data_config, mean, std, batch_s
 
   Returns a dict of arrays: `hybrid_correct` (5,) for k = 0..4, `teacher_correct`, and per stage
   (5,) `err_end_to_end`, `err_teacher_input` (sums of ||s - t||^2) and `teacher_sq` (||t||^2).
-  The split is padded to whole batches with label -1, masked out of every sum.
+  The split is padded to whole batches with label -1, masked out of every sum; `batch_size` 0
+  sizes the batches for the device.
   """
 
   def probe(s_vars, t_vars, images_u8, labels):
@@ -82,7 +83,9 @@ def make_probe(student: ResNet, teacher: ResNet, data_config, mean, std, batch_s
           "teacher_sq": jnp.stack([masked(_per_example_sq(tk)) for tk in t]),
       }
 
-    per_batch = jax.lax.map(one_batch, steps.padded_batches(images_u8, labels, batch_size))
+    size = steps.resolve_eval_batch_size(batch_size, images_u8.shape[0], images_u8.shape[1:],
+                                         teacher)
+    per_batch = jax.lax.map(one_batch, steps.padded_batches(images_u8, labels, size))
     return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_batch)
 
   return probe

@@ -62,8 +62,7 @@ def evaluate_model(path: str, config, split: str = "test") -> dict:
   other_inputs = (checkpoints.input_differences(checkpoints.read_model_meta(path), dataset)
                   if os.path.isdir(path) else [])
   n = len(labels)
-  # 0 (the configs' default): sized for the device, as the training run's evaluation is
-  batch = int(config.eval_batch_size) or steps.eval_batch_size(n, images.shape[1:], model)
+  batch = steps.resolve_eval_batch_size(int(config.eval_batch_size), n, images.shape[1:], model)
 
   @jax.jit
   def predict(variables, images_u8, labels):

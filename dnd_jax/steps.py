@@ -287,6 +287,13 @@ def eval_batch_size(num_images: int, image_shape, model: ResNet, device=None) ->
   return max(-(-num_images // batches), 1)
 
 
+def resolve_eval_batch_size(batch_size: int, num_images: int, image_shape, model: ResNet) -> int:
+  """`batch_size`, or for 0 (the configs' default) a batch sized for the device
+  (`eval_batch_size`): what every evaluation over a split (training's, scripts/evaluate.py's,
+  the diagnosis's) takes from `config.eval_batch_size`."""
+  return batch_size if batch_size > 0 else eval_batch_size(num_images, image_shape, model)
+
+
 def padded_batches(images_u8, labels, batch_size: int):
   """(images, labels) cut into whole batches of `batch_size`, the last padded with label -1.
 
@@ -312,7 +319,7 @@ def make_evaluate(model: ResNet, data_config, mean, std, batch_size: int = 0):
 
   def evaluate(variables, images_u8, labels):
     n = images_u8.shape[0]
-    size = batch_size if batch_size > 0 else eval_batch_size(n, images_u8.shape[1:], model)
+    size = resolve_eval_batch_size(batch_size, n, images_u8.shape[1:], model)
 
     def one_batch(xy):
       x, y = xy

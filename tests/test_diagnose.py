@@ -53,6 +53,11 @@ def test_probe_sums_equal_a_direct_computation():
   assert int(sums["teacher_correct"]) == int(jnp.sum(jnp.argmax(t[-1], -1) == labels))
   # a random student fed end to end drifts further from the teacher than one fed teacher inputs
   assert float(sums["err_end_to_end"][3]) != float(sums["err_teacher_input"][3])
+  # batch size 0 (the configs' default) is sized for the device: the same sums
+  auto = jax.jit(diagnose.make_probe(student, teacher, config.data, MEAN, STD, 0))(
+      s_vars, t_vars, images, labels)
+  for key, value in sums.items():
+    np.testing.assert_allclose(auto[key], value, rtol=1e-4, err_msg=key)
 
 
 def test_batchnorm_reestimation_equals_pytorch_update_bn():
