@@ -2,8 +2,9 @@
 
 For each case (teacher CE, vanilla KD, AT, Jacobian, DnD, memory-lean DnD, each Progressive DnD
 phase, and KD and DnD with rematerialised blocks), batch size and dtype, on synthetic data
-(random uint8 images resident on the device, so nothing is downloaded), it builds the training step exactly as `dnd_jax.train` does (jitted,
-donated, batch sharded over every device, gather + augmentation inside) and reports:
+(random uint8 images resident on the device, so nothing is downloaded), it builds the training
+step exactly as `dnd_jax.train` does (jitted, donated, batch sharded over every device, gather +
+augmentation inside) and reports:
 
   compile time          lower + compile (a hit when the persistent compilation cache is on and
                         holds the program; the run's meta says whether it was on)

@@ -21,15 +21,16 @@ from dnd_jax.data import augment, load_dataset
 from dnd_jax.models import ResNet, init_variables
 
 
-def load_any_model(path: str, image_shape) -> tuple[ResNet, dict, dict]:
-  """(model, variables, architecture) of an exported folder or a PyTorch checkpoint file."""
+def load_any_model(path: str, image_shape) -> tuple[ResNet, dict, dict, dict]:
+  """(model, variables, architecture, model.json) of an exported folder or a PyTorch checkpoint
+  file (whose model.json is {}: it records nothing of what it was trained on)."""
   if os.path.isdir(path):
     arch = checkpoints.read_model_meta(path)["architecture"]
     model = ResNet(depth=arch["depth"], num_classes=arch["num_classes"], width=arch["width"],
                    stem=arch["stem"])
     abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_shape))
-    variables, _ = checkpoints.load_model(path, arch, abstract)
-    return model, variables, arch
+    variables, meta = checkpoints.load_model(path, arch, abstract)
+    return model, variables, arch, meta
   if not os.path.isfile(path):
     raise checkpoints.CheckpointError(
         f"No model at {path!r}: give an exported model folder (with {checkpoints.MODEL_META}) or a "
@@ -38,7 +39,7 @@ def load_any_model(path: str, image_shape) -> tuple[ResNet, dict, dict]:
   arch = torch_bridge.variables_architecture(variables)
   model = ResNet(depth=arch["depth"], num_classes=arch["num_classes"], width=arch["width"],
                  stem=arch["stem"])
-  return model, variables, arch
+  return model, variables, arch, {}
 
 
 def evaluate_model(path: str, config, split: str = "test") -> dict:
@@ -51,7 +52,7 @@ def evaluate_model(path: str, config, split: str = "test") -> dict:
   dataset = load_dataset(config.data)
   images, labels = ((dataset.eval_images, dataset.eval_labels) if split == "validation"
                     else (dataset.test_images, dataset.test_labels))
-  model, variables, arch = load_any_model(path, dataset.image_shape)
+  model, variables, arch, meta = load_any_model(path, dataset.image_shape)
   if arch["num_classes"] != dataset.num_classes or arch["in_channels"] != dataset.image_shape[-1]:
     raise checkpoints.CheckpointError(
         f"The model has {arch['num_classes']} classes and {arch['in_channels']} input channels; "
@@ -59,8 +60,7 @@ def evaluate_model(path: str, config, split: str = "test") -> dict:
         "of the data set the model was trained on.")
   # a model evaluated on other inputs than it was trained on is allowed (robustness, say), but the
   # accuracy is then not the training run's, which the result says
-  other_inputs = (checkpoints.input_differences(checkpoints.read_model_meta(path), dataset)
-                  if os.path.isdir(path) else [])
+  other_inputs = checkpoints.input_differences(meta, dataset)
   n = len(labels)
   batch = steps.resolve_eval_batch_size(int(config.eval_batch_size), n, images.shape[1:], model)
 
