@@ -19,18 +19,25 @@ FINAL=${OUT:-$REPO/runs/gpu_out/gpu_all}
 mkdir -p "$FINAL"
 PARTS_DIR=$(mktemp -d)
 
+# gather: the files so far into $FINAL; run after each script, so that what the bench measured
+# comes back even if the device's limit cuts the headline off
+gather() {
+  for f in bench/env.txt bench/benchmark.json bench/benchmark.md headline/headline.json \
+           headline/headline.csv headline/headline.md bench/traces.tgz; do
+    [ -f "$PARTS_DIR/$f" ] && cp "$PARTS_DIR/$f" "$FINAL/"
+  done
+  tar czf "$FINAL/logs.tgz" --exclude=./bench/traces.tgz -C "$PARTS_DIR" .
+}
+
 OUT=$PARTS_DIR/bench GPU_BUDGET_S=${GPU_ALL_BENCH_S:-210} \
   bash "$REPO/scripts/gpu_bench.sh" "${GPU_ALL_BENCH_PARTS:-a}"
 bench_rc=$?
+gather
 OUT=$PARTS_DIR/headline GPU_BUDGET_S=${GPU_ALL_HEADLINE_S:-360} \
   bash "$REPO/scripts/gpu_headline.sh" "${GPU_ALL_HEADLINE_PARTS:-a}"
 headline_rc=$?
 
-for f in bench/env.txt bench/benchmark.json bench/benchmark.md headline/headline.json \
-         headline/headline.csv headline/headline.md bench/traces.tgz; do
-  [ -f "$PARTS_DIR/$f" ] && cp "$PARTS_DIR/$f" "$FINAL/"
-done
-tar czf "$FINAL/logs.tgz" --exclude=./bench/traces.tgz -C "$PARTS_DIR" .
+gather
 echo "== gpu_all: gpu_bench exit $bench_rc, gpu_headline exit $headline_rc; files in $FINAL"
 ls -l "$FINAL"
 exit $(( bench_rc > headline_rc ? bench_rc : headline_rc ))
