@@ -36,10 +36,11 @@ device's busy time per step against the step's span, kernels and launches per st
 class; it tells a device-bound step from one the host's launches hold back.
 `--xla-dump` keeps, per JAX row, XLA's buffer assignment and memory-usage report of its step
 (under <out>/xla_dump/<row>/): which buffers are alive at the peak that the memory columns report.
-`--xla-option NAME=VALUE` compiles the timed steps with that XLA option (only them: the rest of the
-run's programs come from the compilation cache as usual), and `--jax-label` names such a variant's
-JAX rows so that they stand apart from the default rows of the same table; the rows record their
-options (and any XLA_FLAGS of the environment).
+The timed steps compile with the trainer's XLA options (`config.compiler_options`, see
+`dnd_jax.runtime.compiler_options`); `--xla-option NAME=VALUE` sets one over them (only for the
+timed steps: the rest of the run's programs come from the compilation cache as usual), and
+`--jax-label` names such a variant's JAX rows so that they stand apart from the default rows of
+the same table; the rows record their options (and any XLA_FLAGS of the environment).
 
 It writes <out>/benchmark.json and <out>/benchmark.md after every row, so a run cut off by a
 time limit keeps what it finished; `--append` adds rows to what <out> already holds (the GPU
@@ -68,7 +69,7 @@ from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
 import numpy as np
 
-from dnd_jax import parallel, profiling, steps
+from dnd_jax import parallel, profiling, runtime, steps
 from dnd_jax.configs import base_config
 from dnd_jax.data import augment, cifar100
 from dnd_jax.methods import get_method
@@ -390,7 +391,10 @@ class JaxBench:
                      donate_argnums=(0, 1), out_shardings=(self.repl, self.repl))
     label = (f"{self.args.jax_label}_{case_name}_b{batch}_{dtype_name}_x{per_dispatch}"
              .replace(" ", "-"))
-    options = dict(self.args.xla_options)
+    # the trainer's options for this step (its config's), then the command line's over them
+    config_options = base_config("cifar100", CASES[case_name].method).get("compiler_options")
+    options = {**(runtime.compiler_options(config_options) or {}), **self.args.xla_options}
+    chosen = dict(options)
     dump_dir = None
     if self.args.xla_dump:
       dump_dir = os.path.join(self.args.out, "xla_dump", label)
@@ -425,8 +429,8 @@ class JaxBench:
     }
     if os.environ.get("XLA_FLAGS"):
       row["xla_flags"] = os.environ["XLA_FLAGS"]
-    if self.args.xla_options:
-      row["xla_options"] = dict(self.args.xla_options)
+    if chosen:
+      row["xla_options"] = chosen
     if profile is not None:
       row["profile"] = profile
     if dumped is not None:
@@ -821,7 +825,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "what is alive at the peak")
   p.add_argument("--jax-label", default="jax",
                  help="framework name of this run's JAX rows, starting with 'jax' (e.g. "
-                      "'jax conv-graphs' for a run with --xla-option)")
+                      "'jax xla-graphs' for a run with --xla-option)")
   p.add_argument("--preset", choices=sorted(PRESETS),
                  help="defaults for unset flags; by default 'cpu' on a CPU, else 'accelerator'")
   p.add_argument("--out", default=None, help="output folder (default runs/benchmark_<backend>)")
@@ -853,7 +857,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             "xla_gpu_enable_command_buffer=FUSION,CONVOLUTION")
   args.xla_options = dict(o.split("=", 1) for o in args.xla_option)
   if not args.jax_label.startswith("jax"):
-    p.error(f"--jax-label must start with 'jax' (got {args.jax_label!r}), e.g. 'jax conv-graphs'")
+    p.error(f"--jax-label must start with 'jax' (got {args.jax_label!r}), e.g. 'jax xla-graphs'")
   if args.profile_steps < 0:
     p.error("--profile-steps must be 0 (no trace) or a number of steps")
   args.out = args.out or os.path.join("runs", f"benchmark_{jax.default_backend()}")

@@ -123,11 +123,12 @@ class Interrupted(KeyboardInterrupt):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train `config.model` with `config.method` and return the run's summary (also in the workdir).
 
-  The config is checked first (nothing is written for a bad one). A finished run is not trained
+  The config is checked first (nothing is written for a bad one), its XLA options by XLA. A finished run is not trained
   again: its summary is printed and returned (a larger num_epochs extends it instead). The
   workdir is locked for this process while it trains.
   """
   config_check.check(config, workdir)
+  runtime.check_compiler_options(runtime.compiler_options(config.get("compiler_options")))
   summary = run_folder.read_summary(workdir)
   if summary is not None:
     stored = run_folder.read_config(workdir) or {}
@@ -242,6 +243,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     meta["start_accuracy"] = eval_accuracy(state.variables)[0]
 
   compiled: dict[tuple[int, int], Any] = {}
+  step_options = runtime.compiler_options(config.get("compiler_options"))
 
   def phase_step(phase: int, perm, n: int = 1):
     """The compiled step of a phase (n steps per dispatch), compiled (and timed) on first use."""
@@ -258,8 +260,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                                        teacher_vars)
         jitted = jax.jit(steps.repeat_steps(steps.accumulate_metrics(step_fn), n),
                          donate_argnums=(0, 1), out_shardings=(repl, repl))
-        compiled[phase, n] = (jitted.lower(state, put(sums), train_images, train_labels, perm,
-                                           teacher_vars).compile(), sums)
+        lowered = jitted.lower(state, put(sums), train_images, train_labels, perm, teacher_vars)
+        compiled[phase, n] = (lowered.compile(compiler_options=step_options), sums)
     return compiled[phase, n]
 
   perm_key = jax.random.fold_in(root_key, 2)

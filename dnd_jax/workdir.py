@@ -41,7 +41,7 @@ MODEL_META = "model.json"  # inside an exported model folder (`model_dir`)
 
 # Fields that may change between a run and its resumption without changing what it computes.
 RESULT_NEUTRAL = ("log", "checkpoint", "teacher.checkpoint", "teacher.config",
-                  "teacher.allow_other_inputs", "model.remat")
+                  "teacher.allow_other_inputs", "model.remat", "compiler_options")
 
 
 class WorkdirError(ValueError):

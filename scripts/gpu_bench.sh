@@ -13,12 +13,12 @@
 #   c  batch 512, peak memory: KD, DnD and memory-lean DnD, the two DnD steps also with
 #      rematerialised blocks (config.model.remat); XLA's buffer assignment and memory-usage
 #      report of every step come back as xla_memory.tgz (what is alive at the peak)
-#   e  (only when asked) why the JAX steps are slower than PyTorch's CUDA graphs: Progressive
-#      DnD partition 1, DnD and KD at batch 128, each traced for PROFILE_STEPS steps with
-#      jax.profiler (device busy time against the step's span, kernels and launches per step),
-#      once as they are and once with XLA's command buffers (CUDA graphs) extended to
-#      convolutions (CONV_GRAPHS below, a compile option of the timed steps; the rows are
-#      labelled "jax conv-graphs"); the traces come back as traces.tgz
+#   e  (only when asked) where the JAX steps' time goes: Progressive DnD partitions 2 and 1, DnD
+#      and KD at batch 128, each traced for PROFILE_STEPS steps with jax.profiler (device busy
+#      time against the step's span, kernels and launches per step, ms by op class), once as the
+#      trainer compiles them (convolutions in XLA's CUDA graphs: dnd_jax.runtime) and once with
+#      XLA's default command-buffer list (XLA_GRAPHS below, a compile option of the timed steps;
+#      rows labelled "jax xla-graphs"); the traces come back as traces.tgz
 #   d  (only when asked) Progressive DnD and KD at batch 128, each once per dispatch and 4 steps
 #      per dispatch (lax.scan): whether the host's dispatch is what limits the JAX rows (the
 #      2026-11-26 H200 run showed host ms/step about equal to ms/step)
@@ -52,13 +52,13 @@ else
   METHODS_A=pdnd_p1,pdnd_p2,pdnd_p3,dnd,kd METHODS_B=pdnd_p3,kd,pdnd_p1,pdnd_p2
   TORCH_B=compile,cudagraphs METHODS_C=kd,dnd,dnd_lean,dnd_remat,dnd_lean_remat
   METHODS_D=pdnd_p3,kd
-  METHODS_E=pdnd_p1,dnd,kd PROFILE_STEPS=5
+  METHODS_E=pdnd_p2,pdnd_p1,dnd,kd PROFILE_STEPS=5
 fi
 # Part e's variant: XLA's default command-buffer commands (XLA's debug_options_flags.cc: fusions,
-# cuBLAS, cuBLASLt, custom calls, cuDNN, dynamic-slice fusions) plus CONVOLUTION, so that the
-# convolutions no longer cut the step's CUDA graphs into pieces. The option is checked on any
-# backend (the CPU test passes it too) and recorded in each row.
-CONV_GRAPHS="xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,CONVOLUTION"
+# cuBLAS, cuBLASLt, custom calls, cuDNN, dynamic-slice fusions), without the convolutions that
+# the trainer adds (dnd_jax.runtime.GPU_COMMAND_BUFFER), so each convolution is a launch of its
+# own. The option is checked on any backend (the CPU test passes it too) and recorded in each row.
+XLA_GRAPHS="xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION"
 # shellcheck disable=SC2206
 EXTRA=(${GPU_BENCH_ARGS:-})
 BENCH=("$PY" scripts/benchmark.py "${SHAPES[@]}" --dtypes bfloat16 --out "$OUT")
@@ -112,8 +112,8 @@ case ",$PARTS," in *,e,*)
   PROFILED=("${BENCH[@]}" --methods "$METHODS_E" --batch-sizes "$BATCH_A" --torch none
             --steps-per-dispatch 1 --profile-steps "$PROFILE_STEPS" --append "${EXTRA[@]}")
   gpu_part e 120 "${PROFILED[@]}"
-  gpu_part e_conv_graphs 120 "${PROFILED[@]}" --xla-option "$CONV_GRAPHS" \
-    --jax-label "jax conv-graphs"
+  gpu_part e_xla_graphs 120 "${PROFILED[@]}" --xla-option "$XLA_GRAPHS" \
+    --jax-label "jax xla-graphs"
   # the Perfetto traces only (the .xplane.pb files hold the same), in one file of <= 16 MiB
   if [ -d "$OUT/traces" ]; then
     (cd "$OUT" && find traces -name '*.trace.json.gz' -print0 | tar czf traces.tgz --null -T -)

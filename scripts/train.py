@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dnd_jax import config_check, teacher  # noqa: E402
+from dnd_jax import config_check, runtime, teacher  # noqa: E402
 from dnd_jax.configs import load_config_file  # noqa: E402
 from dnd_jax.runtime import setup_runtime  # noqa: E402
 from dnd_jax.train import Interrupted, train_and_evaluate  # noqa: E402
@@ -102,6 +102,8 @@ def main(argv):
   try:
     config_check.check(config, workdir)
     setup_runtime()
+    # before a teacher is trained for this run (train_and_evaluate checks them again)
+    runtime.check_compiler_options(runtime.compiler_options(config.get("compiler_options")))
     teacher.provision(config, overrides=_override_names(sys.argv))
     train_and_evaluate(config, workdir)
   except Interrupted as e:

@@ -1,12 +1,14 @@
 """Compile once, run many: runs that differ in epoch budget, learning rate or seed run the same
 compiled programs; and the summary splits the wall time, adding up across a resume."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from conftest import tiny_config
-from dnd_jax import steps
+from dnd_jax import config_check, runtime, steps
 from dnd_jax.configs import base_config
 from dnd_jax.methods import get_method
 from dnd_jax.models import ResNet, init_variables
@@ -95,3 +97,51 @@ def test_the_summary_splits_the_wall_time_and_adds_it_up_across_a_resume(two_run
   for part in ("startup", "compile", "train", "eval", "wall"):
     assert resumed[f"{part}_time_s"] > second[f"{part}_time_s"], part
   assert resumed["time_per_epoch_s"] == pytest.approx(resumed["train_time_s"] / 3)
+
+
+# --- the training steps' XLA options (config.compiler_options) ---------------------------------
+
+
+def test_compiler_options_keep_gpu_options_where_xla_knows_them():
+  options = base_config("cifar100", "pdnd").compiler_options
+  assert runtime.compiler_options(options, "gpu") == {
+      "xla_gpu_enable_command_buffer": runtime.GPU_COMMAND_BUFFER}
+  assert "CONVOLUTION" in runtime.GPU_COMMAND_BUFFER.split(",")
+  assert runtime.compiler_options(options, "cpu") == runtime.compiler_options(options, "gpu")
+  assert runtime.compiler_options(options, "tpu") is None
+  assert runtime.compiler_options({"xla_dump_to": "d", **options}, "tpu") == {"xla_dump_to": "d"}
+  runtime.check_compiler_options(runtime.compiler_options(options, "cpu"))  # XLA accepts them
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("xla_gpu_enable_command_buffer", "FUSION,CONVOLUTONS", "'CONVOLUTONS' is not a valid enum"),
+    ("xla_gpu_enable_command_bufer", "FUSION", "No such compile option"),
+])
+def test_a_bad_compiler_option_is_one_config_error_before_any_work(field, value, says, tmp_path):
+  config = tiny_config("teacher")
+  config.compiler_options[field] = value
+  with pytest.raises(config_check.ConfigError) as info:
+    train_and_evaluate(config, str(tmp_path / "run"))
+  message = str(info.value)
+  assert says in message and "config.compiler_options" in message
+  assert len([line for line in message.splitlines() if line.strip()]) == 1
+  assert not os.path.exists(tmp_path / "run")  # nothing written
+
+
+@pytest.mark.slow
+def test_the_training_steps_compile_with_the_configs_options(tmp_path):
+  """An option that leaves a trace (XLA's dump folder) reaches the training steps' compile, and
+  only theirs: the evaluation's programs are compiled without it (XLA's defaults). Past the persistent cache,
+  which would otherwise hand back a program compiled before."""
+  dump = tmp_path / "xla_dump"
+  config = tiny_config("teacher", num_epochs=1)
+  config.compiler_options.xla_dump_to = str(dump)
+  was = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    train_and_evaluate(config, str(tmp_path / "run"))
+  finally:
+    jax.config.update("jax_enable_compilation_cache", was)
+  modules = {name.split(".")[1] for name in os.listdir(dump) if name.startswith("module_")}
+  # jit__lambda: the config check's trivial compile with the same options
+  assert "jit_step" in modules and modules <= {"jit_step", "jit__lambda"}, modules

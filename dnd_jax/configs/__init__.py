@@ -15,6 +15,7 @@ import os
 
 import ml_collections
 
+from dnd_jax import runtime
 from dnd_jax.data import default_data_config
 from dnd_jax.methods import get_method
 
@@ -38,6 +39,11 @@ def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
   # steps before an epoch or phase end that do not fill a dispatch run one at a time (a second
   # compiled step).
   c.steps_per_dispatch = 1
+  # XLA options of the compiled training steps (dnd_jax.runtime.compiler_options). The default
+  # puts convolutions into XLA's CUDA graphs on a GPU (runtime.GPU_COMMAND_BUFFER says why);
+  # XLA's own list is that value without ",CONVOLUTION", and "" turns CUDA graphs off.
+  c.compiler_options = ml_collections.ConfigDict(
+      {"xla_gpu_enable_command_buffer": runtime.GPU_COMMAND_BUFFER})
   c.data = default_data_config(dataset)
 
   # The network being trained: the student, or the teacher itself for method "teacher".
