@@ -3,6 +3,7 @@
 import glob
 import os
 import struct
+import subprocess
 import sys
 
 import pytest
@@ -60,6 +61,29 @@ def test_without_tensorboardx_the_writer_warns_once_and_writes_nothing(tmp_path,
   assert not writer.enabled
   assert capsys.readouterr().err.count("tensorboardX is not installed") == 1
   assert not os.path.exists(run_folder.tensorboard_dir(str(tmp_path)))
+
+
+def test_the_event_writer_does_not_import_torch(tmp_path):
+  """tensorboardX imports torch where it is installed (seconds of startup): the writer keeps it
+  out of a training process, and still writes its events. In a fresh process, since this one
+  may have imported torch for other tests."""
+  pytest.importorskip("tensorboardX")
+  pytest.importorskip("torch")
+  code = f"""
+import sys
+from conftest import tiny_config
+from dnd_jax import tb
+writer = tb.Writer({str(tmp_path)!r}, tiny_config("teacher").log, 0)
+writer.epoch(1, {{"test_accuracy": 0.5}})
+writer.close()
+print(writer.enabled, "torch" in sys.modules)
+import torch  # still importable afterwards
+"""
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  done = subprocess.run([sys.executable, "-c", code], cwd=tests_dir, capture_output=True,
+                        text=True, timeout=300, check=True)
+  assert done.stdout.split() == ["True", "False"], done.stderr[-2000:]
+  assert read_scalars(run_folder.tensorboard_dir(str(tmp_path))) == {"epoch/test_accuracy": [1]}
 
 
 @pytest.mark.parametrize("spec", ["10", "5-5", "a-b", "-1-3"])
