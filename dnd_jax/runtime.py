@@ -67,6 +67,10 @@ def compiler_options(options, platform: str | None = None) -> dict | None:
   return chosen or None
 
 
+def _options_check(x):
+  return x + 1
+
+
 def check_compiler_options(options) -> None:
   """Compile a trivial program with `options`, so that an unknown option or a bad value is one
   clear line (a `ConfigError`) before any data is loaded, not an XLA error at the first training
@@ -74,7 +78,7 @@ def check_compiler_options(options) -> None:
   if not options:
     return
   try:
-    jax.jit(lambda x: x + 1).lower(jax.numpy.zeros(())).compile(compiler_options=options)
+    jax.jit(_options_check).lower(jax.numpy.zeros(())).compile(compiler_options=options)
   except Exception as e:  # XLA raises JaxRuntimeError (INVALID_ARGUMENT) for either mistake
     detail = str(e).splitlines()[0].removeprefix("INVALID_ARGUMENT: ").rstrip(".")
     raise ConfigError(f"config.compiler_options: {detail}. Set an option XLA knows "

@@ -52,33 +52,42 @@ def two_runs(tmp_path_factory):
   had to compile anew; then that run extended to 3 epochs by a resume. The programs are those of
   the session's tiny teacher (tests/conftest.py), so the suite compiles them once."""
   root = tmp_path_factory.mktemp("compile_once")
-  misses = []
+  misses, compiles = [], []
 
   def listener(event, **kwargs):
     if event == "/jax/compilation_cache/cache_misses":
       misses.append(event)
+
+  compile_program = jax.stages.Lowered.compile
+
+  def recording_compile(lowered, compiler_options=None, **kwargs):
+    """Which program the second run compiles (or loads from the cache), with which options."""
+    compiles.append((lowered.as_text().split("\n", 1)[0], compiler_options))
+    return compile_program(lowered, compiler_options=compiler_options, **kwargs)
 
   before = jax.config.jax_persistent_cache_min_compile_time_secs
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   try:
     first = train_and_evaluate(tiny_config("teacher", num_epochs=1), str(root / "first"))
     jax.monitoring.register_event_listener(listener)
+    jax.stages.Lowered.compile = recording_compile
     try:
       second = train_and_evaluate(
           tiny_config("teacher", num_epochs=2, seed=3, **{"optim.lr": 0.02}), str(root / "second"))
     finally:
+      jax.stages.Lowered.compile = compile_program
       jax.monitoring.unregister_event_listener(listener)
   finally:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
   resumed = train_and_evaluate(tiny_config("teacher", num_epochs=3, seed=3, **{"optim.lr": 0.02}),
                                str(root / "second"))
   losses = [read_metrics(str(root / name))[0]["train_loss"] for name in ("first", "second")]
-  return first, second, resumed, len(misses), losses
+  return first, second, resumed, len(misses), losses, compiles
 
 
 @pytest.mark.slow
 def test_a_second_budget_learning_rate_and_seed_compile_nothing_new(two_runs):
-  *_, misses, losses = two_runs
+  *_, misses, losses, _ = two_runs
   assert misses == 0
   assert losses[0] != losses[1]  # they did train differently
 
@@ -129,19 +138,16 @@ def test_a_bad_compiler_option_is_one_config_error_before_any_work(field, value,
 
 
 @pytest.mark.slow
-def test_the_training_steps_compile_with_the_configs_options(tmp_path):
-  """An option that leaves a trace (XLA's dump folder) reaches the training steps' compile, and
-  only theirs: the evaluation's programs are compiled without it (XLA's defaults). Past the persistent cache,
-  which would otherwise hand back a program compiled before."""
-  dump = tmp_path / "xla_dump"
-  config = tiny_config("teacher", num_epochs=1)
-  config.compiler_options.xla_dump_to = str(dump)
-  was = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)
-  try:
-    train_and_evaluate(config, str(tmp_path / "run"))
-  finally:
-    jax.config.update("jax_enable_compilation_cache", was)
-  modules = {name.split(".")[1] for name in os.listdir(dump) if name.startswith("module_")}
-  # jit__lambda: the config check's trivial compile with the same options
-  assert "jit_step" in modules and modules <= {"jit_step", "jit__lambda"}, modules
+def test_the_training_steps_compile_with_the_configs_options(two_runs):
+  """config.compiler_options reach the training steps' compile, and only theirs (the evaluation
+  and the permutation compile with XLA's defaults), after a trivial compile that checks them."""
+  compiles = two_runs[-1]
+  expected = runtime.compiler_options(tiny_config("teacher").compiler_options)
+  assert expected  # the CPU keeps the xla_gpu_* default: XLA checks it there
+  steps_ = [options for module, options in compiles if "@jit_step " in module]
+  checks = [options for module, options in compiles if "@jit__options_check " in module]
+  others = [options for module, options in compiles
+            if "@jit_step " not in module and "@jit__options_check " not in module]
+  assert checks == [expected]  # train_and_evaluate's check of them, before any work
+  assert steps_ and all(options == expected for options in steps_), compiles
+  assert others and all(options is None for options in others), compiles
