@@ -71,10 +71,12 @@ def _options_check(x):
   return x + 1
 
 
-def check_compiler_options(options) -> None:
-  """Compile a trivial program with `options`, so that an unknown option or a bad value is one
-  clear line (a `ConfigError`) before any data is loaded, not an XLA error at the first training
-  step. It starts JAX's backends, so it runs after `start_distributed`, not in `config_check`."""
+def check_compiler_options(config_options) -> None:
+  """Compile a trivial program with `config.compiler_options` as this backend takes them
+  (`compiler_options`), so that an unknown option or a bad value is one clear line (a
+  `ConfigError`) before any data is loaded, not an XLA error at the first training step. It
+  starts JAX's backends, so it runs after `start_distributed`, not in `config_check`."""
+  options = compiler_options(config_options)
   if not options:
     return
   try:

@@ -27,8 +27,9 @@ def _summary_writer_class():
   Where torch is installed, tensorboardX imports it at module level only to accept torch tensors
   as well as numpy arrays: seconds of every run's startup (a tiny run's on this project's 2-core
   CPU: 7.5-7.8 s with the import, 4.9-5.6 s without, three runs each), for nothing this trainer
-  logs, and training would import torch after all. A `None` in `sys.modules` makes that `import torch` raise ImportError for the length of
-  the import (tensorboardX then keeps to numpy); a process that has imported torch keeps it.
+  logs, and training would import torch after all. A `None` in `sys.modules` makes that
+  `import torch` raise ImportError for the length of the import (tensorboardX then keeps to
+  numpy); a process that has imported torch keeps it.
   """
   if "torch" in sys.modules:
     from tensorboardX import SummaryWriter  # noqa: PLC0415

@@ -123,12 +123,12 @@ class Interrupted(KeyboardInterrupt):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train `config.model` with `config.method` and return the run's summary (also in the workdir).
 
-  The config is checked first (nothing is written for a bad one), its XLA options by XLA. A finished run is not trained
-  again: its summary is printed and returned (a larger num_epochs extends it instead). The
-  workdir is locked for this process while it trains.
+  The config is checked first (nothing is written for a bad one), its XLA options by XLA. A
+  finished run is not trained again: its summary is printed and returned (a larger num_epochs
+  extends it instead). The workdir is locked for this process while it trains.
   """
   config_check.check(config, workdir)
-  runtime.check_compiler_options(runtime.compiler_options(config.get("compiler_options")))
+  runtime.check_compiler_options(config.get("compiler_options"))
   summary = run_folder.read_summary(workdir)
   if summary is not None:
     stored = run_folder.read_config(workdir) or {}

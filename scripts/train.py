@@ -103,7 +103,7 @@ def main(argv):
     config_check.check(config, workdir)
     setup_runtime()
     # before a teacher is trained for this run (train_and_evaluate checks them again)
-    runtime.check_compiler_options(runtime.compiler_options(config.get("compiler_options")))
+    runtime.check_compiler_options(config.get("compiler_options"))
     teacher.provision(config, overrides=_override_names(sys.argv))
     train_and_evaluate(config, workdir)
   except Interrupted as e:
