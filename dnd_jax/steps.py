@@ -212,7 +212,11 @@ def make_train_step(*, model: ResNet, teacher: ResNet | None, method: Method,
     metrics["count"] = jnp.ones((), jnp.float32)
     return new_state, metrics
 
-  return step
+  # Jitted only so that it is traced once: `zero_metrics_like` traces it for the metric names and
+  # the caller's jitted, donated program (`accumulate_metrics`, `repeat_steps`) calls it with the
+  # same shapes, so that trace is reused (a ResNet18 and a ResNet34 traced again cost seconds of
+  # startup); XLA inlines the call, so the compiled program is the same.
+  return jax.jit(step)
 
 
 def accumulate_metrics(step_fn):

@@ -49,10 +49,11 @@ def test_two_budgets_learning_rates_and_seeds_lower_to_the_same_step():
 def two_runs(tmp_path_factory):
   """A 1-epoch run, then (with every compiled program written to the persistent cache, however
   quick to compile) a 2-epoch run with another learning rate and seed, counting the programs it
-  had to compile anew; then that run extended to 3 epochs by a resume. The programs are those of
-  the session's tiny teacher (tests/conftest.py), so the suite compiles them once."""
+  had to compile anew and how often it traced the step's loss; then that run extended to 3 epochs
+  by a resume. The programs are those of the session's tiny teacher (tests/conftest.py), so the
+  suite compiles them once."""
   root = tmp_path_factory.mktemp("compile_once")
-  misses, compiles = [], []
+  misses, compiles, traces = [], [], []
 
   def listener(event, **kwargs):
     if event == "/jax/compilation_cache/cache_misses":
@@ -65,36 +66,51 @@ def two_runs(tmp_path_factory):
     compiles.append((lowered.as_text().split("\n", 1)[0], compiler_options))
     return compile_program(lowered, compiler_options=compiler_options, **kwargs)
 
+  group_losses = steps.group_losses
+
+  def traced_group_losses(*args, **kwargs):
+    traces.append(kwargs["groups"])
+    return group_losses(*args, **kwargs)
+
   before = jax.config.jax_persistent_cache_min_compile_time_secs
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   try:
     first = train_and_evaluate(tiny_config("teacher", num_epochs=1), str(root / "first"))
     jax.monitoring.register_event_listener(listener)
     jax.stages.Lowered.compile = recording_compile
+    steps.group_losses = traced_group_losses
     try:
       second = train_and_evaluate(
           tiny_config("teacher", num_epochs=2, seed=3, **{"optim.lr": 0.02}), str(root / "second"))
     finally:
       jax.stages.Lowered.compile = compile_program
+      steps.group_losses = group_losses
       jax.monitoring.unregister_event_listener(listener)
   finally:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
   resumed = train_and_evaluate(tiny_config("teacher", num_epochs=3, seed=3, **{"optim.lr": 0.02}),
                                str(root / "second"))
   losses = [read_metrics(str(root / name))[0]["train_loss"] for name in ("first", "second")]
-  return first, second, resumed, len(misses), losses, compiles
+  return {"first": first, "second": second, "resumed": resumed, "misses": len(misses),
+          "losses": losses, "compiles": compiles, "traces": traces}
 
 
 @pytest.mark.slow
 def test_a_second_budget_learning_rate_and_seed_compile_nothing_new(two_runs):
-  *_, misses, losses, _ = two_runs
-  assert misses == 0
-  assert losses[0] != losses[1]  # they did train differently
+  assert two_runs["misses"] == 0
+  assert two_runs["losses"][0] != two_runs["losses"][1]  # they did train differently
+
+
+@pytest.mark.slow
+def test_the_step_is_traced_once_for_its_metric_names_and_its_program(two_runs):
+  """Tracing a ResNet step costs seconds of startup: the trace that finds the metric names
+  (`steps.zero_metrics_like`) is the one the compiled program is lowered from."""
+  assert len(two_runs["traces"]) == 1, two_runs["traces"]
 
 
 @pytest.mark.slow
 def test_the_summary_splits_the_wall_time_and_adds_it_up_across_a_resume(two_runs):
-  _, second, resumed, *_ = two_runs
+  second, resumed = two_runs["second"], two_runs["resumed"]
   for summary in (second, resumed):
     parts = [summary[f"{part}_time_s"] for part in PARTS]
     assert all(t >= 0.0 for t in parts), parts
@@ -141,7 +157,7 @@ def test_a_bad_compiler_option_is_one_config_error_before_any_work(field, value,
 def test_the_training_steps_compile_with_the_configs_options(two_runs):
   """config.compiler_options reach the training steps' compile, and only theirs (the evaluation
   and the permutation compile with XLA's defaults), after a trivial compile that checks them."""
-  compiles = two_runs[-1]
+  compiles = two_runs["compiles"]
   expected = runtime.compiler_options(tiny_config("teacher").compiler_options)
   assert expected  # the CPU keeps the xla_gpu_* default: XLA checks it there
   steps_ = [options for module, options in compiles if "@jit_step " in module]
