@@ -12,12 +12,12 @@ architecture, and the teacher, `config.teacher.checkpoint`). The student is <wor
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dnd_jax import diagnose, workdir as run_folder  # noqa: E402
+from dnd_jax import cli, diagnose, workdir as run_folder  # noqa: E402
 from dnd_jax.runtime import setup_runtime  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -34,24 +34,16 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config_path = config_flags.get_config_filename(FLAGS["config"])
   name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
   workdir = FLAGS.workdir or os.path.join("runs", name)
   setup_runtime()
-  try:
-    result = diagnose.diagnose(FLAGS.config, FLAGS.student or run_folder.model_dir(workdir),
-                               bn_batches=FLAGS.bn_batches, seed=FLAGS.seed)
-  except ValueError as e:  # bad input: a missing or mismatched model, data, config values
-    if os.environ.get("DND_JAX_TRACEBACK"):
-      raise
-    print(f"error: {e}\n(set DND_JAX_TRACEBACK=1 for the traceback)", file=sys.stderr)
-    sys.exit(1)
+  result = diagnose.diagnose(FLAGS.config, FLAGS.student or run_folder.model_dir(workdir),
+                             bn_batches=FLAGS.bn_batches, seed=FLAGS.seed)
   paths = diagnose.write_report(result, FLAGS.output or os.path.join(workdir, diagnose.REPORT_NAME))
   print(diagnose.format_markdown(result))
   print(f"Wrote {paths[0]} and {paths[1]}.")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -8,18 +8,20 @@
 torchvision-layout checkpoint file. --config: the config whose `data` block (data set, image
 size, normalisation) the model was trained with. Prints accuracy, per-class accuracy and
 inference images/s (and writes them as JSON with --output); --confusion writes the confusion
-matrix as a PNG (needs matplotlib). Bad input ends with one `error:` line.
+matrix as a PNG (needs matplotlib). Bad input ends with one `error:` line and exit code 2
+(dnd_jax/cli.py).
 """
 
 import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dnd_jax import cli  # noqa: E402
 from dnd_jax.evaluate import evaluate_model, plot_confusion  # noqa: E402
 from dnd_jax.runtime import setup_runtime  # noqa: E402
 
@@ -35,16 +37,8 @@ flags.mark_flags_as_required(["config", "model"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   setup_runtime()
-  try:
-    result = evaluate_model(FLAGS.model, FLAGS.config, FLAGS.split)
-  except ValueError as e:  # missing or mismatched model, data, split
-    if os.environ.get("DND_JAX_TRACEBACK"):
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  result = evaluate_model(FLAGS.model, FLAGS.config, FLAGS.split)
   arch = result["architecture"]
   print(f"ResNet{arch['depth']} (width {arch['width']}) on {result['dataset']} {result['split']} "
         f"({result['images']} images): accuracy {100 * result['accuracy']:.2f}%, "
@@ -62,10 +56,9 @@ def main(argv):
     try:
       plot_confusion(result, FLAGS.confusion)
     except ImportError:
-      print("error: --confusion needs matplotlib (pip install matplotlib).", file=sys.stderr)
-      sys.exit(1)
+      cli.fail("--confusion needs matplotlib (pip install matplotlib).")
     print(f"Confusion matrix: {FLAGS.confusion}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

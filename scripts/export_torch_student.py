@@ -11,11 +11,11 @@ stem, replace conv1 and maxpool first (docs/torch_bridge.md shows how).
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dnd_jax.checkpoints import CheckpointError  # noqa: E402
+from dnd_jax import cli  # noqa: E402
 from dnd_jax.torch_bridge import export_student  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -27,13 +27,8 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  try:
-    path, info = export_student(FLAGS.workdir, FLAGS.output, FLAGS.best)
-  except CheckpointError as e:  # a mismatch the user fixes: the message, not a traceback
-    sys.exit(f"error: {e}")
+  path, info = export_student(FLAGS.workdir, FLAGS.output, FLAGS.best)
   depth, nc, width = info["depth"], info["num_classes"], info["width"]
   print(f"Wrote {path}: ResNet{depth}, {info['stem']} stem, width {width}, {nc} classes, "
         f"{info['in_channels']} input channels.")
@@ -54,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

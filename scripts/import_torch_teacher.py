@@ -14,12 +14,12 @@ write elsewhere with --output DIR), where scripts/train.py with the same config 
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dnd_jax.checkpoints import CheckpointError  # noqa: E402
+from dnd_jax import cli  # noqa: E402
 from dnd_jax.torch_bridge import import_teacher  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -32,14 +32,9 @@ flags.mark_flags_as_required(["config", "checkpoint"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  try:
-    path, arch = import_teacher(FLAGS.checkpoint, config, FLAGS.output)
-  except CheckpointError as e:  # a mismatch the user fixes: the message, not a traceback
-    sys.exit(f"error: {e}")
+  path, arch = import_teacher(FLAGS.checkpoint, config, FLAGS.output)
   print(f"Imported {FLAGS.checkpoint} as ResNet{arch['depth']} ({arch['stem']} stem, width "
         f"{arch['width']}, {arch['num_classes']} classes, {arch['in_channels']} channels) into "
         f"{path}")
@@ -51,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -19,6 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dnd_jax import cli  # noqa: E402
 from dnd_jax.reproduce import grids, plan, run  # noqa: E402
 
 
@@ -58,13 +59,14 @@ def plan_from_args(args) -> plan.Plan:
       overrides=plan.parse_overrides(args.override),
       teacher_overrides=plan.parse_overrides(args.teacher_override),
       methods=args.methods.split(",") if args.methods else None,
-      epochs=plan.parse_list(args.epochs) if args.epochs else None,
+      epochs=plan.parse_list(args.epochs, int, "--epochs") if args.epochs else None,
       seeds=plan.parse_seeds(args.seeds) if args.seeds else None,
-      fractions=plan.parse_list(args.fractions, float) if args.fractions else None,
-      max_lrs=plan.parse_list(args.max_lrs, float) if args.max_lrs else None,
+      fractions=plan.parse_list(args.fractions, float, "--fractions") if args.fractions else None,
+      max_lrs=plan.parse_list(args.max_lrs, float, "--max-lrs") if args.max_lrs else None,
       teacher_epochs=args.teacher_epochs, teacher_path=args.teacher, out=args.out)
 
 
+@cli.guarded
 def main(argv=None):
   args = parse_args(argv)
   if args.list:

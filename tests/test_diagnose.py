@@ -136,4 +136,4 @@ def test_the_command_diagnoses_a_trained_dnd_student(tiny_teacher, tmp_path):
                             "--student", str(tmp_path / "nowhere")],
                            capture_output=True, text=True, timeout=600,
                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert missing.returncode == 1 and "error: No student model at" in missing.stderr
+  assert missing.returncode == 2 and "error: No student model at" in missing.stderr

@@ -58,7 +58,7 @@ def test_evaluate_reports_the_training_runs_accuracy_for_ours_and_torch(tiny_tea
 
 def test_a_missing_model_is_one_error_line(tmp_path):
   proc = _cli("--model", str(tmp_path / "nothing"))
-  assert proc.returncode == 1
-  lines = [line for line in proc.stderr.splitlines() if line.strip()]
-  assert lines[-1].startswith("error: No model at") and len(
-      [line for line in lines if line.startswith("error:")]) == 1
+  assert proc.returncode == 2
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and errors[0].startswith("error: No model at"), proc.stderr
+  assert "Traceback" not in proc.stderr

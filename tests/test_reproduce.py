@@ -82,7 +82,7 @@ def test_run_config_applies_overrides_to_student_and_teacher(tmp_path):
   trained = os.path.join(str(tmp_path), "runs", "naive_e4_f1_s0", "model")
   assert feature.method.init_from == feature.teacher.checkpoint == trained
   assert (feature.teacher.depth, feature.teacher.width, feature.model.depth) == (18, 8, 18)
-  with pytest.raises(KeyError, match="no field"):
+  with pytest.raises(ValueError, match="no field"):
     ex.apply_overrides(config, {"model.widht": 3})
 
 

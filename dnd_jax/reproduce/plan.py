@@ -56,24 +56,35 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
     node = config
     for part in path:
       if part not in node:
-        raise KeyError(f"Override {key!r}: the config has no field {part!r}.")
+        raise ValueError(f"Override {key!r}: the config has no field {part!r}.")
       node = node[part]
     if leaf not in node:
-      raise KeyError(f"Override {key!r}: the config has no field {leaf!r}.")
+      raise ValueError(f"Override {key!r}: the config has no field {leaf!r}.")
     node[leaf] = value
   return config
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
   """"3" means three seeds (0, 1, 2); "0,4" means seeds 0 and 4."""
-  parts = [p for p in text.split(",") if p.strip()]
+  parts = parse_list(text, int, "--seeds")
   if len(parts) == 1 and "," not in text:
-    return tuple(range(int(parts[0])))
-  return tuple(int(p) for p in parts)
+    return tuple(range(parts[0]))
+  return parts
 
 
-def parse_list(text: str, kind=int) -> tuple:
-  return tuple(kind(p) for p in text.split(",") if p.strip())
+def parse_list(text: str, kind=int, what: str = "the list") -> tuple:
+  """"2,4" -> (2, 4); a bad item is a ValueError that names `what` and the item."""
+  items = []
+  for p in (p.strip() for p in text.split(",")):
+    if not p:
+      continue
+    try:
+      items.append(kind(p))
+    except ValueError:
+      noun = "an integer" if kind is int else "a number"
+      raise ValueError(f"{what} {text!r}: {p!r} is not {noun}; give a comma list such as "
+                       "2,4.") from None
+  return tuple(items)
 
 
 # --- plans --------------------------------------------------------------------------------------
@@ -135,9 +146,9 @@ def make_plan(name: str, scale: str = "paper", *, overrides: dict | None = None,
   """The experiment `name` shrunk by `scale`, then by the explicit grid arguments (`methods`
   picks arms by name)."""
   if name not in EXPERIMENTS:
-    raise KeyError(f"Unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}.")
+    raise ValueError(f"Unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}.")
   if scale not in SCALES:
-    raise KeyError(f"Unknown scale {scale!r}; known: {', '.join(SCALES)}.")
+    raise ValueError(f"Unknown scale {scale!r}; known: {', '.join(SCALES)}.")
   exp, sc = EXPERIMENTS[name], SCALES[scale]
   exp = dataclasses.replace(exp, **sc.grids.get(exp.grid_key, {}))
   changes = {k: tuple(v) for k, v in dict(epochs=epochs, seeds=seeds, fractions=fractions,
