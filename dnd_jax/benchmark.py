@@ -31,9 +31,10 @@ torch.compile with CUDA graphs) for the methods it implements, with XLA's FLOP c
 step for its % of peak. With `--steps-per-dispatch K > 1` the cases of `--scan-methods` get a
 second row running K steps per dispatch (`lax.scan`, as `config.steps_per_dispatch` does).
 With `--profile-steps N` each JAX row then runs N more steps under `jax.profiler` (the trace in
-<out>/traces/<row>/) and adds the trace's summary (`dnd_jax.profiling.summarize_trace`): the
-device's busy time per step against the step's span, kernels and launches per step, ms per op
-class; it tells a device-bound step from one the host's launches hold back.
+<out>/traces/<row>/, beside the step's optimised HLO, step.hlo.txt, which says what the trace's op
+names compute) and adds the trace's summary (`dnd_jax.profiling.summarize_trace`): the device's
+busy time per step against the step's span, kernels and launches per step, ms per op class; it
+tells a device-bound step from one the host's launches hold back.
 `--xla-dump` keeps, per JAX row, XLA's buffer assignment and memory-usage report of its step
 (under <out>/xla_dump/<row>/): which buffers are alive at the peak that the memory columns report.
 The timed steps compile with the trainer's XLA options (`config.compiler_options`, see
@@ -361,8 +362,13 @@ class JaxBench:
     sums = place(steps.zero_metrics_like(step_fn, state, *data))
     return step_fn, state, sums, data
 
-  def profile(self, runner: "_Runner", carry, label: str, per_dispatch: int):
-    """`--profile-steps` more dispatches back to back under the profiler; (carry, summary)."""
+  def profile(self, runner: "_Runner", carry, label: str, per_dispatch: int, compiled):
+    """`--profile-steps` more dispatches back to back under the profiler; (carry, summary).
+
+    The compiled step's optimised HLO is written beside the trace (`step.hlo.txt`): the trace
+    names XLA's fusions and custom calls, and only the HLO says what each one computes (which
+    convolution, in which layout, fused with what).
+    """
     trace_dir = os.path.join(self.args.out, "traces", label)
     dispatches = max(self.args.profile_steps // per_dispatch, 1)
     jax.profiler.start_trace(trace_dir)
@@ -377,6 +383,15 @@ class JaxBench:
       return carry, {"error": f"no *.trace.json.gz under {trace_dir}"}
     summary = profiling.summarize_trace(trace, dispatches * per_dispatch)
     summary["trace"] = os.path.relpath(trace, self.args.out)
+    try:
+      hlo = compiled.as_text()
+    except Exception as e:  # noqa: BLE001 (a backend may not keep the text: the trace still counts)
+      hlo, summary["hlo_error"] = None, f"{type(e).__name__}: {e}"
+    if hlo:
+      hlo_path = os.path.join(trace_dir, "step.hlo.txt")
+      with open(hlo_path, "w") as f:
+        f.write(hlo)
+      summary["hlo"] = os.path.relpath(hlo_path, self.args.out)
     _log(f"[benchmark] profile {label}: {profiling.describe(summary)}")
     return carry, summary
 
@@ -416,7 +431,8 @@ class JaxBench:
                                                   self.args.steps)
     profile = None
     if self.args.profile_steps:
-      (state, sums), profile = self.profile(runner, (state, sums), label, per_dispatch)
+      (state, sums), profile = self.profile(runner, (state, sums), label, per_dispatch,
+                                            compiled)
     loss = float(sums["loss"]) / max(float(sums["count"]), 1.0)
     row = {
         "framework": self.args.jax_label, "case": case_name, "batch": batch,

@@ -18,7 +18,8 @@
 #      time against the step's span, kernels and launches per step, ms by op class), once as the
 #      trainer compiles them (convolutions in XLA's CUDA graphs: dnd_jax.runtime) and once with
 #      XLA's default command-buffer list (XLA_GRAPHS below, a compile option of the timed steps;
-#      rows labelled "jax xla-graphs"); the traces come back as traces.tgz
+#      rows labelled "jax xla-graphs"); the traces, each beside its step's optimised HLO (what the
+#      traces' op names compute), come back as traces.tgz
 #   d  (only when asked) Progressive DnD and KD at batch 128, each once per dispatch and 4 steps
 #      per dispatch (lax.scan): whether the host's dispatch is what limits the JAX rows (the
 #      2026-11-26 H200 run showed host ms/step about equal to ms/step)
@@ -114,9 +115,11 @@ case ",$PARTS," in *,e,*)
   gpu_part e 120 "${PROFILED[@]}"
   gpu_part e_xla_graphs 120 "${PROFILED[@]}" --xla-option "$XLA_GRAPHS" \
     --jax-label "jax xla-graphs"
-  # the Perfetto traces only (the .xplane.pb files hold the same), in one file of <= 16 MiB
+  # the Perfetto traces (the .xplane.pb files hold the same) and each step's optimised HLO (what
+  # the traces' op names refer to), in one file of <= 16 MiB
   if [ -d "$OUT/traces" ]; then
-    (cd "$OUT" && find traces -name '*.trace.json.gz' -print0 | tar czf traces.tgz --null -T -)
+    (cd "$OUT" && find traces \( -name '*.trace.json.gz' -o -name 'step.hlo.txt' \) -print0 \
+       | tar czf traces.tgz --null -T -)
     rm -rf "$OUT/traces"
     if [ "$(stat -c %s "$OUT/traces.tgz")" -gt $((16 * 1024 * 1024)) ]; then
       gpu_log "traces.tgz is over 16 MiB (it would not come back): removed; benchmark.json has each trace's summary"

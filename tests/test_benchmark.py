@@ -45,6 +45,8 @@ def test_one_method_runs_in_both_frameworks_and_writes_json_and_markdown(tmp_pat
   assert profile["steps"] == 2 and profile["dispatches"] == 2 and profile["dispatch_ms_per_step"] > 0
   assert profile["device_busy_ms_per_step"] is None
   assert (tmp_path / profile["trace"]).is_file()
+  # beside it, what the trace's op names compute: the timed step's optimised HLO
+  assert (tmp_path / profile["hlo"]).read_text().startswith("HloModule jit_step")
   assert "| pdnd_p3 | 8 | float32 | jax | 2 |" in text  # the profile table
   # PyTorch rows alone, appended (the GPU script's part b): scored with the JAX row's FLOP count
   result = benchmark.main(["--methods", "pdnd_p3", *TOY, "--torch", "eager", "--no-jax",

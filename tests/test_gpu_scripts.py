@@ -82,7 +82,11 @@ def test_gpu_all_runs_the_bench_parts_and_the_headline_into_eight_files(tmp_path
   assert reports == ["xla_dump/jax_dnd_lean_remat_b16_bfloat16_x1"]
   with tarfile.open(out / "traces.tgz") as tar:
     traces = [n for n in tar.getnames() if n.endswith(".trace.json.gz")]
+    hlo = [n for n in tar.getnames() if n.endswith("/step.hlo.txt")]
+    assert tar.extractfile(hlo[0]).read().startswith(b"HloModule jit_step")
   assert len(traces) == 2 and any("xla-graphs" in n for n in traces)
+  assert sorted(os.path.dirname(n) for n in hlo) == sorted(
+      os.path.dirname(n).split("/plugins/")[0] for n in traces)  # the HLO beside each trace
 
   # the bench: every part's rows in one table, in priority order
   result = json.loads((out / "benchmark.json").read_text())
