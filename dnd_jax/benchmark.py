@@ -70,7 +70,7 @@ from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
 import numpy as np
 
-from dnd_jax import parallel, profiling, runtime, steps
+from dnd_jax import cli, parallel, profiling, runtime, steps
 from dnd_jax.configs import base_config
 from dnd_jax.data import augment, cifar100
 from dnd_jax.methods import get_method
@@ -809,8 +809,8 @@ def recount_flops(out: str) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="scripts/benchmark.py", description=__doc__.split("\n\n")[0],
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--methods", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
   p.add_argument("--batch-sizes", help="comma list (cpu: 128; accelerator: 128,256,512)")
   p.add_argument("--dtypes", help="comma list of float32, bfloat16")
@@ -859,7 +859,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   unknown = [m for m in args.methods if m not in CASES]
   if unknown:
     p.error(f"unknown --methods {unknown}; choose from {', '.join(CASES)}")
-  args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b]
+  try:
+    args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b]
+  except ValueError:
+    p.error(f"--batch-sizes takes a comma list of whole numbers, e.g. 128,512 (got "
+            f"{args.batch_sizes!r})")
   args.dtypes = [d for d in args.dtypes.split(",") if d]
   if any(d not in DTYPES for d in args.dtypes):
     p.error(f"--dtypes must be from {sorted(DTYPES)}")
@@ -902,13 +906,17 @@ def _start(args, command: str) -> dict:
   path = os.path.join(args.out, JSON_FILE)
   if not (args.append and os.path.isfile(path)):
     return {"meta": meta, "rows": []}
-  with open(path) as f:
-    result = json.load(f)
-  old = result["meta"]
+  try:
+    with open(path) as f:
+      result = json.load(f)
+    old = result["meta"]
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"--append to {path}, which is not a benchmark table ({type(e).__name__}: "
+                     f"{e}); use another --out, or move that file away.") from e
   differs = [k for k in ("device_kind", "width", "image_size", "num_classes", "dataset_size")
              if old.get(k) != meta[k]]
   if differs:
-    raise SystemExit(f"error: --append to {path}, whose rows differ in "
+    raise ValueError(f"--append to {path}, whose rows differ in "
                      + ", ".join(f"{k} ({old.get(k)} there, {meta[k]} here)" for k in differs)
                      + "; use another --out or the same shapes.")
   old["commands"] = old.get("commands", []) + [command]

@@ -9,11 +9,13 @@ input is what the library raises for it: `ValueError` (its `ConfigError`, `DataE
 
 The absl scripts run through `run(main)`, which also checks, before absl parses the flags, the two
 mistakes absl reports with a traceback: a config file that does not load and an override that
-names no field of the config. An argparse script wraps its `main` in `guarded`.
+names no field of the config. An argparse script wraps its `main` in `guarded` and parses with
+`ArgumentParser`, whose errors are `fail`'s line too.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import functools
 import os
@@ -67,6 +69,13 @@ def guarded(main: Callable, interrupted: str = "interrupted; rerun the same comm
       fail(str(e))
 
   return wrapper
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse, with a flag error as one `error:` line (exit code 2, as argparse's own)."""
+
+  def error(self, message: str) -> NoReturn:
+    fail(f"{message}. See `python {self.prog} --help` for the flags.")
 
 
 def config_file_named(argv: list[str]) -> str | None:

@@ -14,7 +14,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dnd_jax import cli  # noqa: E402
 from dnd_jax.benchmark import main  # noqa: E402
 
 if __name__ == "__main__":
-  main()
+  cli.guarded(main)()

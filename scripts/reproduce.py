@@ -24,8 +24,8 @@ from dnd_jax.reproduce import grids, plan, run  # noqa: E402
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="scripts/reproduce.py", description=__doc__.split("\n\n")[0],
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("experiment", nargs="?", help="one of: " + ", ".join(grids.EXPERIMENTS))
   p.add_argument("--list", action="store_true", help="list experiments and scales, then exit")
   p.add_argument("--scale", default="paper", choices=list(grids.SCALES),

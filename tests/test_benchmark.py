@@ -82,8 +82,11 @@ def test_files_are_written_after_every_row_and_append_keeps_them(tmp_path, monke
   assert len(result["meta"]["commands"]) == 2
   text = (tmp_path / "benchmark.md").read_text()
   assert "| kd | 8 | float32 | jax | error: MemoryError: out of memory" in text
-  with pytest.raises(SystemExit, match="width"):
+  with pytest.raises(ValueError, match="width"):
     benchmark.main(["--methods", "dnd", *args, "--append", "--width", "8"])
+  (tmp_path / "benchmark.json").write_text("{")  # cut off mid-write by hand, say
+  with pytest.raises(ValueError, match="not a benchmark table"):
+    benchmark.main(["--methods", "dnd", *args, "--append"])
 
 
 def test_peak_tables_percent_of_peak_and_verdicts():
@@ -144,6 +147,9 @@ def test_unknown_method_is_a_clear_error(capsys):
   with pytest.raises(SystemExit):
     benchmark.parse_args(["--xla-option", "xla_gpu_enable_command_buffer"])
   assert "--xla-option takes NAME=VALUE" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    benchmark.parse_args(["--batch-sizes", "128,x"])
+  assert "--batch-sizes takes a comma list of whole numbers" in capsys.readouterr().err
 
 
 def test_a_labelled_variant_gets_its_own_verdicts():

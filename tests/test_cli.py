@@ -88,6 +88,7 @@ def test_a_mistyped_config_file_is_named_with_the_nearest_one(capsys, monkeypatc
     ("export_torch_student.py", ["--workdir", "/nowhere", "extra"], "unexpected arguments"),
     ("reproduce.py", ["table2_fashion", "--scale", "cpu", "--epochs", "2,x"],
      "--epochs '2,x': 'x' is not an integer"),
+    ("benchmark.py", ["--batch-sizes", "8,x"], "--batch-sizes takes a comma list"),
 ])
 def test_every_script_answers_bad_input_in_one_line(script, args, expected):
   done = subprocess.run([sys.executable, os.path.join("scripts", script), *args], cwd=REPO,
