@@ -116,10 +116,14 @@ case ",$PARTS," in *,e,*)
   gpu_part e_xla_graphs 120 "${PROFILED[@]}" --xla-option "$XLA_GRAPHS" \
     --jax-label "jax xla-graphs"
   # the Perfetto traces (the .xplane.pb files hold the same) and each step's optimised HLO (what
-  # the traces' op names refer to), in one file of <= 16 MiB
+  # the traces' op names refer to), in one file of <= 16 MiB; the traces alone if that is too much
   if [ -d "$OUT/traces" ]; then
     (cd "$OUT" && find traces \( -name '*.trace.json.gz' -o -name 'step.hlo.txt' \) -print0 \
        | tar czf traces.tgz --null -T -)
+    if [ "$(stat -c %s "$OUT/traces.tgz")" -gt $((16 * 1024 * 1024)) ]; then
+      gpu_log "traces.tgz with the HLO is over 16 MiB: kept the traces only"
+      (cd "$OUT" && find traces -name '*.trace.json.gz' -print0 | tar czf traces.tgz --null -T -)
+    fi
     rm -rf "$OUT/traces"
     if [ "$(stat -c %s "$OUT/traces.tgz")" -gt $((16 * 1024 * 1024)) ]; then
       gpu_log "traces.tgz is over 16 MiB (it would not come back): removed; benchmark.json has each trace's summary"
