@@ -31,6 +31,7 @@ BAD_INPUT = 2
 INTERRUPTED = 130
 BAD_INPUT_ERRORS = (ValueError, OSError, FloatingPointError)
 TRACEBACK_HINT = "(set DND_JAX_TRACEBACK=1 for the traceback)"
+INTERRUPTED_LINE = "interrupted; rerun the same command."
 
 
 def fail(message: str, code: int = BAD_INPUT) -> NoReturn:
@@ -47,7 +48,7 @@ def fail(message: str, code: int = BAD_INPUT) -> NoReturn:
   sys.exit(code)
 
 
-def guarded(main: Callable, interrupted: str = "interrupted; rerun the same command.") -> Callable:
+def guarded(main: Callable, interrupted: str = INTERRUPTED_LINE) -> Callable:
   """`main` with bad input turned into `fail` and Ctrl-C into one line and exit code 130.
 
   `interrupted` is the line for Ctrl-C; an interruption that knows its run folder (a training
@@ -127,8 +128,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(f"{str(e).rstrip('.')}. See `python {argv[0]} --helpfull` for the flags.")
 
 
-def run(main: Callable[[list[str]], None], interrupted: str = "interrupted; rerun the same "
-        "command.") -> None:
+def run(main: Callable[[list[str]], None], interrupted: str = INTERRUPTED_LINE) -> None:
   """`absl.app.run(main)` with this module's conventions; `main` receives no positional
   arguments (any on the command line are an error)."""
 

@@ -31,14 +31,13 @@ def _summary_writer_class():
   `import torch` raise ImportError for the length of the import (tensorboardX then keeps to
   numpy); a process that has imported torch keeps it.
   """
-  if "torch" in sys.modules:
-    from tensorboardX import SummaryWriter  # noqa: PLC0415
-    return SummaryWriter
-  sys.modules["torch"] = None
+  blocked = "torch" not in sys.modules
+  if blocked:
+    sys.modules["torch"] = None
   try:
     from tensorboardX import SummaryWriter  # noqa: PLC0415
   finally:
-    if sys.modules.get("torch", 0) is None:
+    if blocked and sys.modules.get("torch", 0) is None:
       del sys.modules["torch"]
   return SummaryWriter
 
