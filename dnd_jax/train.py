@@ -344,17 +344,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   tracer.close()
   tb_writer.close()
 
-  # the start of the whole run, as if it had run in this one process
   summary = finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate,
-                   clock, teacher_meta, eval_record)
+                   clock, teacher_meta, eval_record, repl)
   ckpts.close()
   return summary
 
 
 def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate,
-           clock: TimeSplit, teacher_meta, eval_record: dict) -> dict:
+           clock: TimeSplit, teacher_meta, eval_record: dict, repl) -> dict:
   """Export the final model, report final and best accuracy (and test accuracy when selecting on
-  a validation split), and write the summary with the split of the wall time."""
+  a validation split), and write the summary with the split of the wall time.
+
+  The test set, the final and the best model are evaluated as the epochs' evaluation was: placed
+  with `repl` (replicated over the mesh), so with several devices or processes the compiled
+  evaluation and its arguments agree on where they live."""
   arch = checkpoints.architecture(config.model, dataset.num_classes, dataset.image_shape)
   final_vars = jax.device_get(state.variables)
   split = dataset.eval_split
@@ -372,16 +375,19 @@ def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluat
       "images_per_s": (float(np.median([r["images_per_s"] for r in history])) if history else 0.0),
   }
   if split == "validation":
-    test_images, test_labels = jax.device_put(dataset.test_images), dataset.test_labels
+    n_test = len(dataset.test_labels)
+    test_images, test_labels = jax.device_put((dataset.test_images, dataset.test_labels), repl)
     with clock("compile"):
-      evaluate_test = evaluate.lower(final_vars, test_images, test_labels).compile()
+      evaluate_test = evaluate.lower(state.variables, test_images, test_labels).compile()
     with clock("eval"):
-      correct, _ = evaluate_test(final_vars, test_images, test_labels)
-      summary["final_test_accuracy"] = float(correct) / len(test_labels)
-      best = ckpts.restore_best(jax.eval_shape(lambda: final_vars))
+      correct, _ = evaluate_test(state.variables, test_images, test_labels)
+      summary["final_test_accuracy"] = float(correct) / n_test
+      # restored straight into the final model's placement (Orbax would use the saved one)
+      best = ckpts.restore_best(jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state.variables))
       if best is not None:
         correct, _ = evaluate_test(best[0], test_images, test_labels)
-        summary["best_test_accuracy"] = float(correct) / len(test_labels)
+        summary["best_test_accuracy"] = float(correct) / n_test
   if "start_accuracy" in meta:
     summary["start_accuracy"] = meta["start_accuracy"]
   if teacher_meta:
