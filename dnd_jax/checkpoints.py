@@ -184,6 +184,28 @@ def load_model(path: str, arch: dict, abstract_variables: Any) -> tuple[dict, di
   return dict(variables), meta
 
 
+def read_best_model(workdir: str) -> tuple[dict, dict, int]:
+  """(variables, meta, step) of a run's best-model checkpoint, on this process's first device.
+
+  The target is built from the checkpoint's own metadata and placed here: restored as saved, a
+  model trained on several devices would not load on one (Orbax checks the topology)."""
+  directory = run_folder.best_dir(workdir)
+  handlers = {"variables": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  step = None
+  if os.path.isdir(directory):
+    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
+      step = manager.latest_step()
+      if step is not None:
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                              manager.item_metadata(step)["variables"])
+        restored = manager.restore(step, args=ocp.args.Composite(
+            variables=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+  if step is None:
+    raise CheckpointError(f"No best-model checkpoint in {directory}.")
+  return dict(restored["variables"]), dict(restored["meta"] or {}), int(step)
+
+
 class TrainCheckpoints:
   """Periodic training-state checkpoints (last `keep`) and the best model, with resume.
 
@@ -198,7 +220,7 @@ class TrainCheckpoints:
   resumes from the previous checkpoint. `wait` before reading a checkpoint back or exiting.
   """
 
-  def __init__(self, workdir: str, keep: int):
+  def __init__(self, workdir: str, keep: int, every_epochs: int = 1):
     def manager(directory, max_to_keep, tree_item):
       # handlers named up front, so that a fresh manager (a resumed run) can read a checkpoint's
       # tree metadata before restoring it (`_compatible_target`). Each manager's cross-process
@@ -215,7 +237,11 @@ class TrainCheckpoints:
 
     self.workdir = workdir
     self.state = manager(run_folder.checkpoints_dir(workdir), keep, "state")
-    self.best = manager(run_folder.best_dir(workdir), 1, "variables")
+    # A resume goes back to one of the `keep` state checkpoints, up to keep x every_epochs epochs
+    # before the newest best model, and drops the bests of the epochs it will redo: keeping that
+    # many bests keeps the one the restored state's meta names (with one, a resume could find
+    # none, or a later epoch's, and the run end without its best model).
+    self.best = manager(run_folder.best_dir(workdir), keep * every_epochs, "variables")
 
   def latest_step(self) -> int | None:
     return self.state.latest_step()

@@ -432,20 +432,9 @@ def load_exported_variables(workdir: str, best: bool = False) -> tuple[dict, dic
   from dnd_jax.models import ResNet, init_variables  # noqa: PLC0415
 
   if best:
-    best_dir = run_folder.best_dir(workdir)
-    if not os.path.isdir(best_dir):
-      raise checkpoints.CheckpointError(f"No best-model checkpoint in {best_dir}.")
-    import orbax.checkpoint as ocp  # noqa: PLC0415
-
-    with ocp.CheckpointManager(best_dir) as manager:
-      step = manager.latest_step()
-      if step is None:
-        raise checkpoints.CheckpointError(f"No best-model checkpoint in {best_dir}.")
-      restored = manager.restore(step, args=ocp.args.Composite(
-          variables=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-    variables = jax.device_get(dict(restored["variables"]))
-    return variables, {**variables_architecture(variables), "step": int(step),
-                       **dict(restored["meta"] or {})}
+    variables, meta, step = checkpoints.read_best_model(workdir)
+    variables = jax.device_get(variables)
+    return variables, {**variables_architecture(variables), "step": step, **meta}
   path = run_folder.model_dir(workdir)
   meta = checkpoints.read_model_meta(path)
   arch = meta.get("architecture", {})

@@ -86,19 +86,24 @@ def mean_metrics(parts: list[dict]) -> dict:
   return {k: totals[k] / max(counts[k], 1.0) for k in totals}
 
 
-def resume_or_start(workdir: str, keep: int, state):
+def resume_or_start(workdir: str, checkpoint_config, state, sharding):
   """The run's checkpoints, and the state, bookkeeping and metrics history to continue from.
 
   With a checkpoint in the workdir, the state and `meta` (epoch, best accuracy, times) of the
   newest one that restores are restored (a damaged newer one is moved aside, with a line) and
   metrics of epochs after it (done by a run killed before its next checkpoint) are dropped, since
   they will be redone; without one, the run starts from `state` and any stray metrics are cleared.
+  The state is restored straight into `sharding` (this run's mesh): left to itself, Orbax would
+  place it as it was saved, which fails when the run resumes on another number of devices.
   """
-  ckpts = checkpoints.TrainCheckpoints(workdir, keep)
+  ckpts = checkpoints.TrainCheckpoints(workdir, checkpoint_config.keep,
+                                       checkpoint_config.every_epochs)
   meta = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "train_time_s": 0.0,
           "compile_time_s": 0.0}
   history: list[dict] = []
-  restored = ckpts.restore_latest_intact(jax.eval_shape(lambda: state))
+  restored = ckpts.restore_latest_intact(jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      jax.eval_shape(lambda: state)))
   if restored is not None:
     latest, state, meta = restored
     history = [row for row in read_metrics(workdir) if row["epoch"] <= meta["epoch"]]
@@ -107,6 +112,24 @@ def resume_or_start(workdir: str, keep: int, state):
   elif read_metrics(workdir):
     write_metrics(workdir, [])
   return ckpts, state, meta, history
+
+
+def check_resumable(workdir: str, config, epoch: int, step: int, steps_per_epoch: int,
+                    n_train: int) -> None:
+  """A checkpoint of `epoch` done at `step` can go on with `config`: the same steps per epoch
+  (its step counts the schedules' steps, and the partition switches fall at the config's steps)
+  and no fewer epochs than it has done."""
+  if step != epoch * steps_per_epoch:
+    raise run_folder.WorkdirError(
+        f"{workdir} holds a run at epoch {epoch}, step {step} ({step // epoch} steps per epoch), "
+        f"but this config gives {steps_per_epoch} steps per epoch (batch_size "
+        f"{config.batch_size} over {n_train} training images): a run cannot change its batch "
+        "size or training set midway. Resume with the batch_size and data.* of its config.json, "
+        "or use another --workdir.")
+  if epoch > config.num_epochs:
+    raise run_folder.WorkdirError(
+        f"{workdir} holds a run that has done {epoch} epochs; num_epochs={config.num_epochs} "
+        f"would not undo them. Use --config.num_epochs={epoch} or more, or another --workdir.")
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -129,20 +152,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   config_check.check(config, workdir)
   runtime.check_compiler_options(config.get("compiler_options"))
-  summary = run_folder.read_summary(workdir)
+  summary = finished_run(config, workdir)
   if summary is not None:
-    stored = run_folder.read_config(workdir) or {}
-    changed = [c for c in run_folder.config_changes(stored, config)
-               if not c.startswith("num_epochs ")]
-    if summary.get("epochs") == config.num_epochs and not changed:
-      _log(f"{workdir} holds this run, finished; not training it again (use another --workdir "
-           "to train anew).")
-      print(format_summary(summary), flush=True)
-      return summary
-    if changed:
-      raise run_folder.WorkdirError(
-          f"{workdir} holds a finished run with another config ({'; '.join(changed[:6])}); it is "
-          "left as it is. Use another --workdir for this config.")
+    _log(f"{workdir} holds this run, finished; not training it again (use another --workdir "
+         "to train anew).")
+    print(format_summary(summary), flush=True)
+    return summary
   os.makedirs(workdir, exist_ok=True)
   # one process holds the lock for a multi-host run (its peers write no records)
   with run_folder.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
@@ -153,10 +168,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       raise Interrupted(workdir, min(done + 1, config.num_epochs)) from None
 
 
+def finished_run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  """The summary of the finished run in `workdir` when `config` is its config; None when there is
+  none or `config` extends it (a larger `num_epochs`). Any other difference is an error: a
+  finished run stays as it is."""
+  summary = run_folder.read_summary(workdir)
+  if summary is None:
+    return None
+  stored = run_folder.read_config(workdir) or {}
+  changed = [c for c in run_folder.config_changes(stored, config)
+             if not c.startswith("num_epochs ")]
+  if changed:
+    raise run_folder.WorkdirError(
+        f"{workdir} holds a finished run with another config ({'; '.join(changed[:6])}); it is "
+        "left as it is. Use another --workdir for this config.")
+  if config.num_epochs < summary.get("epochs", 0):
+    raise run_folder.WorkdirError(
+        f"{workdir} holds a run finished after {summary['epochs']} epochs; "
+        f"num_epochs={config.num_epochs} would not undo them, and it is left as it is. Use "
+        f"--config.num_epochs={summary['epochs']} to see its summary, a larger value to extend "
+        "it, or another --workdir.")
+  return summary if config.num_epochs == summary.get("epochs") else None
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   clock = TimeSplit()
   runtime.enable_compilation_cache()
-  run_folder.record_config(config, workdir)
 
   method = get_method(config.method.name)
   method.check_config(config.method)
@@ -195,7 +232,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   state = steps.create_train_state(variables, tx, config.seed)
   fresh_opt_state = state.opt_state
 
-  ckpts, state, meta, history = resume_or_start(workdir, config.checkpoint.keep, state)
+  ckpts, state, meta, history = resume_or_start(workdir, config.checkpoint, state, repl)
+  if meta["epoch"]:
+    check_resumable(workdir, config, meta["epoch"], int(state.step), steps_per_epoch, n_train)
+  # recorded once the run is known to continue with it (a refused resume changes nothing)
+  run_folder.record_config(config, workdir)
   clock.resume(meta)
   # a resumed run continues its schedule with this config's budget and learning rate
   state = state.replace(opt_state=with_config_hyperparameters(state.opt_state, fresh_opt_state))

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dnd_jax import cli, config_check, runtime, teacher  # noqa: E402
 from dnd_jax.runtime import setup_runtime  # noqa: E402
-from dnd_jax.train import train_and_evaluate  # noqa: E402
+from dnd_jax.train import finished_run, train_and_evaluate  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pdnd_cifar.py.",
@@ -41,7 +41,8 @@ def main(argv):
   setup_runtime()
   # before a teacher is trained for this run (train_and_evaluate checks them again)
   runtime.check_compiler_options(config.get("compiler_options"))
-  teacher.provision(config, overrides=cli.override_names(sys.argv))
+  if finished_run(config, workdir) is None:  # a finished run needs no teacher to print its summary
+    teacher.provision(config, overrides=cli.override_names(sys.argv))
   train_and_evaluate(config, workdir)
 
 

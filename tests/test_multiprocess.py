@@ -23,8 +23,8 @@ import time
 import pytest
 
 from conftest import tiny_config, wait_for_first_checkpoint
-from dnd_jax import checkpoints
-from dnd_jax.train import read_metrics
+from dnd_jax import checkpoints, torch_bridge
+from dnd_jax.train import read_metrics, train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the suite: 2; 4 by hand (see the docstring)
@@ -170,6 +170,19 @@ def test_processes_train_pdnd_like_one_process_and_resume_after_one_is_killed(ti
       if "test" in key:
         assert r["summary"][key] * 10_000 == pytest.approx(round(r["summary"][key] * 10_000))
   assert os.path.isfile(workdir / "model" / "model.json")
+
+  # The 2-device run goes on here, on this process's one device, one epoch longer: its state is
+  # restored into this run's mesh (restored as saved, Orbax refused the other topology and the
+  # checkpoints were moved aside as damaged), and its best model exports from here.
+  config.num_epochs = epochs + 1
+  longer = train_and_evaluate(config, str(tmp_path / "single"))
+  assert longer["devices"] == 1 and longer["epochs"] == epochs + 1
+  extended = read_metrics(str(tmp_path / "single"))
+  assert [row["epoch"] for row in extended] == list(range(1, epochs + 2))
+  assert extended[:epochs] == reference
+  assert not (tmp_path / "single" / "checkpoints_skipped").exists()
+  best, info = torch_bridge.load_exported_variables(str(tmp_path / "single"), best=True)
+  assert info["epoch"] == longer["best_epoch"] and best["params"]
 
 
 if __name__ == "__main__":

@@ -5,16 +5,18 @@ student run trains for itself on the student's settings, in its own folder."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import tiny_config, wait_for_first_checkpoint
 from dnd_jax import checkpoints, teacher, workdir as run_folder
-from dnd_jax.train import train_and_evaluate
+from dnd_jax.train import check_resumable, finished_run, train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a ResNet18 where a config trains a ResNet34 teacher, as tiny_config does (faster to compile)
@@ -253,3 +255,51 @@ def test_a_mistyped_teacher_path_never_touches_another_run(tmp_path):
     teacher.provision(other, train_fn=never)
   after = {p: p.read_bytes() for p in (tmp_path / "kd_run").rglob("*") if p.is_file()}
   assert sorted(p.name for p in after) == sorted(p.name for p in before if p.parent == finished)
+
+
+def test_a_run_is_never_undone_or_continued_with_other_steps_per_epoch(tiny_teacher, tmp_path):
+  """A finished run asked for fewer epochs, and an unfinished one resumed with fewer epochs than
+  it has done or with another batch size (other steps per epoch: its step, which the schedules
+  count, and the partition switches would disagree), are refused, with nothing written."""
+  finished = os.path.dirname(tiny_teacher[0])  # 3 epochs of tiny_config("teacher")
+  assert finished_run(tiny_config("teacher"), finished)["epochs"] == 3
+  assert finished_run(tiny_config("teacher", num_epochs=4), finished) is None  # extends it
+  with pytest.raises(run_folder.WorkdirError, match="finished after 3 epochs; num_epochs=2"):
+    finished_run(tiny_config("teacher", num_epochs=2), finished)
+
+  workdir = str(tmp_path / "run")  # the same run, as if killed before its summary was written
+  shutil.copytree(finished, workdir, ignore=shutil.ignore_patterns("lock"))
+  os.remove(run_folder.summary_path(workdir))
+  files = {name: open(os.path.join(workdir, name)).read()
+           for name in ("config.json", "metrics.jsonl")}
+  with pytest.raises(run_folder.WorkdirError,
+                     match=r"epoch 3, step 279 \(93 steps per epoch\), but this config gives 46 "
+                           r"steps per epoch \(batch_size 64 over 3000"):
+    train_and_evaluate(tiny_config("teacher", batch_size=64), workdir)
+  with pytest.raises(run_folder.WorkdirError, match="has done 3 epochs; num_epochs=2"):
+    train_and_evaluate(tiny_config("teacher", num_epochs=2), workdir)
+  assert {name: open(os.path.join(workdir, name)).read() for name in files} == files
+  assert not os.path.exists(os.path.join(workdir, "checkpoints_skipped"))
+  check_resumable(workdir, tiny_config("teacher"), 3, 279, 93, 3000)  # its own config goes on
+
+
+def test_a_resume_finds_the_best_model_its_checkpoint_names(tmp_path):
+  """Killed after an epoch's best model was saved but before its state was (or with the newest
+  state damaged), a run resumes from an older state and drops the newer bests, which it redoes:
+  the best model of the restored state must still be there."""
+  def variables(value):
+    return {"params": {"w": np.full((2,), value, np.float32)}}
+
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=2, every_epochs=1)
+  for epoch in (1, 2, 3):
+    ckpts.save_best(epoch, variables(epoch), {"epoch": epoch, "best_epoch": epoch})
+    if epoch < 3:  # killed before the state of epoch 3 was written
+      ckpts.save(epoch, {"w": np.full((2,), epoch, np.float32)}, {"epoch": epoch})
+  ckpts.wait()
+  ckpts.close()
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=2, every_epochs=1)
+  step, _, meta = ckpts.restore_latest_intact({"w": np.zeros((2,), np.float32)})
+  assert (step, meta["epoch"]) == (2, 2)
+  best, best_meta = ckpts.restore_best(variables(0))
+  ckpts.close()
+  assert best_meta["epoch"] == 2 and float(best["params"]["w"][0]) == 2.0

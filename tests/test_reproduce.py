@@ -86,6 +86,23 @@ def test_run_config_applies_overrides_to_student_and_teacher(tmp_path):
     ex.apply_overrides(config, {"model.widht": 3})
 
 
+def test_a_chosen_arm_brings_the_arm_it_starts_from_and_a_given_teacher_its_own_shape(tmp_path):
+  """`--methods feature` of Figure 2a needs the naive run it re-initialises (it was a StopIteration
+  traceback); a teacher given with --teacher keeps the architecture its model.json records (it
+  was overwritten with the grid's teacher config's, which refused a ResNet18 teacher)."""
+  for methods, arms in ((["feature"], ("naive", "feature")),
+                        (["end2end", "feature"], ("naive", "feature", "end2end"))):
+    plan = ex.make_plan("figure2a_fashion", "cpu", methods=methods, out=str(tmp_path))
+    assert plan.experiment.arm_names == arms  # in the grid's order: the start first
+  plan = ex.make_plan("table2_fashion", "cpu", methods=["kd"], teacher_path=str(tmp_path / "t"))
+  config = ex.run_config(plan, grids.RunSpec("kd", 2, 0))
+  assert config.teacher.checkpoint == str(tmp_path / "t") and config.teacher.config == ""
+  assert (config.teacher.depth, config.teacher.width, config.teacher.stem) == (None, None, None)
+  plan = ex.make_plan("table2_fashion", "cpu", methods=["kd"], teacher_path=str(tmp_path / "t"),
+                      overrides={"teacher.depth": 18})
+  assert ex.run_config(plan, grids.RunSpec("kd", 2, 0)).teacher.depth == 18  # checked, not lost
+
+
 # --- running: skip finished, resume unfinished, refuse changed configs --------------------------
 
 

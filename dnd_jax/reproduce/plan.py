@@ -157,7 +157,13 @@ def make_plan(name: str, scale: str = "paper", *, overrides: dict | None = None,
     unknown = [m for m in methods if m not in exp.arm_names]
     if unknown:
       raise ValueError(f"Unknown method(s) {unknown} for {name}; use some of {exp.arm_names}.")
-    changes["arms"] = tuple(exp.arm(m) for m in methods)
+    # an arm that starts from another arm's trained model needs that arm's runs too
+    needed = set(methods)
+    for m in methods:
+      while (start := exp.arm(m).start_from) and start not in needed:
+        needed.add(start)
+        m = start
+    changes["arms"] = tuple(a for a in exp.arms if a.name in needed)  # the grid's order
   exp = dataclasses.replace(exp, **changes)
   extra = {**(overrides or {}), **{f"teacher:{k}": v for k, v in (teacher_overrides or {}).items()}}
   if teacher_epochs is not None:
@@ -223,6 +229,10 @@ def run_config(plan: Plan, spec: RunSpec) -> ml_collections.ConfigDict:
     trained = exported_model(plan.run_dir(start))
     config.method.init_from = trained
     _set_teacher(config, run_config(plan, start).model, trained)
+  elif plan.teacher_path:
+    # a given teacher's architecture is its model.json's (dnd_jax.teacher.load), not that of the
+    # teacher the grid would train; an override of teacher.{depth,width,stem} is checked against it
+    config.teacher.checkpoint, config.teacher.config = plan.teacher_checkpoint, ""
   else:
     _set_teacher(config, teacher_config(plan).model, plan.teacher_checkpoint)
   return config
