@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sys
+import time
 
 import jax
 
@@ -49,6 +50,8 @@ class StepTracer:
     self.dir = run_folder.profile_dir(workdir)
     self.active = False
     self.first = None  # the first traced step
+    # seconds spent writing and reading the trace back: the loop keeps them out of training time
+    self.overhead_s = 0.0
 
   def before(self, step: int) -> None:
     if self.range and not self.active and self.range[0] <= step < self.range[1]:
@@ -59,6 +62,7 @@ class StepTracer:
   def after(self, next_step: int, state) -> None:
     if self.active and next_step >= self.range[1]:
       jax.block_until_ready(state)
+      t0 = time.perf_counter()
       jax.profiler.stop_trace()
       self.active = False
       print(f"Profiler trace of steps {self.first}-{next_step} written to {self.dir}.",
@@ -68,6 +72,7 @@ class StepTracer:
         print("Profile: " + describe(summarize_trace(trace, next_step - self.first)),
               file=sys.stderr, flush=True)
       self.range = None
+      self.overhead_s += time.perf_counter() - t0
 
   def close(self) -> None:
     if self.active:

@@ -319,7 +319,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     step_fn, zero_sums = phase_step(phase, perm, per_dispatch)
     sums = put(zero_sums)
     finished_parts = []  # metric sums of earlier partitions, when a phase boundary falls mid-epoch
-    compile_before = clock.now["compile"]
+    compile_before, trace_before = clock.now["compile"], tracer.overhead_s
     bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
                disable=not config.log.progress_bar, file=sys.stderr, leave=False,
                dynamic_ncols=True)
@@ -348,8 +348,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.3f}", img_s=f"{rate:.0f}")
         tb_writer.steps(first_step + i, m, float(lr_schedule(first_step + i - 1)), rate)
     train = mean_metrics(finished_parts + [sums])  # waits for the epoch's last step
-    # a partition compiled mid-epoch is compile time, not training time
-    epoch_time = time.perf_counter() - t0 - (clock.now["compile"] - compile_before)
+    # a partition compiled mid-epoch is compile time, and writing a profile is no training time
+    epoch_time = (time.perf_counter() - t0 - (clock.now["compile"] - compile_before)
+                  - (tracer.overhead_s - trace_before))
     bar.close()
     if not math.isfinite(train["loss"]):
       ckpts.wait()

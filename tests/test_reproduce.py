@@ -56,7 +56,9 @@ def test_scale_and_command_line_shrink_a_grid():
 
 def test_parsing_of_seeds_lists_and_overrides():
   assert ex.parse_seeds("3") == (0, 1, 2)
-  assert ex.parse_seeds("0,4") == (0, 4)
+  assert ex.parse_seeds("0,4") == (0, 4) and ex.parse_seeds("0,") == (0,)
+  with pytest.raises(ValueError, match="count of seeds must be 1 or more"):
+    ex.parse_seeds("0")  # it ran the grid's own seeds without a word
   assert ex.parse_list("2,4") == (2, 4)
   parsed = ex.parse_overrides(["model.width=8", "data.fraction=0.1", "method.head_mse_on=logits"])
   assert parsed == {"model.width": 8, "data.fraction": 0.1, "method.head_mse_on": "logits"}

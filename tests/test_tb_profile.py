@@ -5,12 +5,14 @@ import os
 import struct
 import subprocess
 import sys
+import time
 
+import jax
 import pytest
 
 from conftest import tiny_config
 from dnd_jax import profiling, tb, workdir as run_folder
-from dnd_jax.train import train_and_evaluate
+from dnd_jax.train import read_metrics, train_and_evaluate
 
 
 def read_scalars(logdir: str) -> dict[str, list[int]]:
@@ -31,10 +33,19 @@ def read_scalars(logdir: str) -> dict[str, list[int]]:
 
 
 @pytest.mark.slow
-def test_events_continue_on_resume_and_a_trace_is_written(tmp_path, capsys):
+def test_events_continue_on_resume_and_a_trace_is_written(tmp_path, capsys, monkeypatch):
   pytest.importorskip("tensorboardX")
   overrides = {"data.fraction": 0.004, "log.refresh_steps": 3, "log.profile_steps": "2-4"}
+  stop_trace = jax.profiler.stop_trace
+
+  def slow_stop_trace():  # writing a trace takes seconds on a GPU; it is no training time
+    time.sleep(4.0)
+    stop_trace()
+
+  monkeypatch.setattr(jax.profiler, "stop_trace", slow_stop_trace)
   train_and_evaluate(tiny_config("teacher", num_epochs=1, **overrides), str(tmp_path))
+  monkeypatch.undo()
+  assert read_metrics(str(tmp_path))[0]["epoch_time_s"] < 4.0  # 7 tiny steps
   train_and_evaluate(tiny_config("teacher", num_epochs=2, **overrides), str(tmp_path))
   scalars = read_scalars(run_folder.tensorboard_dir(str(tmp_path)))
   per_epoch = 240 // 32  # 7 steps

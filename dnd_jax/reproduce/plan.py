@@ -65,9 +65,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
-  """"3" means three seeds (0, 1, 2); "0,4" means seeds 0 and 4."""
+  """"3" means three seeds (0, 1, 2); "0,4" means seeds 0 and 4; "0," means seed 0 alone."""
   parts = parse_list(text, int, "--seeds")
   if len(parts) == 1 and "," not in text:
+    if parts[0] < 1:  # a count of none would silently run the grid's own seeds
+      raise ValueError(f"--seeds {text!r}: a count of seeds must be 1 or more; for seed 0 alone "
+                       "write --seeds 0, (a list of one).")
     return tuple(range(parts[0]))
   return parts
 
