@@ -633,3 +633,75 @@ def test_unwritable_cache_warns_once_and_loads_without_it(tmp_path, caplog):
       ds = data.load_dataset(c)
       np.testing.assert_array_equal(ds.train_images[..., 0], made["train_images"])
   assert caplog.text.count("Cannot write the data cache") == 1
+
+
+def test_a_cache_decoded_unchecked_does_not_pass_for_checked_data(tmp_path, monkeypatch):
+  """verify_checksums=True used to take a cache written with it off, so altered files passed."""
+  make_fashion(tmp_path / "fm", np.random.default_rng(0))  # not the published files
+  c = config("fashion_mnist", tmp_path, dir=str(tmp_path / "fm"), verify_checksums=False)
+  data.load_dataset(c)
+  c.verify_checksums = True
+  with pytest.raises(data.DataError, match="checksum|md5"):
+    data.load_dataset(c)
+  made = make_fashion(tmp_path / "fm", np.random.default_rng(1))
+  trust_fashion(monkeypatch, made["sums"])
+  data.load_dataset(c)  # checked, then cached as checked: an unchecked read may use it too
+  mtime = sources.cache_path(c).stat().st_mtime_ns
+  c.verify_checksums = False
+  data.load_dataset(c)
+  assert sources.cache_path(c).stat().st_mtime_ns == mtime
+
+
+def test_the_cache_fingerprints_only_the_files_its_reader_reads(tmp_path, monkeypatch):
+  """A data root that also holds the cache (or other data sets) kept invalidating it, a symlinked
+  copy was never fingerprinted (a stale cache), and `dir=/` walked the whole disk."""
+  made = make_cifar(tmp_path / "root", np.random.default_rng(0))
+  trust_cifar(monkeypatch, tmp_path / "root")
+  c = config("cifar100", tmp_path, dir=str(tmp_path / "root"), cache_dir=str(tmp_path / "root"))
+  data.load_dataset(c)
+  mtime = sources.cache_path(c).stat().st_mtime_ns
+  (tmp_path / "root" / "other_data_set.bin").write_bytes(b"x")
+  np.testing.assert_array_equal(data.load_dataset(c).train_images, made["train"][0])
+  assert sources.cache_path(c).stat().st_mtime_ns == mtime  # a hit: not decoded again
+
+  (tmp_path / "linked").mkdir()
+  (tmp_path / "linked" / cifar100.FOLDER).symlink_to(tmp_path / "root" / cifar100.FOLDER)
+  linked = config("cifar100", tmp_path, dir=str(tmp_path / "linked"))
+  data.load_dataset(linked)
+  remade = make_cifar(tmp_path / "root", np.random.default_rng(1))  # replaced behind the link
+  trust_cifar(monkeypatch, tmp_path / "root")
+  np.testing.assert_array_equal(data.load_dataset(linked).train_images, remade["train"][0])
+  assert sources.source_fingerprint("cifar100", Path("/")) is None  # no walk: nothing there
+
+
+def test_a_cifar_pickle_named_as_the_folder_reads_its_folder(tmp_path, monkeypatch):
+  made = make_cifar(tmp_path / "root", np.random.default_rng(0))
+  trust_cifar(monkeypatch, tmp_path / "root")
+  c = config("cifar100", tmp_path, dir=str(tmp_path / "root" / cifar100.FOLDER / "train"))
+  np.testing.assert_array_equal(data.load_dataset(c).test_labels, made["test"][1])
+
+
+def test_a_read_only_cache_with_a_stale_file_loads_without_it(tmp_path, monkeypatch, caplog):
+  made = make_fashion(tmp_path / "fm", np.random.default_rng(0))
+  c = config("fashion_mnist", tmp_path, dir=str(tmp_path / "fm"), verify_checksums=False)
+  data.load_dataset(c)
+  make_fashion(tmp_path / "fm", np.random.default_rng(1))  # the cache is now stale
+
+  def read_only(self, missing_ok=False):
+    raise PermissionError(30, "Read-only file system", str(self))
+
+  monkeypatch.setattr(Path, "unlink", read_only)  # root may write anywhere: simulate the mount
+  monkeypatch.setattr(files.os, "replace", lambda *a: read_only(Path(a[1])))
+  with caplog.at_level(logging.WARNING):
+    ds = data.load_dataset(c)
+  assert not np.array_equal(ds.train_images[..., 0], made["train_images"])
+  assert "Cannot write the data cache" in caplog.text
+
+
+def test_cache_files_get_a_new_files_usual_mode(tmp_path):
+  make_fashion(tmp_path / "fm", np.random.default_rng(0))
+  c = config("fashion_mnist", tmp_path, dir=str(tmp_path / "fm"), verify_checksums=False)
+  data.load_dataset(c)
+  old = os.umask(0o022)
+  os.umask(old)
+  assert sources.cache_path(c).stat().st_mode & 0o777 == 0o666 & ~old

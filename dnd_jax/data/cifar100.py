@@ -65,6 +65,8 @@ def _unpickle(raw: bytes, where: str) -> dict:
 def locate(path: Path) -> Path:
   """Returns the archive or the `cifar-100-python` folder that `path` names or contains."""
   files.require(path, FIX)
+  if path.is_file() and path.name in MEMBER_MD5:  # one of the folder's files: its folder
+    path = path.parent
   if path.is_file():
     return path
   for candidate in (path, path / FOLDER):
@@ -74,6 +76,12 @@ def locate(path: Path) -> Path:
     return path / ARCHIVE.name
   missing = next(path / FOLDER / m for m in MEMBER_MD5 if not (path / FOLDER / m).is_file())
   raise files.MissingDataError(f"{missing} not found (nor {path / ARCHIVE.name}). Fix: {FIX}.")
+
+
+def source_files(path: Path) -> list[Path]:
+  """The files `read(path)` reads: the archive, or the folder's three pickles."""
+  found = locate(path)
+  return [found] if found.is_file() else [found / m for m in MEMBER_MD5]
 
 
 def _members_from_archive(archive: Path) -> dict[str, bytes]:

@@ -73,6 +73,11 @@ def locate(folder: Path) -> dict[str, Path]:
   return found
 
 
+def source_files(folder: Path) -> list[Path]:
+  """The four files `read(folder)` reads."""
+  return list(locate(folder).values())
+
+
 def _read_bytes(path: Path) -> bytes:
   if path.suffix != ".gz":
     return path.read_bytes()

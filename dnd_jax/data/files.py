@@ -100,6 +100,12 @@ def require(path: Path, fix: str) -> Path:
   return path
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
   """Yields a temporary path beside `path` and renames it over `path` only if the block succeeds.
@@ -115,6 +121,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     yield tmp
     with open(tmp, "rb+") as f:
       os.fsync(f.fileno())
+    # mkstemp's file is private (0600); the final file gets a new file's usual mode, so a cache
+    # or download folder shared by several users stays readable to them
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
   finally:
     tmp.unlink(missing_ok=True)
@@ -165,6 +174,8 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
 def load_arrays(path: Path, meta: dict) -> dict[str, np.ndarray] | None:
   """Returns the cached arrays, or None (and deletes the file) when it is absent, stale or damaged.
 
+  Stale: its header differs from `meta` in any key `meta` has (a key it lacks matches anything).
+
   A damaged cache is rebuilt rather than reported: it holds nothing that the official files cannot
   give again, and the usual cause (a full disk, a copy cut short) is not something to fix by hand.
   """
@@ -178,6 +189,9 @@ def load_arrays(path: Path, meta: dict) -> dict[str, np.ndarray] | None:
       arrays = {k: npz[k] for k in header["arrays"]}  # reads each member whole: checks its CRC
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
     log.warning("Cache %s is unusable (%s); rebuilding it.", path, e)
-    path.unlink(missing_ok=True)
+    try:
+      path.unlink(missing_ok=True)
+    except OSError:  # a read-only cache folder: the rebuilt arrays are then used uncached
+      pass
     return None
   return arrays

@@ -61,6 +61,14 @@ def locate(path: Path) -> Path:
                                f"{path / ARCHIVE.name}). Fix: {FIX}.")
 
 
+def source_files(path: Path) -> list[Path]:
+  """The files `read(path)` reads: the archive, or the images of the folder's splits."""
+  found = locate(path)
+  if found.is_file():
+    return [found]
+  return [p for split in SPLITS for p in sorted((found / split).glob("*/*")) if p.is_file()]
+
+
 def _entry(parts: tuple[str, ...]) -> tuple[str, str] | None:
   """(split, wnid) for a path ending in <split>/<wnid>/<image>, else None."""
   if len(parts) >= 3 and parts[-3] in SPLITS and parts[-1].lower().endswith(_EXTENSIONS):

@@ -2,8 +2,9 @@
 
 Decoding (gzip, pickles, 13k JPEGs) and resizing happen once; afterwards a run loads one .npz. The
 cache is keyed by data set, source, stored size and the location read, so pointing `dir` at another
-copy, or changing `image_size`, never returns stale arrays; and it records the size and mtime of
-every source file, so files replaced in the same folder are decoded again. The cache is only a
+copy, or changing `image_size`, never returns stale arrays; it records the size and mtime of
+every file the reader reads, so files replaced in the same folder are decoded again, and whether
+the checksums were checked, so a cache decoded without them never passes for checked data. The cache is only a
 speed-up: when it cannot be written, the run says so once and goes on without it.
 """
 
@@ -103,20 +104,25 @@ def cache_path(data_config: Any) -> Path:
           f"{data_config.name}-{data_config.source}-{tag}-{digest}.npz")
 
 
-def source_fingerprint(where: Path | None) -> str | None:
-  """A digest of the name, size and mtime of every file under `where` (a folder or an archive).
+def source_fingerprint(name: str, where: Path | None) -> str | None:
+  """A digest of the path, size and mtime of each file the reader of `name` reads at `where`.
 
-  Cheap (one stat per file, no reading) and it changes whenever a file is replaced, truncated or
-  added, which is what makes a cached decode stale. None where there is nothing local to look at.
+  Cheap (one stat per file, no reading) and it changes whenever one of them is replaced,
+  truncated or added to, which is what makes a cached decode stale. Only the reader's own files
+  count (`READERS[name].source_files`): a data root that also holds the cache, other data sets
+  or a symlinked copy neither invalidates the cache nor costs a walk of everything below it. None
+  where there is nothing local to look at, or the files are missing (the read then says which).
   """
   if where is None or not where.exists():
     return None
-  paths = [where] if where.is_file() else sorted(p for p in where.rglob("*") if p.is_file())
+  try:
+    paths = READERS[name].source_files(where)
+  except files.MissingDataError:
+    return None
   digest = hashlib.sha1()
   for p in paths:
-    st = p.stat()
-    digest.update(f"{p.relative_to(where) if p != where else p.name}\0{st.st_size}\0"
-                  f"{st.st_mtime_ns}\n".encode())
+    st = p.stat()  # follows symlinks: a linked file or folder counts with its target's state
+    digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
   return digest.hexdigest()
 
 
@@ -138,14 +144,16 @@ def load_arrays(data_config: Any) -> dict[str, np.ndarray]:
   if data_config.source not in SOURCES:
     raise ValueError(f"data.source must be one of {SOURCES}, not {data_config.source!r}")
   path = cache_path(data_config)
-  where = location(data_config)
-  meta = {"name": data_config.name, "source": data_config.source,
-          "stored_size": stored_size(data_config), "files": source_fingerprint(where)}
-  arrays = files.load_arrays(path, meta)
+  where, name = location(data_config), data_config.name
+  meta = {"name": name, "source": data_config.source, "stored_size": stored_size(data_config),
+          "files": source_fingerprint(name, where)}
+  # a cache decoded without the checksums does not stand in for a read that asks for them
+  verified = bool(data_config.get("verify_checksums", True)) and data_config.source != "tfds"
+  arrays = files.load_arrays(path, {**meta, "verified": True} if verified else meta)
   if arrays is None:
     arrays = _read(data_config, where, stored_size(data_config))
-    _check(arrays, data_config.name, where)
+    _check(arrays, name, where)
     if data_config.source == "download":  # the files exist only now
-      meta["files"] = source_fingerprint(where)
-    _save_cache(path, arrays, meta)
+      meta["files"] = source_fingerprint(name, where)
+    _save_cache(path, arrays, {**meta, "verified": verified})
   return arrays
