@@ -104,8 +104,14 @@ def check(config, workdir: str | None = None) -> None:
   for name in ("momentum", "weight_decay", "max_lr_factor", "base_lr_factor", "pct_start",
                "div_factor", "final_div_factor", "base_momentum", "max_momentum"):
     _finite(config, f"optim.{name}", problems)
-  for name in ("tau", "alpha", "beta", "jacobian_weight", "label_weight", "hinton_weight"):
+  for name in ("alpha", "beta", "jacobian_weight", "label_weight", "hinton_weight"):
     _finite(config, f"method.{name}", problems)
+  _finite(config, "method.tau", problems, positive=True)  # a temperature divides the logits
+  for name in ("seed", "data.subset_seed"):  # JAX's and NumPy's generators take 0 .. 2**63 - 1
+    value = _get(config, name)
+    if value is not _ABSENT and (isinstance(value, bool) or not isinstance(value, int)
+                                 or not 0 <= value < 2**63):
+      problems.append(f"config.{name}={value!r} must be a whole number from 0 to 2**63 - 1.")
   try:
     get_method(config.method.name)  # the registry's own message
   except ValueError as e:
@@ -133,8 +139,18 @@ def check(config, workdir: str | None = None) -> None:
     problems.append(f"config.data.fraction={fraction!r} must be in (0, 1].")
   if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
     problems.append(f"config.data.val_fraction={val_fraction!r} must be in [0, 1).")
-  if data.get("image_size") is not None:
-    _positive_int(config, "data.image_size", problems)
+  for name in ("image_size", "stored_size"):
+    if data.get(name) is not None:
+      _positive_int(config, f"data.{name}", problems)
+  for name in ("mean", "std"):  # normalisation: (x - mean) / std, one value per channel
+    values = data.get(name)
+    if values is None:
+      continue
+    if not (isinstance(values, (list, tuple)) and values and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        and (name == "mean" or v > 0) for v in values)):
+      what = "finite numbers above 0" if name == "std" else "finite numbers"
+      problems.append(f"config.data.{name}={values!r} must be a list of {what}, one per channel.")
   if problems:
     raise ConfigError(" ".join(problems))
   if workdir is not None:

@@ -297,8 +297,11 @@ def eval_batch_size(num_images: int, image_shape, model: ResNet, device=None) ->
 def resolve_eval_batch_size(batch_size: int, num_images: int, image_shape, model: ResNet) -> int:
   """`batch_size`, or for 0 (the configs' default) a batch sized for the device
   (`eval_batch_size`): what every evaluation over a split (training's, scripts/evaluate.py's,
-  the diagnosis's) takes from `config.eval_batch_size`."""
-  return batch_size if batch_size > 0 else eval_batch_size(num_images, image_shape, model)
+  the diagnosis's) takes from `config.eval_batch_size`. Never more than the split: a larger batch
+  would only be padding to compute (and to hold in memory)."""
+  if batch_size > 0:
+    return max(min(batch_size, num_images), 1)
+  return eval_batch_size(num_images, image_shape, model)
 
 
 def padded_batches(images_u8, labels, batch_size: int):

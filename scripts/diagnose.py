@@ -6,7 +6,8 @@
 Give the run's config with the run's overrides (it names the data, the student's and teacher's
 architecture, and the teacher, `config.teacher.checkpoint`). The student is <workdir>/model unless
 --student names another model folder. Writes <prefix>.json and <prefix>.md (default
-<workdir>/diagnosis) and prints the tables; dnd_jax/diagnose.py says what each number is.
+<workdir>/diagnosis, or beside the model folder that --student names when no --workdir is given)
+and prints the tables; dnd_jax/diagnose.py says what each number is.
 """
 
 import os
@@ -26,9 +27,10 @@ config_flags.DEFINE_config_file("config", None, "The run's config file, e.g. con
 flags.DEFINE_string("workdir", None, "The student's run folder; default runs/<config name>.")
 flags.DEFINE_string("student", None, "The student's model folder; default <workdir>/model.")
 flags.DEFINE_string("output", None, "Prefix of the .json and .md written; default "
-                    "<workdir>/diagnosis.")
+                    "<workdir>/diagnosis, or <the --student folder's parent>/diagnosis without "
+                    "--workdir.")
 flags.DEFINE_integer("bn_batches", 0, "Training batches that re-estimate the BatchNorm statistics "
-                     "(0: one epoch's full batches).")
+                     "(0: one epoch's full batches).", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Seed of the re-estimation batches and their augmentation.")
 flags.mark_flags_as_required(["config"])
 
@@ -40,7 +42,10 @@ def main(argv):
   setup_runtime()
   result = diagnose.diagnose(FLAGS.config, FLAGS.student or run_folder.model_dir(workdir),
                              bn_batches=FLAGS.bn_batches, seed=FLAGS.seed)
-  paths = diagnose.write_report(result, FLAGS.output or os.path.join(workdir, diagnose.REPORT_NAME))
+  # a --student of another run is reported beside it, never over <workdir>'s own diagnosis
+  beside = (os.path.dirname(os.path.abspath(FLAGS.student)) if FLAGS.student and not FLAGS.workdir
+            else workdir)
+  paths = diagnose.write_report(result, FLAGS.output or os.path.join(beside, diagnose.REPORT_NAME))
   print(diagnose.format_markdown(result))
   print(f"Wrote {paths[0]} and {paths[1]}.")
 

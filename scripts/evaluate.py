@@ -37,6 +37,9 @@ flags.mark_flags_as_required(["config", "model"])
 
 
 def main(argv):
+  for path in (FLAGS.output, FLAGS.confusion):  # made before the evaluation, not after it
+    if path:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   setup_runtime()
   result = evaluate_model(FLAGS.model, FLAGS.config, FLAGS.split)
   arch = result["architecture"]

@@ -118,6 +118,9 @@ def test_the_evaluation_batch_is_sized_for_the_device_in_equal_batches():
   assert steps.eval_batch_size(10_000, (32, 32, 3), model, _Device(None)) == 500
   assert steps.eval_batch_size(1_001, (32, 32, 3), model, _Device(None)) == 334
   assert steps.eval_batch_size(7, (32, 32, 3), model, _Device(None)) == 7
+  # a configured batch larger than the split is cut to it (it padded 10,000 images to 100,000)
+  assert steps.resolve_eval_batch_size(100_000, 10_000, (32, 32, 3), model) == 10_000
+  assert steps.resolve_eval_batch_size(3_000, 10_000, (32, 32, 3), model) == 3_000
 
 
 def test_the_compilation_cache_is_on_by_default_and_can_be_turned_off(monkeypatch, tmp_path):

@@ -111,12 +111,15 @@ def test_the_command_diagnoses_a_trained_dnd_student(tiny_teacher, tmp_path):
   flags = ["--config.model.width=4", "--config.teacher.width=4", "--config.data.image_size=8",
            "--config.data.fraction=0.05", "--config.batch_size=32", "--config.eval_batch_size=3000",
            f"--config.teacher.checkpoint={path}"]
+  # the student named alone: its report goes beside its model folder, not into the current
+  # folder's runs/<config name>/ (where it replaced that run's own report)
   out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "diagnose.py"), "--config",
                         os.path.join(REPO, "configs", "dnd_fashion.py"), *flags,
-                        "--workdir", str(tmp_path / "run")],
-                       capture_output=True, text=True, timeout=600,
+                        "--student", str(tmp_path / "run" / "model")],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path,
                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert out.returncode == 0, out.stderr
+  assert not (tmp_path / "runs").exists()
   with open(tmp_path / "run" / "diagnosis.json") as f:
     d = json.load(f)
   # the student alone is the run's own evaluation (10,000 test images in padded batches of 3,000)

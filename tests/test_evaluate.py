@@ -45,14 +45,15 @@ def test_evaluate_reports_the_training_runs_accuracy_for_ours_and_torch(tiny_tea
   variables, _ = checkpoints.load_model(path, checkpoints.read_model_meta(path)["architecture"],
                                         None)
   torch.save(torch_bridge.variables_to_torch_state_dict(variables), tmp_path / "teacher.pt")
-  proc = _cli("--model", str(tmp_path / "teacher.pt"), "--confusion", str(tmp_path / "c.png"),
-              "--output", str(tmp_path / "r.json"))
+  # into folders that do not exist yet (they failed after the evaluation had run)
+  proc = _cli("--model", str(tmp_path / "teacher.pt"), "--confusion", str(tmp_path / "p" / "c.png"),
+              "--output", str(tmp_path / "j" / "r.json"))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(tmp_path / "r.json") as f:
+  with open(tmp_path / "j" / "r.json") as f:
     from_torch = json.load(f)
   assert from_torch["accuracy"] == pytest.approx(result["accuracy"], abs=1e-4)
   assert from_torch["trained_on_other_inputs"] == []  # a PyTorch file records no inputs
-  assert os.path.getsize(tmp_path / "c.png") > 1000
+  assert os.path.getsize(tmp_path / "p" / "c.png") > 1000
   assert "accuracy" in proc.stdout and "Ankle boot: " in proc.stdout
 
 
