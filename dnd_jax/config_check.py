@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from typing import Any
 
 from dnd_jax import workdir as run_folder
@@ -113,9 +114,18 @@ def check(config, workdir: str | None = None) -> None:
                                  or not 0 <= value < 2**63):
       problems.append(f"config.{name}={value!r} must be a whole number from 0 to 2**63 - 1.")
   try:
-    get_method(config.method.name)  # the registry's own message
+    method = get_method(config.method.name)  # the registry's own message
   except ValueError as e:
     problems.append(str(e))
+  else:
+    init_from = config.method.get("init_from")
+    if (method.trained_stages is not None and method.needs_teacher and init_from
+        and os.path.abspath(config.teacher.checkpoint) != os.path.abspath(init_from)):
+      # its re-initialised stages learn the trained network's own features: any other teacher
+      # would be an unrelated network (and a missing one would be trained first)
+      problems.append(f"config.teacher.checkpoint={config.teacher.checkpoint!r} must be the "
+                      f"network that method {method.name!r} re-trains, config.method.init_from="
+                      f"{init_from!r}: set --config.teacher.checkpoint={init_from}.")
   if config.model.dtype not in DTYPES:
     problems.append(f"config.model.dtype={config.model.dtype!r} is not supported; use one of "
                     f"{list(DTYPES)}.")

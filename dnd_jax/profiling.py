@@ -53,8 +53,9 @@ class StepTracer:
     # seconds spent writing and reading the trace back: the loop keeps them out of training time
     self.overhead_s = 0.0
 
-  def before(self, step: int) -> None:
-    if self.range and not self.active and self.range[0] <= step < self.range[1]:
+  def before(self, step: int, n: int = 1) -> None:
+    """Called before the dispatch of steps step .. step + n - 1."""
+    if self.range and not self.active and step < self.range[1] and step + n > self.range[0]:
       jax.profiler.start_trace(self.dir)
       self.active = True
       self.first = step

@@ -75,3 +75,18 @@ def test_a_cpu_trace_has_host_figures_only(tmp_path):
   assert s["dispatch_ms_per_step"] == pytest.approx(2.0)
   assert s["device_busy_ms_per_step"] is None and s["op_ms_per_step"] == {}
   assert "no device rows" in profiling.describe(s)
+
+
+def test_the_tracer_starts_at_a_dispatch_that_overlaps_the_range(tmp_path, monkeypatch):
+  """With several steps per dispatch, a dispatch that starts before the range but runs into it is
+  traced (it was skipped, and a range inside one dispatch traced nothing, without a word)."""
+  started = []
+  monkeypatch.setattr(profiling.jax.profiler, "start_trace", started.append)
+  tracer = profiling.StepTracer(str(tmp_path), "1-3")
+  tracer.before(0, 3)  # steps 0-2 hold steps 1 and 2
+  assert tracer.active and tracer.first == 0 and len(started) == 1
+  late = profiling.StepTracer(str(tmp_path), "4-8")
+  late.before(0, 3)
+  assert not late.active
+  late.before(3, 3)  # steps 3-5 run into the range
+  assert late.active and late.first == 3

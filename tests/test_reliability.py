@@ -93,6 +93,15 @@ def test_config_check_names_every_bad_value():
   for text in ("method.tau=0.0 must be a finite number above 0", "seed=18446744073709551616",
                "data.subset_seed=-1", "data.std=(0.0,)", "data.stored_size=-4"):
     assert text in str(info.value)
+  # Figure 2a's feature method distils from the network it re-trains; with the configs' default
+  # teacher it trained an unrelated ResNet34 first and learnt that network's features, silently
+  config = tiny_config("reinit_feature", **{"method.init_from": "/runs/naive/model"})
+  with pytest.raises(config_check.ConfigError,
+                     match="must be the network that method 'reinit_feature' re-trains.*"
+                           "--config.teacher.checkpoint=/runs/naive/model"):
+    config_check.check(config)
+  config.teacher.checkpoint = "/runs/naive/model"
+  config_check.check(config)
 
 
 # --- one run per workdir ------------------------------------------------------------------------
@@ -201,6 +210,26 @@ def test_ctrl_c_says_where_it_stopped_and_the_rerun_resumes(tmp_path):
   assert result.returncode == 0, result.stderr
   assert "Resuming" in result.stderr and "Taking over" not in result.stderr
   assert [r["epoch"] for r in run_folder.read_metrics(str(workdir))] == [1, 2, 3, 4]
+
+
+def test_ctrl_c_during_a_checkpoint_save_commits_it_first(tmp_path, monkeypatch):
+  """Ctrl-C while Orbax still wrote the epoch's checkpoint in the background left it uncommitted
+  (the rerun went back one more epoch) and Orbax's threads printed tracebacks at exit."""
+  from dnd_jax import train  # noqa: PLC0415
+  save, close, closed = checkpoints.TrainCheckpoints.save, checkpoints.TrainCheckpoints.close, []
+
+  def save_then_ctrl_c(self, step, state, meta):
+    save(self, step, state, meta)  # returns with the write still going on in the background
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(checkpoints.TrainCheckpoints, "save", save_then_ctrl_c)
+  monkeypatch.setattr(checkpoints.TrainCheckpoints, "close",
+                      lambda self: closed.append(close(self) is None))
+  with pytest.raises(train.Interrupted):
+    train_and_evaluate(tiny_config("teacher", num_epochs=2, **{"data.fraction": 0.004}),
+                       str(tmp_path))
+  assert closed == [True]  # waited for, then closed, before the interrupt went on
+  assert checkpoints.TrainCheckpoints(str(tmp_path), keep=2).latest_step() == 240 // 32
 
 
 # --- the teacher a student run trains for itself ------------------------------------------------

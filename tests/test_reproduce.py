@@ -105,6 +105,18 @@ def test_a_chosen_arm_brings_the_arm_it_starts_from_and_a_given_teacher_its_own_
   assert ex.run_config(plan, grids.RunSpec("kd", 2, 0)).teacher.depth == 18  # checked, not lost
 
 
+def test_a_method_field_override_applies_to_the_methods_that_have_it(tmp_path):
+  """`--override method.tau=2` was refused before anything ran (the teacher's config has no tau)
+  and, with --teacher, failed at the first AT cell after training the KD ones."""
+  plan = ex.make_plan("table2_fashion", "cpu", methods=["kd", "at"], out=str(tmp_path),
+                      overrides={"method.tau": 2.0})
+  assert ex.run_config(plan, grids.RunSpec("kd", 2, 0)).method.tau == 2.0
+  assert "tau" not in ex.run_config(plan, grids.RunSpec("at", 2, 0)).method
+  assert ex.teacher_config(plan).method.name == "teacher"
+  with pytest.raises(ValueError, match="no method of this grid .*has the field 'taux'"):
+    ex.make_plan("table2_fashion", "cpu", methods=["kd"], overrides={"method.taux": 2.0})
+
+
 # --- running: skip finished, resume unfinished, refuse changed configs --------------------------
 
 

@@ -48,10 +48,16 @@ def parse_overrides(items: Iterable[str]) -> dict:
   return out
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+def apply_overrides(config: ml_collections.ConfigDict, overrides,
+                    skip_other_methods_fields: bool = False) -> ml_collections.ConfigDict:
   """Set dotted fields (a dict or (key, value) pairs); an unknown field is an error (as
-  `--config.x=y` makes it)."""
+  `--config.x=y` makes it). With `skip_other_methods_fields`, a `method.<field>` that this
+  config's method lacks is left out: a grid's override such as KD's `method.tau` applies to the
+  methods that have it, not to the teacher or an AT run (`make_plan` checks that one has it)."""
   for key, value in dict(overrides).items():
+    if (skip_other_methods_fields and key.startswith("method.") and key.count(".") == 1
+        and key.split(".")[1] not in config.method):
+      continue
     *path, leaf = key.split(".")
     node = config
     for part in path:
@@ -168,6 +174,12 @@ def make_plan(name: str, scale: str = "paper", *, overrides: dict | None = None,
         m = start
     changes["arms"] = tuple(a for a in exp.arms if a.name in needed)  # the grid's order
   exp = dataclasses.replace(exp, **changes)
+  arm_methods = {a.method: method_config(a.method, exp.dataset).method for a in exp.arms}
+  for key in overrides or {}:
+    if key.startswith("method.") and not any(key[len("method."):] in m for m in
+                                             arm_methods.values()):
+      raise ValueError(f"Override {key!r}: no method of this grid ({', '.join(arm_methods)}) has "
+                       f"the field {key[len('method.'):]!r}.")
   extra = {**(overrides or {}), **{f"teacher:{k}": v for k, v in (teacher_overrides or {}).items()}}
   if teacher_epochs is not None:
     extra["teacher:num_epochs"] = teacher_epochs
@@ -193,7 +205,7 @@ def teacher_config(plan: Plan) -> ml_collections.ConfigDict:
   """The teacher's training config: configs/teacher_<data>.py, the plan's overrides (so a
   narrower student gets an equally narrow teacher), then the teacher-only overrides."""
   config = method_config("teacher", plan.experiment.dataset)
-  apply_overrides(config, plan.overrides)
+  apply_overrides(config, plan.overrides, skip_other_methods_fields=True)
   apply_overrides(config, plan.teacher_overrides)
   if plan.teacher_epochs is not None:
     config.num_epochs = int(plan.teacher_epochs)
@@ -219,7 +231,7 @@ def run_config(plan: Plan, spec: RunSpec) -> ml_collections.ConfigDict:
   """
   arm = plan.experiment.arm(spec.method)
   config = method_config(arm.method, plan.experiment.dataset)
-  apply_overrides(config, plan.overrides)
+  apply_overrides(config, plan.overrides, skip_other_methods_fields=True)
   apply_overrides(config, plan.experiment.overrides)
   apply_overrides(config, arm.overrides)
   config.num_epochs = int(spec.epochs)
