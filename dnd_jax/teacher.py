@@ -13,6 +13,7 @@ the student's width and stem (which stage-for-stage distillation needs), and any
 from __future__ import annotations
 
 import copy
+import os
 import sys
 
 import jax
@@ -90,13 +91,15 @@ def _missing(config) -> str:
   return f"Teacher checkpoint {path!r} not found (no {run_folder.MODEL_META} there).{hint}"
 
 
-def provision(config, train_fn=None, overrides=()) -> str | None:
+def provision(config, train_fn=None, overrides=(), resuming: bool = False) -> str | None:
   """Make sure the teacher that `config` distils from exists, training it first if it may.
 
   Returns the teacher's model path (None when the method needs no teacher). Training happens only
   when `config.teacher.checkpoint` is missing, `config.teacher.config` names the config that
   trains it, the path is a `<workdir>/model`, and that workdir holds no other run. `overrides`
-  are the names of the fields the command line set (see `config_for_training`).
+  are the names of the fields the command line set (see `config_for_training`). A run that is
+  `resuming` has trained with a teacher already: a missing one is an error, never replaced by a
+  new one (a relative path read from another folder would otherwise train a second teacher).
   """
   from dnd_jax.methods import get_method  # noqa: PLC0415
   if not get_method(config.method.name).needs_teacher:
@@ -104,6 +107,12 @@ def provision(config, train_fn=None, overrides=()) -> str | None:
   path = config.teacher.checkpoint
   if run_folder.has_model(path):
     return path
+  if resuming:
+    raise checkpoints.CheckpointError(
+        _missing(config) + f" The run resumed here has trained with the teacher at "
+        f"{os.path.abspath(path)!r}, so no other is trained in its place: restore that teacher "
+        "or point --config.teacher.checkpoint at it (a relative path is read from the current "
+        "folder), or start over in another --workdir.")
   if not config.teacher.get("config"):
     raise checkpoints.CheckpointError(
         _missing(config) + " Train one with `python scripts/train.py --config "

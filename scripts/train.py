@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dnd_jax import cli, config_check, runtime, teacher  # noqa: E402
+from dnd_jax import cli, config_check, runtime, teacher, workdir as run_folder  # noqa: E402
 from dnd_jax.runtime import setup_runtime  # noqa: E402
 from dnd_jax.train import finished_run, train_and_evaluate  # noqa: E402
 
@@ -42,7 +42,8 @@ def main(argv):
   # before a teacher is trained for this run (train_and_evaluate checks them again)
   runtime.check_compiler_options(config.get("compiler_options"))
   if finished_run(config, workdir) is None:  # a finished run needs no teacher to print its summary
-    teacher.provision(config, overrides=cli.override_names(sys.argv))
+    teacher.provision(config, overrides=cli.override_names(sys.argv),
+                      resuming=run_folder.has_progress(workdir))
   train_and_evaluate(config, workdir)
 
 

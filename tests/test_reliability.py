@@ -294,6 +294,12 @@ def test_a_mistyped_teacher_path_never_touches_another_run(tmp_path):
     teacher.provision(other, train_fn=never)
   after = {p: p.read_bytes() for p in (tmp_path / "kd_run").rglob("*") if p.is_file()}
   assert sorted(p.name for p in after) == sorted(p.name for p in before if p.parent == finished)
+  # a run being resumed has trained with its teacher: a missing one (a relative path read from
+  # another folder, say) is never replaced by a new one, which the run would go on distilling from
+  gone = tiny_config("dnd", **{"teacher.checkpoint": str(tmp_path / "fresh" / "model"),
+                               "teacher.config": _teacher_config_file(tmp_path)})
+  with pytest.raises(checkpoints.CheckpointError, match="has trained with the teacher at .*fresh"):
+    teacher.provision(gone, train_fn=never, resuming=True)
 
 
 def test_a_run_is_never_undone_or_continued_with_other_steps_per_epoch(tiny_teacher, tmp_path):
