@@ -124,9 +124,21 @@ def provision(config, train_fn=None, overrides=(), resuming: bool = False) -> st
         _missing(config) + f" To train it here, point config.teacher.checkpoint at <a new "
         f"workdir>/{run_folder.MODEL_DIR}.")
   teacher_config, inherited = config_for_training(config, overrides)
+  _check_stages_match(config, teacher_config.model, path)  # before training it, not after
   return train_into(teacher_config, teacher_workdir, train_fn,
                     why=f"Teacher checkpoint {path!r} not found: training the teacher first with "
                         f"{config.teacher.config}", inherited=inherited)
+
+
+def _check_stages_match(config, teacher_model_config, path: str) -> None:
+  """The teacher about to be trained must meet the student at every stage boundary the method
+  matches (`dnd_jax.train.check_stage_shapes`), else it would be refused once trained. Whether
+  shapes match depends on widths and stems only, not on the images or classes, so nominal ones
+  stand in for the data (not loaded yet)."""
+  from dnd_jax.methods import get_method  # noqa: PLC0415
+  from dnd_jax.train import check_stage_shapes  # noqa: PLC0415 (train imports this module)
+  check_stage_shapes(build_model(config.model, 10), build_model(teacher_model_config, 10),
+                     get_method(config.method.name), (32, 32, 3), f"{path} (to be trained)")
 
 
 def train_into(teacher_config, teacher_workdir: str, train_fn=None, why: str = "Training the teacher",

@@ -269,6 +269,17 @@ def test_a_missing_teacher_is_trained_on_the_students_data_in_its_own_workdir(tm
   [(config, _)] = calls
   assert config.data.fraction == 1.0 and config.data.dir == student.data.dir
   assert config.data.image_size == 8
+  # a teacher that would not meet the student's stages is refused before it is trained (it was
+  # trained, for minutes, and refused afterwards); KD compares logits alone, so any width does
+  wide = tiny_config("dnd", **{"teacher.checkpoint": str(tmp_path / "w" / "model"),
+                               "teacher.config": _teacher_config_file(tmp_path),
+                               "teacher.width": 8})
+  with pytest.raises(ValueError, match="Stage 1 output shapes differ: student .*4.* vs teacher "
+                                       ".*8.*to be trained"):
+    teacher.provision(wide, train_fn=lambda c, w: pytest.fail("trained a mismatched teacher"))
+  wide.method = tiny_config("kd").method
+  teacher.provision(wide, train_fn=lambda c, w: calls.append((c, w)) or {})
+  assert calls[-1][0].model.width == 8
 
 
 def test_a_mistyped_teacher_path_never_touches_another_run(tmp_path):
