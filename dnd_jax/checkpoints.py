@@ -184,6 +184,13 @@ def load_model(path: str, arch: dict, abstract_variables: Any) -> tuple[dict, di
   return dict(variables), meta
 
 
+def restore_target(tree: Any, sharding) -> Any:
+  """`tree`'s shapes and dtypes (arrays, abstract arrays or Orbax's metadata) placed with
+  `sharding`: restored into it, a checkpoint lands where this process wants it, not where it was
+  saved (Orbax refuses a saved placement this process does not have, e.g. other devices)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
 def read_best_model(workdir: str) -> tuple[dict, dict, int]:
   """(variables, meta, step) of a run's best-model checkpoint, on this process's first device.
 
@@ -196,9 +203,8 @@ def read_best_model(workdir: str) -> tuple[dict, dict, int]:
     with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
       step = manager.latest_step()
       if step is not None:
-        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
-                              manager.item_metadata(step)["variables"])
+        target = restore_target(manager.item_metadata(step)["variables"],
+                                jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
         restored = manager.restore(step, args=ocp.args.Composite(
             variables=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
   if step is None:

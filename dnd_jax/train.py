@@ -101,9 +101,8 @@ def resume_or_start(workdir: str, checkpoint_config, state, sharding):
   meta = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "train_time_s": 0.0,
           "compile_time_s": 0.0}
   history: list[dict] = []
-  restored = ckpts.restore_latest_intact(jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      jax.eval_shape(lambda: state)))
+  restored = ckpts.restore_latest_intact(
+      checkpoints.restore_target(jax.eval_shape(lambda: state), sharding))
   if restored is not None:
     latest, state, meta = restored
     history = [row for row in read_metrics(workdir) if row["epoch"] <= meta["epoch"]]
@@ -160,9 +159,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
   os.makedirs(workdir, exist_ok=True)
   # one process holds the lock for a multi-host run (its peers write no records)
-  with run_folder.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+  lock = run_folder.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock, contextlib.ExitStack() as closing:
     try:
-      return _train_and_evaluate(config, workdir)
+      return _train_and_evaluate(config, workdir, closing)
     except KeyboardInterrupt:
       done = len(read_metrics(workdir))
       raise Interrupted(workdir, min(done + 1, config.num_epochs)) from None
@@ -191,7 +191,9 @@ def finished_run(config: ml_collections.ConfigDict, workdir: str) -> dict | None
   return summary if config.num_epochs == summary.get("epochs") else None
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        closing: contextlib.ExitStack) -> dict:
+  """The run itself; what it opens that must be closed however it ends goes on `closing`."""
   clock = TimeSplit()
   runtime.enable_compilation_cache()
 
@@ -233,172 +235,163 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   fresh_opt_state = state.opt_state
 
   ckpts, state, meta, history = resume_or_start(workdir, config.checkpoint, state, repl)
-  try:
-    if meta["epoch"]:
-      check_resumable(workdir, config, meta["epoch"], int(state.step), steps_per_epoch, n_train)
-    # recorded once the run is known to continue with it (a refused resume changes nothing)
-    run_folder.record_config(config, workdir)
-    clock.resume(meta)
-    # a resumed run continues its schedule with this config's budget and learning rate
-    state = state.replace(opt_state=with_config_hyperparameters(state.opt_state, fresh_opt_state))
-    tracer = profiling.StepTracer(workdir, config.log.get("profile_steps", ""))
-    tb_writer = tb.Writer(workdir, config.log, meta["epoch"] * steps_per_epoch)
+  # closed however the run ends (Orbax first commits the save in flight: after a Ctrl-C, the
+  # epoch just done; left to interpreter exit, its threads could no longer commit)
+  closing.callback(ckpts.close)
+  if meta["epoch"]:
+    check_resumable(workdir, config, meta["epoch"], int(state.step), steps_per_epoch, n_train)
+  # recorded once the run is known to continue with it (a refused resume changes nothing)
+  run_folder.record_config(config, workdir)
+  clock.resume(meta)
+  # a resumed run continues its schedule with this config's budget and learning rate
+  state = state.replace(opt_state=with_config_hyperparameters(state.opt_state, fresh_opt_state))
+  tracer = profiling.StepTracer(workdir, config.log.get("profile_steps", ""))
+  tb_writer = tb.Writer(workdir, config.log, meta["epoch"] * steps_per_epoch)
 
-    put = lambda x: jax.device_put(x, repl)  # noqa: E731
-    state = put(state)
-    # replicated in one process; in a multi-host run each host places only its share of the rows
-    train_images = parallel.put_dataset(dataset.train_images, mesh)
-    train_labels = parallel.put_dataset(dataset.train_labels, mesh)
-    eval_images, eval_labels = put(dataset.eval_images), put(dataset.eval_labels)
-    teacher_vars = put(teacher_vars) if teacher_vars is not None else None
+  put = lambda x: jax.device_put(x, repl)  # noqa: E731
+  state = put(state)
+  # replicated in one process; in a multi-host run each host places only its share of the rows
+  train_images = parallel.put_dataset(dataset.train_images, mesh)
+  train_labels = parallel.put_dataset(dataset.train_labels, mesh)
+  eval_images, eval_labels = put(dataset.eval_images), put(dataset.eval_labels)
+  teacher_vars = put(teacher_vars) if teacher_vars is not None else None
 
-    evaluate = jax.jit(steps.make_evaluate(model, config.data, dataset.mean, dataset.std,
+  evaluate = jax.jit(steps.make_evaluate(model, config.data, dataset.mean, dataset.std,
+                                         config.eval_batch_size))
+  with clock("compile"):
+    evaluate_epoch = evaluate.lower(state.variables, eval_images, eval_labels).compile()
+
+  def eval_accuracy(net_vars) -> tuple[float, float]:
+    with clock("eval"):
+      correct, ce = evaluate_epoch(net_vars, eval_images, eval_labels)
+      n = len(dataset.eval_labels)
+      return float(correct) / n, float(ce) / n
+
+  eval_record = checkpoints.evaluation_record(dataset, config.model.dtype)
+  if teacher is not None and "teacher_accuracy" not in meta:
+    # the teacher's model.json holds its accuracy; measure it only if that was on other data
+    recorded = checkpoints.recorded_accuracy(teacher_meta, eval_record)
+    if recorded is not None:
+      meta["teacher_accuracy"], source = recorded, "as recorded in its model.json"
+    else:
+      t_eval = jax.jit(steps.make_evaluate(teacher, config.data, dataset.mean, dataset.std,
                                            config.eval_batch_size))
-    with clock("compile"):
-      evaluate_epoch = evaluate.lower(state.variables, eval_images, eval_labels).compile()
-
-    def eval_accuracy(net_vars) -> tuple[float, float]:
+      with clock("compile"):
+        t_eval = t_eval.lower(teacher_vars, eval_images, eval_labels).compile()
       with clock("eval"):
-        correct, ce = evaluate_epoch(net_vars, eval_images, eval_labels)
-        n = len(dataset.eval_labels)
-        return float(correct) / n, float(ce) / n
+        correct, _ = t_eval(teacher_vars, eval_images, eval_labels)
+        meta["teacher_accuracy"], source = float(correct) / len(dataset.eval_labels), "measured"
+    _log(f"Teacher {dataset.eval_split} accuracy: {meta['teacher_accuracy']:.4f} ({source})")
+    if warning := teacher_lib.chance_warning(meta["teacher_accuracy"], dataset.num_classes):
+      _log(warning)
+  if method.trained_stages is not None and "start_accuracy" not in meta:
+    # the trained network with its re-initialised stages, before any step: where the curve starts
+    meta["start_accuracy"] = eval_accuracy(state.variables)[0]
 
-    eval_record = checkpoints.evaluation_record(dataset, config.model.dtype)
-    if teacher is not None and "teacher_accuracy" not in meta:
-      # the teacher's model.json holds its accuracy; measure it only if that was on other data
-      recorded = checkpoints.recorded_accuracy(teacher_meta, eval_record)
-      if recorded is not None:
-        meta["teacher_accuracy"], source = recorded, "as recorded in its model.json"
-      else:
-        t_eval = jax.jit(steps.make_evaluate(teacher, config.data, dataset.mean, dataset.std,
-                                             config.eval_batch_size))
-        with clock("compile"):
-          t_eval = t_eval.lower(teacher_vars, eval_images, eval_labels).compile()
-        with clock("eval"):
-          correct, _ = t_eval(teacher_vars, eval_images, eval_labels)
-          meta["teacher_accuracy"], source = float(correct) / len(dataset.eval_labels), "measured"
-      _log(f"Teacher {dataset.eval_split} accuracy: {meta['teacher_accuracy']:.4f} ({source})")
-      if warning := teacher_lib.chance_warning(meta["teacher_accuracy"], dataset.num_classes):
-        _log(warning)
-    if method.trained_stages is not None and "start_accuracy" not in meta:
-      # the trained network with its re-initialised stages, before any step: where the curve starts
-      meta["start_accuracy"] = eval_accuracy(state.variables)[0]
+  compiled: dict[tuple[int, int], Any] = {}
+  step_options = runtime.compiler_options(config.get("compiler_options"))
 
-    compiled: dict[tuple[int, int], Any] = {}
-    step_options = runtime.compiler_options(config.get("compiler_options"))
+  def phase_step(phase: int, perm, n: int = 1):
+    """The compiled step of a phase (n steps per dispatch), compiled (and timed) on first use."""
+    if (phase, n) not in compiled:
+      jax.block_until_ready(state)  # mid-epoch, the queued steps finish before compile time counts
+      with clock("compile"):  # tracing included
+        step_fn = steps.make_train_step(
+            model=model, teacher=teacher, method=method, groups=method.partition(phase),
+            method_config=config.method, data_config=config.data, tx=tx, mean=dataset.mean,
+            std=dataset.std, batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
+            batch_sharding=batch_sharding)
+        step_fn = freeze.keep_frozen_statistics(step_fn, method)
+        sums = steps.zero_metrics_like(step_fn, state, train_images, train_labels, perm,
+                                       teacher_vars)
+        jitted = jax.jit(steps.repeat_steps(steps.accumulate_metrics(step_fn), n),
+                         donate_argnums=(0, 1), out_shardings=(repl, repl))
+        lowered = jitted.lower(state, put(sums), train_images, train_labels, perm, teacher_vars)
+        compiled[phase, n] = (lowered.compile(compiler_options=step_options), sums)
+    return compiled[phase, n]
 
-    def phase_step(phase: int, perm, n: int = 1):
-      """The compiled step of a phase (n steps per dispatch), compiled (and timed) on first use."""
-      if (phase, n) not in compiled:
-        # mid-epoch, the queued steps finish before compile time counts
-        jax.block_until_ready(state)
-        with clock("compile"):  # tracing included
-          step_fn = steps.make_train_step(
-              model=model, teacher=teacher, method=method, groups=method.partition(phase),
-              method_config=config.method, data_config=config.data, tx=tx, mean=dataset.mean,
-              std=dataset.std, batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
-              batch_sharding=batch_sharding)
-          step_fn = freeze.keep_frozen_statistics(step_fn, method)
-          sums = steps.zero_metrics_like(step_fn, state, train_images, train_labels, perm,
-                                         teacher_vars)
-          jitted = jax.jit(steps.repeat_steps(steps.accumulate_metrics(step_fn), n),
-                           donate_argnums=(0, 1), out_shardings=(repl, repl))
-          lowered = jitted.lower(state, put(sums), train_images, train_labels, perm, teacher_vars)
-          compiled[phase, n] = (lowered.compile(compiler_options=step_options), sums)
-      return compiled[phase, n]
+  perm_key = jax.random.fold_in(root_key, 2)
+  with clock("compile"):
+    make_perm = jax.jit(lambda key: jax.random.permutation(key, n_train).astype(jnp.int32),
+                        out_shardings=repl).lower(perm_key).compile()
+  per_dispatch = int(config.get("steps_per_dispatch", 1))
 
-    perm_key = jax.random.fold_in(root_key, 2)
-    with clock("compile"):
-      make_perm = jax.jit(lambda key: jax.random.permutation(key, n_train).astype(jnp.int32),
-                          out_shardings=repl).lower(perm_key).compile()
-    per_dispatch = int(config.get("steps_per_dispatch", 1))
-
-    clock.startup_done()
-    for epoch in range(meta["epoch"], config.num_epochs):
-      perm = make_perm(jax.random.fold_in(perm_key, epoch))
-      first_step = epoch * steps_per_epoch
-      phase = bisect.bisect_right(phase_starts, first_step) - 1
-      step_fn, zero_sums = phase_step(phase, perm, per_dispatch)
-      sums = put(zero_sums)
-      # metric sums of earlier partitions, when a phase boundary falls mid-epoch
-      finished_parts = []
-      compile_before, trace_before = clock.now["compile"], tracer.overhead_s
-      bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
-                 disable=not config.log.progress_bar, file=sys.stderr, leave=False,
-                 dynamic_ncols=True)
-      t0 = time.perf_counter()
-      i = 0
-      while i < steps_per_epoch:
-        global_step = first_step + i
-        if phase + 1 < len(phase_starts) and global_step >= phase_starts[phase + 1]:
-          phase += 1  # Progressive DnD changes partition mid-epoch when a boundary falls there
-          finished_parts.append(sums)
-          step_fn, zero_sums = phase_step(phase, perm, per_dispatch)
-          sums = put(zero_sums)
-        # several steps per dispatch while they stay inside the epoch and the partition, else one
-        phase_end = phase_starts[phase + 1] if phase + 1 < len(phase_starts) else total_steps
-        n = per_dispatch if min(steps_per_epoch - i, phase_end - global_step) >= per_dispatch else 1
-        run = step_fn if n == per_dispatch else phase_step(phase, perm, 1)[0]
-        tracer.before(global_step, n)
-        state, sums = run(state, sums, train_images, train_labels, perm, teacher_vars)
-        i += n
-        tracer.after(first_step + i, state)
-        bar.update(n)
-        refresh = config.log.refresh_steps
-        if (config.log.progress_bar or tb_writer.enabled) and i // refresh > (i - n) // refresh:
-          m = mean_metrics([sums])
-          rate = i * config.batch_size / (time.perf_counter() - t0)
-          bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.3f}", img_s=f"{rate:.0f}")
-          tb_writer.steps(first_step + i, m, float(lr_schedule(first_step + i - 1)), rate)
-      train = mean_metrics(finished_parts + [sums])  # waits for the epoch's last step
-      # a partition compiled mid-epoch is compile time, and writing a profile is no training time
-      epoch_time = (time.perf_counter() - t0 - (clock.now["compile"] - compile_before)
-                    - (tracer.overhead_s - trace_before))
-      bar.close()
-      if not math.isfinite(train["loss"]):
-        ckpts.wait()
-        raise FloatingPointError(
-            f"The training loss became {train['loss']} in epoch {epoch + 1}; stopping. The last "
-            f"good checkpoint (epoch {meta['epoch']}) in {workdir}/checkpoints is intact. Lower "
-            "config.optim.lr or use float32, then run the same command to resume.")
-      clock.add("train", epoch_time)
-      acc, eval_loss = eval_accuracy(state.variables)
-      meta["epoch"] = epoch + 1
-      row = {"epoch": epoch + 1, "step": int(first_step + steps_per_epoch), "phase": phase,
-             "lr": float(lr_schedule(first_step + steps_per_epoch - 1)),
-             **{f"train_{k}": v for k, v in train.items()},
-             f"{dataset.eval_split}_accuracy": acc, f"{dataset.eval_split}_loss": eval_loss,
-             "epoch_time_s": epoch_time,
-             "images_per_s": steps_per_epoch * config.batch_size / epoch_time}
-      history.append(row)
-      append_metrics(workdir, row)
-      tb_writer.epoch(row["step"], row)
-      _log(f"epoch {epoch + 1}/{config.num_epochs}  loss {train['loss']:.4f}  train acc "
-           f"{train['accuracy']:.4f}  {dataset.eval_split} acc {acc:.4f}  {epoch_time:.1f}s  "
-           f"{row['images_per_s']:.0f} img/s")
-      if acc > meta["best_accuracy"]:
-        meta["best_accuracy"], meta["best_epoch"] = acc, epoch + 1
-        with clock("checkpoint"):  # returns once copied to host; written while training goes on
-          ckpts.save_best(int(state.step), state.variables, dict(meta))
-      if (epoch + 1) % config.checkpoint.every_epochs == 0 or epoch + 1 == config.num_epochs:
-        meta.update(clock.totals())  # the time split so far, continued by a resumed run
-        with clock("checkpoint"):
-          ckpts.save(int(state.step), state, dict(meta))
-    with clock("checkpoint"):
-      ckpts.wait()
-    tracer.close()
-    tb_writer.close()
-
-    summary = finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate,
-                     clock, teacher_meta, eval_record, repl)
-    ckpts.close()
-    return summary
-  except KeyboardInterrupt:
-    # the save in flight (the epoch just done) is committed, and Orbax's threads end here
-    # rather than at interpreter exit, where they could no longer commit (tracebacks)
+  clock.startup_done()
+  for epoch in range(meta["epoch"], config.num_epochs):
+    perm = make_perm(jax.random.fold_in(perm_key, epoch))
+    first_step = epoch * steps_per_epoch
+    phase = bisect.bisect_right(phase_starts, first_step) - 1
+    step_fn, zero_sums = phase_step(phase, perm, per_dispatch)
+    sums = put(zero_sums)
+    finished_parts = []  # metric sums of earlier partitions, when a phase boundary falls mid-epoch
+    compile_before, trace_before = clock.now["compile"], tracer.overhead_s
+    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
+               disable=not config.log.progress_bar, file=sys.stderr, leave=False,
+               dynamic_ncols=True)
+    t0 = time.perf_counter()
+    i = 0
+    while i < steps_per_epoch:
+      global_step = first_step + i
+      if phase + 1 < len(phase_starts) and global_step >= phase_starts[phase + 1]:
+        phase += 1  # Progressive DnD changes partition mid-epoch when a boundary falls there
+        finished_parts.append(sums)
+        step_fn, zero_sums = phase_step(phase, perm, per_dispatch)
+        sums = put(zero_sums)
+      # several steps per dispatch while they stay inside the epoch and the partition, else one
+      phase_end = phase_starts[phase + 1] if phase + 1 < len(phase_starts) else total_steps
+      n = per_dispatch if min(steps_per_epoch - i, phase_end - global_step) >= per_dispatch else 1
+      run = step_fn if n == per_dispatch else phase_step(phase, perm, 1)[0]
+      tracer.before(global_step, n)
+      state, sums = run(state, sums, train_images, train_labels, perm, teacher_vars)
+      i += n
+      tracer.after(first_step + i, state)
+      bar.update(n)
+      refresh = config.log.refresh_steps
+      if (config.log.progress_bar or tb_writer.enabled) and i // refresh > (i - n) // refresh:
+        m = mean_metrics([sums])
+        rate = i * config.batch_size / (time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.3f}", img_s=f"{rate:.0f}")
+        tb_writer.steps(first_step + i, m, float(lr_schedule(first_step + i - 1)), rate)
+    train = mean_metrics(finished_parts + [sums])  # waits for the epoch's last step
+    # a partition compiled mid-epoch is compile time, and writing a profile is no training time
+    epoch_time = (time.perf_counter() - t0 - (clock.now["compile"] - compile_before)
+                  - (tracer.overhead_s - trace_before))
+    bar.close()
+    if not math.isfinite(train["loss"]):  # `closing` commits the saves in flight
+      raise FloatingPointError(
+          f"The training loss became {train['loss']} in epoch {epoch + 1}; stopping. The last good "
+          f"checkpoint (epoch {meta['epoch']}) in {workdir}/checkpoints is intact. Lower "
+          "config.optim.lr or use float32, then run the same command to resume.")
+    clock.add("train", epoch_time)
+    acc, eval_loss = eval_accuracy(state.variables)
+    meta["epoch"] = epoch + 1
+    row = {"epoch": epoch + 1, "step": int(first_step + steps_per_epoch), "phase": phase,
+           "lr": float(lr_schedule(first_step + steps_per_epoch - 1)),
+           **{f"train_{k}": v for k, v in train.items()},
+           f"{dataset.eval_split}_accuracy": acc, f"{dataset.eval_split}_loss": eval_loss,
+           "epoch_time_s": epoch_time,
+           "images_per_s": steps_per_epoch * config.batch_size / epoch_time}
+    history.append(row)
+    append_metrics(workdir, row)
+    tb_writer.epoch(row["step"], row)
+    _log(f"epoch {epoch + 1}/{config.num_epochs}  loss {train['loss']:.4f}  train acc "
+         f"{train['accuracy']:.4f}  {dataset.eval_split} acc {acc:.4f}  {epoch_time:.1f}s  "
+         f"{row['images_per_s']:.0f} img/s")
+    if acc > meta["best_accuracy"]:
+      meta["best_accuracy"], meta["best_epoch"] = acc, epoch + 1
+      with clock("checkpoint"):  # returns once copied to host; written while training goes on
+        ckpts.save_best(int(state.step), state.variables, dict(meta))
+    if (epoch + 1) % config.checkpoint.every_epochs == 0 or epoch + 1 == config.num_epochs:
+      meta.update(clock.totals())  # the time split so far, continued by a resumed run
+      with clock("checkpoint"):
+        ckpts.save(int(state.step), state, dict(meta))
+  with clock("checkpoint"):
     ckpts.wait()
-    ckpts.close()
-    raise
+  tracer.close()
+  tb_writer.close()
+
+  return finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate, clock,
+                teacher_meta, eval_record, repl)
 
 
 def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate,
@@ -433,9 +426,7 @@ def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluat
     with clock("eval"):
       correct, _ = evaluate_test(state.variables, test_images, test_labels)
       summary["final_test_accuracy"] = float(correct) / n_test
-      # restored straight into the final model's placement (Orbax would use the saved one)
-      best = ckpts.restore_best(jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state.variables))
+      best = ckpts.restore_best(checkpoints.restore_target(state.variables, repl))
       if best is not None:
         correct, _ = evaluate_test(best[0], test_images, test_labels)
         summary["best_test_accuracy"] = float(correct) / n_test

@@ -36,7 +36,8 @@ def parse_args(argv=None):
                  help="config override for the teacher's training only (e.g. model.width=16)")
   p.add_argument("--methods", help="comma list, e.g. kd,pdnd")
   p.add_argument("--epochs", help="comma list of epoch budgets, e.g. 2,4")
-  p.add_argument("--seeds", help="a count (3 = seeds 0,1,2) or a comma list (0,4; \"0,\" = seed 0 alone)")
+  p.add_argument("--seeds", help="a count (3 = seeds 0,1,2) or a comma list (0,4; \"0,\" = "
+                 "seed 0 alone)")
   p.add_argument("--fractions", help="comma list of data fractions (of the scale's data)")
   p.add_argument("--max-lrs", help="comma list of maximal learning rates (Figures 2b and 3)")
   p.add_argument("--teacher-epochs", type=int, help="epochs of the grid's teacher")

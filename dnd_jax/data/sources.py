@@ -4,8 +4,8 @@ Decoding (gzip, pickles, 13k JPEGs) and resizing happen once; afterwards a run l
 cache is keyed by data set, source, stored size and the location read, so pointing `dir` at another
 copy, or changing `image_size`, never returns stale arrays; it records the size and mtime of
 every file the reader reads, so files replaced in the same folder are decoded again, and whether
-the checksums were checked, so a cache decoded without them never passes for checked data. The cache is only a
-speed-up: when it cannot be written, the run says so once and goes on without it.
+the checksums were checked, so a cache decoded without them never passes for checked data. The
+cache is only a speed-up: when it cannot be written, the run says so once and goes on without it.
 """
 
 from __future__ import annotations

@@ -174,12 +174,14 @@ def make_plan(name: str, scale: str = "paper", *, overrides: dict | None = None,
         m = start
     changes["arms"] = tuple(a for a in exp.arms if a.name in needed)  # the grid's order
   exp = dataclasses.replace(exp, **changes)
-  arm_methods = {a.method: method_config(a.method, exp.dataset).method for a in exp.arms}
-  for key in overrides or {}:
-    if key.startswith("method.") and not any(key[len("method."):] in m for m in
-                                             arm_methods.values()):
-      raise ValueError(f"Override {key!r}: no method of this grid ({', '.join(arm_methods)}) has "
-                       f"the field {key[len('method.'):]!r}.")
+  fields = {key: key.removeprefix("method.") for key in overrides or {}
+            if key.startswith("method.")}
+  if fields:  # each must be a field of some method of the grid (run_config skips the others)
+    arm_methods = {a.method: method_config(a.method, exp.dataset).method for a in exp.arms}
+    for key, field in fields.items():
+      if not any(field in m for m in arm_methods.values()):
+        raise ValueError(f"Override {key!r}: no method of this grid ({', '.join(arm_methods)}) "
+                         f"has the field {field!r}.")
   extra = {**(overrides or {}), **{f"teacher:{k}": v for k, v in (teacher_overrides or {}).items()}}
   if teacher_epochs is not None:
     extra["teacher:num_epochs"] = teacher_epochs
