@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -268,12 +268,16 @@ class TrainCheckpoints:
           "that folder.") from e
     return complete(restored["state"]), restored["meta"]
 
-  def restore_latest_intact(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+  def restore_latest_intact(self, abstract_state: Any,
+                            accept: Callable[[Any, dict], None] | None = None,
+                            ) -> tuple[int, Any, dict] | None:
     """(step, state, meta) of the newest checkpoint that restores; None when there is none.
 
     A checkpoint that does not restore is moved to `<workdir>/checkpoints_skipped/` (never
     deleted: it may be worth a look) with a line saying which and why, and the next older one is
-    tried; when none restores, the error lists each one's reason and how to start over.
+    tried; when none restores, the error lists each one's reason and how to start over. `accept`
+    sees the restored state and meta first and may refuse them by raising: then nothing in the
+    workdir has been moved or deleted.
     """
     failures = []
     for step in sorted(self.state.all_steps(), reverse=True):
@@ -283,6 +287,8 @@ class TrainCheckpoints:
         reason = str(e.__cause__ or e).strip().splitlines()[0][:200]
         failures.append((step, reason))
         continue
+      if accept is not None:
+        accept(state, meta)
       for bad, reason in failures:
         where = run_folder.skip_checkpoint(self.workdir, bad)
         print(f"Skipped the checkpoint at step {bad}: it does not restore ({reason}); moved it to "

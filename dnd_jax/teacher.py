@@ -127,7 +127,8 @@ def provision(config, train_fn=None, overrides=(), resuming: bool = False) -> st
   _check_stages_match(config, teacher_config.model, path)  # before training it, not after
   return train_into(teacher_config, teacher_workdir, train_fn,
                     why=f"Teacher checkpoint {path!r} not found: training the teacher first with "
-                        f"{config.teacher.config}", inherited=inherited)
+                        f"{config.teacher.config}", inherited=inherited,
+                    config_file=config.teacher.config)
 
 
 def _check_stages_match(config, teacher_model_config, path: str) -> None:
@@ -138,13 +139,17 @@ def _check_stages_match(config, teacher_model_config, path: str) -> None:
   from dnd_jax.methods import get_method  # noqa: PLC0415
   from dnd_jax.train import check_stage_shapes  # noqa: PLC0415 (train imports this module)
   check_stage_shapes(build_model(config.model, 10), build_model(teacher_model_config, 10),
-                     get_method(config.method.name), (32, 32, 3), f"{path} (to be trained)")
+                     get_method(config.method.name), (32, 32, 3), path, to_be_trained=True)
 
 
 def train_into(teacher_config, teacher_workdir: str, train_fn=None, why: str = "Training the teacher",
-               inherited: list[str] = ()) -> str:
+               inherited: list[str] = (), config_file: str = "") -> str:
   """Train `teacher_config` in `teacher_workdir` unless it holds that finished run already; return
-  the exported model's path. Refuses a folder that holds a different run (never writes there)."""
+  the exported model's path. Refuses a folder that holds a different run (never writes there).
+
+  Bad input met by the teacher's own run (a batch larger than a small share of the data, say)
+  is reported as the teacher's, with where its recipe comes from (`config_file`, when it is one):
+  the user typed the student's command, and the fix is in the teacher's config."""
   stored = run_folder.read_config(teacher_workdir)
   if stored is not None and run_folder.has_progress(teacher_workdir):
     changed = run_folder.config_changes(stored, teacher_config)
@@ -160,31 +165,45 @@ def train_into(teacher_config, teacher_workdir: str, train_fn=None, why: str = "
   _log(f"{why} in {teacher_workdir}{with_data}.")
   if train_fn is None:
     from dnd_jax.train import train_and_evaluate as train_fn  # noqa: PLC0415
-  summary = train_fn(teacher_config, teacher_workdir)
+  try:
+    summary = train_fn(teacher_config, teacher_workdir)
+  except ValueError as e:
+    recipe = config_file or "the teacher's config"
+    command = (f" run `python scripts/train.py --config {config_file} --workdir {teacher_workdir}`"
+               " with --config.<field> overrides, then this command again" if config_file
+               else " change that config")
+    raise type(e)(f"Training the teacher in {teacher_workdir} stopped: {e} (Its batch size, "
+                  f"epochs and optimiser are those of {recipe}; to train it with others,"
+                  f"{command}.)") from e
   if summary and "final_accuracy" in summary:
     _log(f"Teacher trained: final accuracy {summary['final_accuracy']:.4f}.")
   return model_path
 
 
-def check_inputs(config, meta: dict, dataset) -> None:
+def check_inputs(config, meta: dict, dataset, field: str = "teacher.checkpoint") -> None:
   """Refuse a teacher trained on other inputs (another data set, image size or normalisation)
   unless `config.teacher.allow_other_inputs`: its features on this run's images are not the ones
   it learned, and a run distilling from it would train to the end without saying so. A run
   whose teacher path holds a teacher made for other settings (an earlier run's automatic
-  teacher, say) is the usual way to get here."""
+  teacher, say) is the usual way to get here. `field` "method.init_from" checks the trained
+  network a re-initialising method starts from, by the same rule and the same switch."""
   differences = checkpoints.input_differences(meta, dataset)
   if not differences:
     return
-  path = config.teacher.checkpoint
+  block, name = field.split(".")
+  path = config[block][name]
+  what = "teacher" if field == "teacher.checkpoint" else f"network at {field}"
   if config.teacher.get("allow_other_inputs", False):
-    _log(f"The teacher at {path!r} was trained on other inputs ({'; '.join(differences)}); "
-         "distilling from it as config.teacher.allow_other_inputs asks.")
+    _log(f"The {what} {path!r} was trained on other inputs ({'; '.join(differences)}); "
+         "using it as config.teacher.allow_other_inputs asks.")
     return
+  fix = ("Point --config.teacher.checkpoint at a new <folder>/model (with config.teacher.config "
+         "set, the run trains a teacher for this data there)" if field == "teacher.checkpoint"
+         else f"Point --config.{field} at a network trained on this run's data")
   raise checkpoints.CheckpointError(
-      f"The teacher at {path!r} was trained on other inputs than this run's: "
-      f"{'; '.join(differences)}. Point --config.teacher.checkpoint at a new <folder>/model "
-      "(with config.teacher.config set, the run trains a teacher for this data there), or set "
-      "--config.teacher.allow_other_inputs=True to distil from it anyway.")
+      f"The {what} {path!r} was trained on other inputs than this run's: "
+      f"{'; '.join(differences)}. {fix}, or set --config.teacher.allow_other_inputs=True to use "
+      "it anyway.")
 
 
 def chance_warning(accuracy: float, num_classes: int) -> str | None:

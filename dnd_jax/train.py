@@ -53,21 +53,27 @@ def _log(msg: str) -> None:
 
 
 def check_stage_shapes(student: ResNet, teacher: ResNet, method: Method, image_shape,
-                       teacher_path: str = "the teacher") -> None:
+                       teacher_path: str = "the teacher", to_be_trained: bool = False) -> None:
   """Every stage boundary that a group crosses must have the same shape in both networks.
 
-  The teacher's architecture is its `model.json`'s, so the fix is on the student's side
-  (config.model) or a different teacher, never config.teacher alone."""
+  A trained teacher's architecture is its `model.json`'s, so the fix is on the student's side
+  (config.model) or a different teacher; one `to_be_trained` takes config.teacher's fields too."""
   s_shapes = stage_output_shapes(student, image_shape)
   t_shapes = stage_output_shapes(teacher, image_shape)
   boundaries = sorted({last for _, groups in method.phases for _, last in groups})
   for k in boundaries:
     if s_shapes[k - 1][1:] != t_shapes[k - 1][1:]:
+      if to_be_trained:
+        where = (f"the teacher to be trained at {teacher_path} would have width {teacher.width} "
+                 f"and stem {teacher.stem!r}: set --config.teacher.width={student.width} "
+                 f"--config.teacher.stem={student.stem}, or ")
+      else:
+        where = (f"the teacher at {teacher_path} has width {teacher.width} and stem "
+                 f"{teacher.stem!r} (its model.json): ")
       raise ValueError(
           f"Stage {k} output shapes differ: student {s_shapes[k - 1][1:]} vs teacher "
           f"{t_shapes[k - 1][1:]} (per example). Method {method.name!r} matches the student to the "
-          f"teacher at this stage, and the teacher at {teacher_path} has width {teacher.width} and "
-          f"stem {teacher.stem!r} (its model.json): set --config.model.width={teacher.width} "
+          f"teacher at this stage, and {where}set --config.model.width={teacher.width} "
           f"--config.model.stem={teacher.stem}, or use a teacher of width {student.width}.")
 
 
@@ -86,23 +92,23 @@ def mean_metrics(parts: list[dict]) -> dict:
   return {k: totals[k] / max(counts[k], 1.0) for k in totals}
 
 
-def resume_or_start(workdir: str, checkpoint_config, state, sharding):
-  """The run's checkpoints, and the state, bookkeeping and metrics history to continue from.
+def resume_or_start(ckpts: checkpoints.TrainCheckpoints, workdir: str, state, sharding,
+                    accept=None):
+  """The state, bookkeeping and metrics history to continue from.
 
   With a checkpoint in the workdir, the state and `meta` (epoch, best accuracy, times) of the
   newest one that restores are restored (a damaged newer one is moved aside, with a line) and
   metrics of epochs after it (done by a run killed before its next checkpoint) are dropped, since
   they will be redone; without one, the run starts from `state` and any stray metrics are cleared.
+  `accept(state, meta)` may refuse the restored run by raising, before any of that is written.
   The state is restored straight into `sharding` (this run's mesh): left to itself, Orbax would
   place it as it was saved, which fails when the run resumes on another number of devices.
   """
-  ckpts = checkpoints.TrainCheckpoints(workdir, checkpoint_config.keep,
-                                       checkpoint_config.every_epochs)
   meta = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "train_time_s": 0.0,
           "compile_time_s": 0.0}
   history: list[dict] = []
   restored = ckpts.restore_latest_intact(
-      checkpoints.restore_target(jax.eval_shape(lambda: state), sharding))
+      checkpoints.restore_target(jax.eval_shape(lambda: state), sharding), accept)
   if restored is not None:
     latest, state, meta = restored
     history = [row for row in read_metrics(workdir) if row["epoch"] <= meta["epoch"]]
@@ -110,7 +116,7 @@ def resume_or_start(workdir: str, checkpoint_config, state, sharding):
     _log(f"Resuming {workdir} from epoch {meta['epoch']} (step {latest}).")
   elif read_metrics(workdir):
     write_metrics(workdir, [])
-  return ckpts, state, meta, history
+  return state, meta, history
 
 
 def check_resumable(workdir: str, config, epoch: int, step: int, steps_per_epoch: int,
@@ -215,11 +221,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      f"({n_train} images); lower it or raise data.fraction.")
   total_steps = steps_per_epoch * config.num_epochs
   phase_starts = method.phase_starts(total_steps)
+  phase_steps = total_steps / len(method.phases)
+  try:
+    lr_schedule, _ = make_schedules(config.optim, total_steps, phase_steps)
+  except ValueError as e:  # a schedule too short for this run (OneCycle needs 2 steps)
+    raise ValueError(
+        f"{e} This run has {total_steps} training step{'s' * (total_steps != 1)} "
+        f"({config.num_epochs} epochs of {steps_per_epoch}: batch_size {config.batch_size} over "
+        f"{n_train} training images); raise num_epochs or data.fraction, or lower batch_size."
+    ) from None
   # The schedule's length and learning rates live in the optimiser state, not in the compiled
   # step, so other budgets, learning rates and seeds reuse the same programs (dnd_jax.optim).
-  tx = freeze.mask_optimizer(make_optimizer(config.optim, total_steps,
-                                            total_steps / len(method.phases)), method)
-  lr_schedule, _ = make_schedules(config.optim, total_steps, total_steps / len(method.phases))
+  tx = freeze.mask_optimizer(make_optimizer(config.optim, total_steps, phase_steps), method)
 
   teacher, teacher_vars, teacher_meta = None, None, {}
   if method.needs_teacher:
@@ -229,17 +242,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   root_key = jax.random.key(config.seed)
   variables = init_variables(model, jax.random.fold_in(root_key, 0), image_shape)
   if method.trained_stages is not None:
-    variables, _ = freeze.start_from_trained(method, config.method, config.model, variables,
-                                             dataset.num_classes, image_shape)
+    variables, start_meta = freeze.start_from_trained(method, config.method, config.model,
+                                                      variables, dataset.num_classes, image_shape)
+    teacher_lib.check_inputs(config, start_meta, dataset, field="method.init_from")
   state = steps.create_train_state(variables, tx, config.seed)
   fresh_opt_state = state.opt_state
 
-  ckpts, state, meta, history = resume_or_start(workdir, config.checkpoint, state, repl)
+  def resumable(restored_state, restored_meta) -> None:
+    check_resumable(workdir, config, restored_meta["epoch"], int(restored_state.step),
+                    steps_per_epoch, n_train)
+
+  ckpts = checkpoints.TrainCheckpoints(workdir, config.checkpoint.keep,
+                                       config.checkpoint.every_epochs)
   # closed however the run ends (Orbax first commits the save in flight: after a Ctrl-C, the
   # epoch just done; left to interpreter exit, its threads could no longer commit)
   closing.callback(ckpts.close)
-  if meta["epoch"]:
-    check_resumable(workdir, config, meta["epoch"], int(state.step), steps_per_epoch, n_train)
+  state, meta, history = resume_or_start(ckpts, workdir, state, repl, accept=resumable)
   # recorded once the run is known to continue with it (a refused resume changes nothing)
   run_folder.record_config(config, workdir)
   clock.resume(meta)
@@ -348,7 +366,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       bar.update(n)
       refresh = config.log.refresh_steps
       if (config.log.progress_bar or tb_writer.enabled) and i // refresh > (i - n) // refresh:
-        m = mean_metrics([sums])
+        m = mean_metrics(finished_parts + [sums])  # the epoch so far, every partition of it
         rate = i * config.batch_size / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.3f}", img_s=f"{rate:.0f}")
         tb_writer.steps(first_step + i, m, float(lr_schedule(first_step + i - 1)), rate)

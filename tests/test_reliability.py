@@ -275,11 +275,22 @@ def test_a_missing_teacher_is_trained_on_the_students_data_in_its_own_workdir(tm
                                "teacher.config": _teacher_config_file(tmp_path),
                                "teacher.width": 8})
   with pytest.raises(ValueError, match="Stage 1 output shapes differ: student .*4.* vs teacher "
-                                       ".*8.*to be trained"):
+                                       ".*8.*the teacher to be trained at .*w/model would have "
+                                       "width 8 .*set --config.teacher.width=4"):
     teacher.provision(wide, train_fn=lambda c, w: pytest.fail("trained a mismatched teacher"))
   wide.method = tiny_config("kd").method
   teacher.provision(wide, train_fn=lambda c, w: calls.append((c, w)) or {})
   assert calls[-1][0].model.width == 8
+  # bad input met by the teacher's own run (the student's share of the data is one batch of the
+  # teacher's) is said to be the teacher's, with the config whose fields to change
+  few = tiny_config("pdnd", **{"teacher.checkpoint": str(tmp_path / "few" / "model"),
+                               "teacher.config": _teacher_config_file(tmp_path),
+                               "data.fraction": 0.003})
+  with pytest.raises(ValueError, match=r"Training the teacher in .*few stopped: OneCycle needs "
+                                       r"at least 2 steps.* This run has 1 training step \(1 "
+                                       r"epochs of 1: batch_size 128 over 180 .* data.fraction.*"
+                                       r"those of .*teacher_cfg.py"):
+    teacher.provision(few, overrides=["data.fraction"])
 
 
 def test_a_mistyped_teacher_path_never_touches_another_run(tmp_path):
@@ -326,6 +337,8 @@ def test_a_run_is_never_undone_or_continued_with_other_steps_per_epoch(tiny_teac
   workdir = str(tmp_path / "run")  # the same run, as if killed before its summary was written
   shutil.copytree(finished, workdir, ignore=shutil.ignore_patterns("lock"))
   os.remove(run_folder.summary_path(workdir))
+  with open(run_folder.metrics_path(workdir), "a") as f:  # an epoch done after its last checkpoint
+    f.write(json.dumps({"epoch": 4, "step": 372}) + "\n")
   files = {name: open(os.path.join(workdir, name)).read()
            for name in ("config.json", "metrics.jsonl")}
   with pytest.raises(run_folder.WorkdirError,
@@ -354,6 +367,13 @@ def test_a_resume_finds_the_best_model_its_checkpoint_names(tmp_path):
   ckpts.wait()
   ckpts.close()
   ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=2, every_epochs=1)
+
+  def refuse(state, meta):
+    raise run_folder.WorkdirError(f"not with epoch {meta['epoch']}")
+
+  with pytest.raises(run_folder.WorkdirError, match="not with epoch 2"):  # a refused resume
+    ckpts.restore_latest_intact({"w": np.zeros((2,), np.float32)}, refuse)
+  assert sorted(ckpts.best.all_steps()) == [2, 3]  # ... deletes nothing
   step, _, meta = ckpts.restore_latest_intact({"w": np.zeros((2,), np.float32)})
   assert (step, meta["epoch"]) == (2, 2)
   best, best_meta = ckpts.restore_best(variables(0))

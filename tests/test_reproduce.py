@@ -265,6 +265,29 @@ def test_fraction_report_and_all_plots_are_written_as_png(tmp_path):
       assert f.read(8) == PNG_MAGIC, path
 
 
+def test_figure2a_before_training_is_of_the_same_runs_as_the_curve(tmp_path):
+  """The "before training" column (and the curve's epoch 0) averages the runs the curve does:
+  at the largest data fraction, not every fraction of the grid."""
+  plan = ex.make_plan("figure2a_fashion", "tiny", out=str(tmp_path), fractions=[0.5, 1.0])
+  rows, epochs = [], max(plan.experiment.epochs)
+  for m in plan.experiment.arm_names:
+    for fraction, start in ((0.5, 0.1), (1.0, 0.3)):
+      workdir = str(tmp_path / f"{m}_{fraction}")
+      _fake_trainer([])(_tiny_config(epochs), workdir)
+      with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+      with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump({**summary, "start_accuracy": start}, f)
+      rows.append({"method": m, "epochs": epochs, "fraction": fraction, "seed": 0,
+                   "status": "finished", "max_lr": tables.grid_lr(plan.experiment),
+                   "best_accuracy": 0.5, "final_accuracy": 0.5, "train_time_s": 1.0,
+                   "workdir": workdir})
+  assert tables.start_accuracies(plan, rows, plan.experiment.arm_names[-1], epochs) == [0.3]
+  lines = [line for line in tables.curves_table(plan, rows).splitlines()
+           if line.startswith("| R3-ResNet18")]
+  assert lines and all(line.split(" | ")[1].startswith("30.00") for line in lines), lines
+
+
 def _tiny_config(epochs):
   config = load_config_file("configs/kd_fashion.py")
   config.num_epochs = epochs

@@ -15,8 +15,9 @@ from dnd_jax import profiling, tb, workdir as run_folder
 from dnd_jax.train import read_metrics, train_and_evaluate
 
 
-def read_scalars(logdir: str) -> dict[str, list[int]]:
-  """tag -> steps, over every event file in `logdir` (TFRecord framing, Event protos)."""
+def read_scalars(logdir: str, values: bool = False) -> dict[str, list]:
+  """tag -> steps (or (step, value) pairs), over every event file in `logdir` (TFRecord framing,
+  Event protos)."""
   from tensorboardX.proto import event_pb2  # noqa: PLC0415
   steps = {}
   for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
@@ -28,8 +29,25 @@ def read_scalars(logdir: str) -> dict[str, list[int]]:
       event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
       pos += 12 + length + 4
       for value in event.summary.value:
-        steps.setdefault(value.tag, []).append(event.step)
+        steps.setdefault(value.tag, []).append(
+            (event.step, value.simple_value) if values else event.step)
   return steps
+
+
+@pytest.mark.slow
+def test_running_means_cover_every_partition_of_an_epoch(tiny_teacher, tmp_path):
+  """Progressive DnD changes partition mid-epoch (7 steps, 3 partitions): the running means
+  logged at the epoch's last step are the epoch's means over all its partitions, as in
+  metrics.jsonl, not those of the steps since the last switch."""
+  pytest.importorskip("tensorboardX")
+  config = tiny_config("pdnd", num_epochs=1, **{"teacher.checkpoint": tiny_teacher[0],
+                                                "data.fraction": 0.004, "log.refresh_steps": 7})
+  train_and_evaluate(config, str(tmp_path))
+  (row,) = read_metrics(str(tmp_path))
+  assert row["phase"] == 2
+  scalars = read_scalars(run_folder.tensorboard_dir(str(tmp_path)), values=True)
+  for name in ("loss", "accuracy"):
+    assert scalars[f"train/{name}"] == [(7, pytest.approx(row[f"train_{name}"], rel=1e-5))]
 
 
 @pytest.mark.slow

@@ -155,6 +155,15 @@ def test_teacher_trained_on_other_inputs_is_a_clear_error_unless_allowed(tiny_te
   model, variables, _ = teacher.load(config, dataset, np.float32)
   assert model.depth == 18 and "params" in variables
   assert "trained on other inputs (image shape 8x8x1" in capsys.readouterr().err
+  # the trained network a re-initialising method starts from, by the same rule
+  with config.unlocked():
+    config.teacher.allow_other_inputs = False
+  start = tiny_config("reinit_end2end", **{"method.init_from": path, "teacher.checkpoint": path,
+                                           "data.image_size": 16})
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"network at method.init_from .* image shape 8x8x1 \(this run: "
+                           r"16x16x1\)\. Point --config.method.init_from"):
+    train_and_evaluate(start, str(tmp_path / "reinit"))
 
 
 def test_a_teacher_at_about_chance_is_worth_a_warning():

@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from dnd_jax.reproduce.records import finite
 from dnd_jax.reproduce.tables import (DATASET_LABELS, _paper_rows, aggregate, grid_lr,
-                                      mean_curve, mean_std, paper_name, run_summaries)
+                                      mean_curve, mean_std, paper_name, start_accuracies)
 
 if TYPE_CHECKING:
   from dnd_jax.reproduce.plan import Plan
@@ -66,8 +65,7 @@ def plot_epoch_curves(plan: Plan, rows: list[dict], paper: list[dict], path: str
     curve = mean_curve(plan, rows, m, epochs)
     if curve:
       xs, cells = list(curve), list(curve.values())
-      start = [s["start_accuracy"] for s in run_summaries(rows, m, epochs)
-               if finite(s.get("start_accuracy"))]
+      start = start_accuracies(plan, rows, m, epochs)
       if start:
         xs, cells = [0] + xs, [mean_std(start)] + cells
       _band(ax, xs, cells, exp.label(m), color(plan, m))

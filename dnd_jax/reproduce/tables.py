@@ -219,8 +219,7 @@ def curves_table(plan: Plan, rows: list[dict]) -> str:
   epochs = max(exp.epochs)
   key = lambda m: (m, epochs, max(exp.fractions), grid_lr(exp))  # noqa: E731
   shown = sorted({1, 2, epochs // 4, epochs // 2, epochs} & set(range(1, epochs + 1)))
-  starts = {m: [s["start_accuracy"] for s in run_summaries(rows, m, epochs)
-                if finite(s.get("start_accuracy"))] for m in exp.arm_names}
+  starts = {m: start_accuracies(plan, rows, m, epochs) for m in exp.arm_names}
   with_start = any(starts.values())
   header = (["run"] + (["before training (%)"] if with_start else [])
             + [f"after epoch {e} (%)" for e in shown] + ["best (%)", "time (min)"])
@@ -255,29 +254,37 @@ def lr_table(plan: Plan, rows: list[dict], metric: str = "best_accuracy") -> str
 # --- curves -------------------------------------------------------------------------------------
 
 
+def _cell_runs(plan: Plan, rows: list[dict], method: str, epochs: int,
+               fraction: float | None = None) -> list[dict]:
+  """The finished runs of one cell of the grid, its seeds: `method` at `epochs`, at the largest
+  data fraction (or `fraction`) and the grid's first max lr."""
+  fraction = max(plan.experiment.fractions) if fraction is None else fraction
+  lr = grid_lr(plan.experiment)
+  return [row for row in rows
+          if row.get("status") == "finished" and row["method"] == method
+          and row["epochs"] == epochs and abs(row["fraction"] - fraction) < 1e-9
+          and row.get("max_lr") == lr]
+
+
 def mean_curve(plan: Plan, rows: list[dict], method: str, epochs: int,
                fraction: float | None = None) -> dict:
   """{epoch: (mean, std, n)} over the seeds of the finished runs of `method` at `epochs` (at the
   grid's first max lr)."""
-  fraction = max(plan.experiment.fractions) if fraction is None else fraction
-  lr = grid_lr(plan.experiment)
   by_epoch: dict[int, list] = {}
-  for row in rows:
-    if (row.get("status") == "finished" and row["method"] == method and row["epochs"] == epochs
-        and abs(row["fraction"] - fraction) < 1e-9 and row.get("max_lr") == lr):
-      for e, a in curve_of(row["workdir"]):
-        by_epoch.setdefault(e, []).append(a)
+  for row in _cell_runs(plan, rows, method, epochs, fraction):
+    for e, a in curve_of(row["workdir"]):
+      by_epoch.setdefault(e, []).append(a)
   return {e: mean_std(v) for e, v in sorted(by_epoch.items())}
 
 
-def run_summaries(rows, method, epochs) -> list[dict]:
-  """The summaries of the finished runs of `method` at `epochs`."""
+def start_accuracies(plan: Plan, rows: list[dict], method: str, epochs: int) -> list[float]:
+  """The accuracy before any step of the runs that `mean_curve` averages, where they start from
+  a trained network (Figure 2a's epoch 0); empty for runs that start from scratch."""
   out = []
-  for row in rows:
-    if row.get("status") == "finished" and row["method"] == method and row["epochs"] == epochs:
-      summary = summary_of(row["workdir"])
-      if summary is not None:
-        out.append(summary)
+  for row in _cell_runs(plan, rows, method, epochs):
+    summary = summary_of(row["workdir"])
+    if summary is not None and finite(summary.get("start_accuracy")):
+      out.append(summary["start_accuracy"])
   return out
 
 
