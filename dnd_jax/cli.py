@@ -23,6 +23,7 @@ import sys
 from typing import Callable, NoReturn
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from dnd_jax import config_check
 from dnd_jax.configs import load_config_file
@@ -88,6 +89,15 @@ def config_file_named(argv: list[str]) -> str | None:
     elif arg == "--config" and i + 1 < len(argv):
       spec = argv[i + 1]
   return spec
+
+
+def default_workdir(config_flag) -> str:
+  """runs/<config file name>, with the config's argument when it has one
+  (`--config configs/quickstart.py:teacher` -> runs/quickstart_teacher): the argument picks
+  another config, so it must not share the plain config's folder."""
+  path, _, arg = config_flags.get_config_filename(config_flag).partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("runs", f"{name}_{arg}" if arg else name)
 
 
 def override_names(argv: list[str]) -> list[str]:

@@ -10,6 +10,7 @@ the optimiser, the names it looks up, and the workdir it will write.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import os
 from typing import Any
@@ -144,6 +145,9 @@ def check(config, workdir: str | None = None) -> None:
     problems.append(f"config.data.name={data.name!r}: use one of {sorted(READERS)}.")
   if data.source not in SOURCES:
     problems.append(f"config.data.source={data.source!r}: use one of {list(SOURCES)}.")
+  elif data.source == "tfds" and importlib.util.find_spec("tensorflow_datasets") is None:
+    problems.append("config.data.source='tfds' needs tensorflow-datasets: pip install "
+                    "'dnd_jax[tfds]', or use --config.data.source=local or download.")
   fraction, val_fraction = data.get("fraction", 1.0), data.get("val_fraction", 0.0)
   if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
     problems.append(f"config.data.fraction={fraction!r} must be in (0, 1].")
@@ -161,6 +165,21 @@ def check(config, workdir: str | None = None) -> None:
         and (name == "mean" or v > 0) for v in values)):
       what = "finite numbers above 0" if name == "std" else "finite numbers"
       problems.append(f"config.data.{name}={values!r} must be a list of {what}, one per channel.")
+  padding = data.get("crop_padding", 0)
+  if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+    problems.append(f"config.data.crop_padding={padding!r} must be a whole number of pixels, 0 or "
+                    "more (0: no crop).")
+  for name, top in (("rrc_scale", 1.0), ("rrc_ratio", math.inf)):  # (lo, hi) of a random draw
+    pair = data.get(name)
+    if pair is None:
+      continue
+    if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in pair) and 0 < pair[0] <= pair[1] <= top):
+      bound = "0 < lo <= hi <= 1" if top == 1.0 else "0 < lo <= hi"
+      problems.append(f"config.data.{name}={pair!r} must be two numbers (lo, hi) with {bound}, "
+                      f"e.g. --config.data.{name}='({0.08 if top == 1.0 else 0.75}, "
+                      f"{1.0 if top == 1.0 else 1.33})'.")
   if problems:
     raise ConfigError(" ".join(problems))
   if workdir is not None:

@@ -4,7 +4,7 @@ loaded with the architecture its `model.json` records.
 Provisioning is separate from the student's training: `scripts/train.py` and the reproduction grids
 call `provision` before `train_and_evaluate`, which only loads a teacher that exists. A teacher
 that a student run trains for itself gets the student's data (name, folder, source, checksums,
-image size, normalisation) and every data override of the command line (a share of the data, say),
+image size, normalisation, the rows held out for validation) and every data override of the command line (a share of the data, say),
 the student's width and stem (which stage-for-stage distillation needs), and any
 `config.teacher.{depth,width,stem}` that is set; it trains in its own workdir (the folder that `config.teacher.checkpoint` names as
 `<workdir>/model`), and never writes into a folder that holds another run.
@@ -51,12 +51,13 @@ def architecture_to_build(config) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(arch)
 
 
-# What the data is, where and how it is read, and the input the networks see: a teacher trained
-# for a student run takes these from the student always (the teacher's features are computed on
-# the student's inputs). The rest of the data block (the share of the data, the augmentation) is
+# What the data is, where and how it is read, the input the networks see, and the rows held out
+# for validation: a teacher trained for a student run takes these from the student always (the
+# teacher's features are computed on the student's inputs, and it must not train on the images
+# the student validates on). The rest of the data block (the share of the data, the augmentation) is
 # the teacher config's own recipe unless the command line overrides it for the student run.
 DATA_ALWAYS_INHERITED = ("name", "source", "dir", "cache_dir", "mirror", "verify_checksums",
-                         "image_size", "stored_size", "mean", "std")
+                         "image_size", "stored_size", "mean", "std", "val_fraction", "subset_seed")
 
 
 def config_for_training(config, overrides=()) -> tuple[ml_collections.ConfigDict, list[str]]:
@@ -192,7 +193,7 @@ def check_inputs(config, meta: dict, dataset, field: str = "teacher.checkpoint")
     return
   block, name = field.split(".")
   path = config[block][name]
-  what = "teacher" if field == "teacher.checkpoint" else f"network at {field}"
+  what = "teacher at" if field == "teacher.checkpoint" else f"network at {field}"
   if config.teacher.get("allow_other_inputs", False):
     _log(f"The {what} {path!r} was trained on other inputs ({'; '.join(differences)}); "
          "using it as config.teacher.allow_other_inputs asks.")
@@ -216,6 +217,31 @@ def chance_warning(accuracy: float, num_classes: int) -> str | None:
   return (f"Warning: the teacher's accuracy {accuracy:.4f} is about chance ({chance:.4f} for "
           f"{num_classes} classes), so the student learns little from it. Check "
           "config.teacher.checkpoint, and for an imported teacher config.data.mean and std.")
+
+
+def held_out_record(data_config) -> dict:
+  """The training rows a run held out for validation (`dnd_jax.data.split_indices`: they depend
+  on these two alone), as its model.json records them."""
+  return {"val_fraction": float(data_config.get("val_fraction", 0.0)),
+          "subset_seed": int(data_config.get("subset_seed", 0))}
+
+
+def held_out_warning(config, meta: dict, dataset) -> str | None:
+  """A line for a run that selects on a validation split with a teacher that held out other rows
+  (one trained on all the data, say): the teacher has trained on some of the images the run
+  validates on, so its validation accuracy is no held-out figure. The student never trains on
+  them, so its own accuracy and selection stay honest; hence a warning, not an error. A teacher
+  without the record (imported, or exported before it was kept) is not judged."""
+  theirs, ours = meta.get("held_out"), held_out_record(config.data)
+  if dataset.eval_split != "validation" or not isinstance(theirs, dict) or theirs == ours:
+    return None
+  return (f"Warning: the teacher held out other training rows than this run validates on (its "
+          f"data.val_fraction={theirs.get('val_fraction')}, subset_seed="
+          f"{theirs.get('subset_seed')}; this run's {ours['val_fraction']}, "
+          f"{ours['subset_seed']}), so it has trained on some of this run's validation images: "
+          "its validation accuracy is not a held-out figure (the student's is). Train the teacher "
+          f"with --config.data.val_fraction={ours['val_fraction']} and "
+          f"--config.data.subset_seed={ours['subset_seed']} for one that is.")
 
 
 def load(config, dataset, dtype) -> tuple[ResNet, dict, dict]:

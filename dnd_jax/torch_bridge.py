@@ -454,6 +454,9 @@ def export_student(workdir: str, output: str | None = None, best: bool = False) 
   state_dict = variables_to_torch_state_dict(variables)
   path = output or os.path.join(workdir, "student_best.pt" if best else "student.pt")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  torch.save(state_dict, path + ".tmp")
+  # through a Python file: an unwritable place is then an OSError (a command's one `error:` line),
+  # not the RuntimeError of torch's own file writer
+  with open(path + ".tmp", "wb") as f:
+    torch.save(state_dict, f)
   os.replace(path + ".tmp", path)
   return path, info

@@ -120,10 +120,18 @@ def resume_or_start(ckpts: checkpoints.TrainCheckpoints, workdir: str, state, sh
 
 
 def check_resumable(workdir: str, config, epoch: int, step: int, steps_per_epoch: int,
-                    n_train: int) -> None:
+                    n_train: int, rows_then: str | None = None, rows_now: str | None = None) -> None:
   """A checkpoint of `epoch` done at `step` can go on with `config`: the same steps per epoch
-  (its step counts the schedules' steps, and the partition switches fall at the config's steps)
-  and no fewer epochs than it has done."""
+  (its step counts the schedules' steps, and the partition switches fall at the config's steps),
+  the same training and validation rows (`Dataset.rows_digest`, where the checkpoint records
+  them: another subset_seed would validate on images it has trained on) and no fewer epochs
+  than it has done."""
+  if rows_then and rows_now and rows_then != rows_now:
+    raise run_folder.WorkdirError(
+        f"{workdir} holds a run that trained and validated on other rows of the training set than "
+        "this config draws (data.fraction, data.val_fraction or data.subset_seed differ from its "
+        "config.json's): resumed, it would mix two splits. Resume with the data.* of its "
+        "config.json, or use another --workdir.")
   if step != epoch * steps_per_epoch:
     raise run_folder.WorkdirError(
         f"{workdir} holds a run at epoch {epoch}, step {step} ({step // epoch} steps per epoch), "
@@ -250,7 +258,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   def resumable(restored_state, restored_meta) -> None:
     check_resumable(workdir, config, restored_meta["epoch"], int(restored_state.step),
-                    steps_per_epoch, n_train)
+                    steps_per_epoch, n_train, restored_meta.get("data_rows"), dataset.rows_digest)
 
   ckpts = checkpoints.TrainCheckpoints(workdir, config.checkpoint.keep,
                                        config.checkpoint.every_epochs)
@@ -260,6 +268,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state, meta, history = resume_or_start(ckpts, workdir, state, repl, accept=resumable)
   # recorded once the run is known to continue with it (a refused resume changes nothing)
   run_folder.record_config(config, workdir)
+  meta["data_rows"] = dataset.rows_digest  # saved with every checkpoint (see check_resumable)
   clock.resume(meta)
   # a resumed run continues its schedule with this config's budget and learning rate
   state = state.replace(opt_state=with_config_hyperparameters(state.opt_state, fresh_opt_state))
@@ -300,8 +309,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         correct, _ = t_eval(teacher_vars, eval_images, eval_labels)
         meta["teacher_accuracy"], source = float(correct) / len(dataset.eval_labels), "measured"
     _log(f"Teacher {dataset.eval_split} accuracy: {meta['teacher_accuracy']:.4f} ({source})")
-    if warning := teacher_lib.chance_warning(meta["teacher_accuracy"], dataset.num_classes):
-      _log(warning)
+    for warning in (teacher_lib.chance_warning(meta["teacher_accuracy"], dataset.num_classes),
+                    teacher_lib.held_out_warning(config, teacher_meta, dataset)):
+      if warning:
+        _log(warning)
   if method.trained_stages is not None and "start_accuracy" not in meta:
     # the trained network with its re-initialised stages, before any step: where the curve starts
     meta["start_accuracy"] = eval_accuracy(state.variables)[0]
@@ -427,7 +438,8 @@ def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluat
   with clock("checkpoint"):
     checkpoints.save_model(run_folder.model_dir(workdir), final_vars, arch,
                            {"accuracy": final_acc, "split": split, "epoch": meta["epoch"],
-                            "method": config.method.name, "evaluation": eval_record})
+                            "method": config.method.name, "evaluation": eval_record,
+                            "held_out": teacher_lib.held_out_record(config.data)})
   summary = {
       "method": config.method.name, "dataset": dataset.name, "epochs": config.num_epochs,
       "batch_size": config.batch_size, "devices": jax.device_count(),

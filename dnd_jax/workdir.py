@@ -39,9 +39,11 @@ TENSORBOARD_DIR = "tensorboard"
 PROFILE_DIR = "profile"
 MODEL_META = "model.json"  # inside an exported model folder (`model_dir`)
 
-# Fields that may change between a run and its resumption without changing what it computes.
+# Fields that may change between a run and its resumption without changing what it computes
+# (where the decoded data is cached or downloaded from, how many images an evaluation batch holds).
 RESULT_NEUTRAL = ("log", "checkpoint", "teacher.checkpoint", "teacher.config",
-                  "teacher.allow_other_inputs", "model.remat", "compiler_options")
+                  "teacher.allow_other_inputs", "model.remat", "compiler_options",
+                  "data.cache_dir", "data.mirror", "eval_batch_size")
 
 
 class WorkdirError(ValueError):

@@ -36,9 +36,7 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
-  config_path = config_flags.get_config_filename(FLAGS["config"])
-  name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
-  workdir = FLAGS.workdir or os.path.join("runs", name)
+  workdir = FLAGS.workdir or cli.default_workdir(FLAGS["config"])
   setup_runtime()
   result = diagnose.diagnose(FLAGS.config, FLAGS.student or run_folder.model_dir(workdir),
                              bn_batches=FLAGS.bn_batches, seed=FLAGS.seed)

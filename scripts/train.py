@@ -33,9 +33,7 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
-  config_path = config_flags.get_config_filename(FLAGS["config"])
-  name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
-  workdir = FLAGS.workdir or os.path.join("runs", name)
+  workdir = FLAGS.workdir or cli.default_workdir(FLAGS["config"])
   config = FLAGS.config
   config_check.check(config, workdir)
   setup_runtime()

@@ -98,3 +98,18 @@ def test_every_script_answers_bad_input_in_one_line(script, args, expected):
   assert done.returncode == 2, done.stderr
   assert len(errors) == 1 and expected in errors[0], done.stderr
   assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("config, workdir", [("configs/quickstart.py", "runs/quickstart"),
+                                             ("configs/quickstart.py:teacher",
+                                              "runs/quickstart_teacher")])
+def test_a_configs_argument_names_its_own_default_workdir(config, workdir):
+  """`--config configs/quickstart.py:teacher` is another config than the quickstart's student:
+  trained by hand, it goes where the quickstart looks for its teacher, not into the student's
+  folder (which then refused the student as another run)."""
+  from absl import flags  # noqa: PLC0415
+  from ml_collections import config_flags  # noqa: PLC0415
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values)
+  values(["x", "--config", os.path.join(REPO, config)])
+  assert cli.default_workdir(values["config"]) == workdir

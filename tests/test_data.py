@@ -362,6 +362,17 @@ def test_download_checks_then_caches(tmp_path, monkeypatch):
   np.testing.assert_array_equal(data.load_dataset(c).test_labels, made["test_labels"])
 
 
+def test_download_goes_into_data_dir_when_it_is_set(tmp_path, monkeypatch):
+  made = make_fashion(tmp_path / "server", np.random.default_rng(3))
+  trust_fashion(monkeypatch, made["sums"])
+  c = config("fashion_mnist", tmp_path, source="download", mirror=(tmp_path / "server").as_uri(),
+             dir=str(tmp_path / "mine"))
+  np.testing.assert_array_equal(data.load_dataset(c).train_labels, made["train_labels"])
+  assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == sorted(
+      f.name for f in fashion_mnist.FILES.values())
+  assert not (tmp_path / "cache" / "fashion_mnist").exists()
+
+
 def test_download_with_wrong_checksum_keeps_nothing(tmp_path, monkeypatch):
   make_fashion(tmp_path / "server", np.random.default_rng(3))  # not trusted: official md5s stay
   c = config("fashion_mnist", tmp_path, source="download", mirror=(tmp_path / "server").as_uri())
@@ -496,10 +507,17 @@ def test_fraction_is_a_fixed_stratified_subset():
 def test_validation_split_is_disjoint_and_seeded():
   labels = np.repeat(np.arange(10), 100)
   train, held = data.split_indices(labels, 0.5, 0.2, seed=7)
-  assert len(train) == 400 and len(held) == 100
+  assert len(train) == 400 and len(held) == 200  # a fifth of the whole set, half of the rest
   assert not set(train) & set(held)
-  assert set(train) | set(held) == set(data.split_indices(labels, 0.5, 0.0, seed=7)[0])
-  assert np.bincount(labels[held]).tolist() == [10] * 10
+  assert np.bincount(labels[held]).tolist() == [20] * 10
+  assert np.bincount(labels[train]).tolist() == [40] * 10
+  # the held-out rows do not depend on the fraction: a teacher trained on all the rest never saw
+  # the validation rows of a student on a share of it (they overlapped when the split was drawn
+  # from the share)
+  whole, held_too = data.split_indices(labels, 1.0, 0.2, seed=7)
+  np.testing.assert_array_equal(held_too, held)
+  assert set(train) < set(whole) and not set(whole) & set(held)
+  assert set(data.split_indices(labels, 0.1, 0.2, seed=7)[0]) < set(train)
   again = data.split_indices(labels, 0.5, 0.2, seed=7)
   np.testing.assert_array_equal(again[1], held)
   with pytest.raises(ValueError, match="fraction"):
@@ -514,14 +532,18 @@ def test_load_dataset_with_fraction_and_validation(tmp_path, monkeypatch):
   c = config("fashion_mnist", tmp_path, dir=str(tmp_path / "fm"), fraction=0.5, val_fraction=0.2,
              mean=None, std=None)
   ds = data.load_dataset(c)
-  assert len(ds.train_images) == 80 and len(ds.eval_images) == 20
+  assert len(ds.train_images) == 80 and len(ds.eval_images) == 40  # half of what 0.2 leaves
   assert ds.eval_split == "validation" and len(ds.test_images) == 20
   pool = {img.tobytes() for img in made["train_images"]}  # images are distinct random noise
   train, held = ({img.tobytes() for img in x[..., 0]} for x in (ds.train_images, ds.eval_images))
   assert train <= pool and held <= pool and not train & held
   np.testing.assert_allclose(ds.mean, [ds.train_images.mean() / 255], rtol=1e-6)
   np.testing.assert_allclose(ds.std, [(ds.train_images / 255).std()], rtol=1e-6)
-  np.testing.assert_array_equal(data.load_dataset(c).train_images, ds.train_images)
+  again = data.load_dataset(c)
+  np.testing.assert_array_equal(again.train_images, ds.train_images)
+  assert again.rows_digest == ds.rows_digest
+  c.subset_seed = 1  # the same counts, other rows (a resume compares the digests)
+  assert data.load_dataset(c).rows_digest != ds.rows_digest
 
 
 def test_default_configs():
@@ -544,8 +566,9 @@ def test_default_configs():
 
 def test_tfds_missing_is_a_clear_import_error(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
-  with pytest.raises(ImportError, match=r"pip install 'dnd_jax\[tfds\]'"):
+  with pytest.raises(ImportError, match=r"pip install 'dnd_jax\[tfds\]'") as info:
     data.load_dataset(config("cifar100", tmp_path, source="tfds", dir=str(tmp_path / "tfds")))
+  assert isinstance(info.value, ValueError)  # bad input: a command's one `error:` line
 
 
 def test_tfds_has_no_imagewoof(tmp_path):

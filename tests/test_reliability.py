@@ -3,6 +3,7 @@ one `error:` line and exit code 2 with nothing written, one run per workdir, res
 checkpoint, summaries that count the whole run and are never rewritten, and a teacher that a
 student run trains for itself on the student's settings, in its own folder."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -93,6 +94,17 @@ def test_config_check_names_every_bad_value():
   for text in ("method.tau=0.0 must be a finite number above 0", "seed=18446744073709551616",
                "data.subset_seed=-1", "data.std=(0.0,)", "data.stored_size=-4"):
     assert text in str(info.value)
+  # augmentation: a traceback from inside the compiled step, or a crop silently turned off
+  config = tiny_config("teacher", **{"data.crop_padding": -3, "data.rrc_ratio": (0.0, 1.0),
+                                     "data.rrc_scale": (0.08,)})  # as `rrc_scale=0.08` parses
+  with pytest.raises(config_check.ConfigError) as info:
+    config_check.check(config)
+  for text in ("data.crop_padding=-3 must be", "data.rrc_scale=(0.08,) must be two numbers",
+               "data.rrc_ratio=(0.0, 1.0) must be two numbers (lo, hi) with 0 < lo <= hi"):
+    assert text in str(info.value)
+  if importlib.util.find_spec("tensorflow_datasets") is None:  # as installed without the extra
+    with pytest.raises(config_check.ConfigError, match="needs tensorflow-datasets: pip install"):
+      config_check.check(tiny_config("teacher", **{"data.source": "tfds"}))
   # Figure 2a's feature method distils from the network it re-trains; with the configs' default
   # teacher it trained an unrelated ResNet34 first and learnt that network's features, silently
   config = tiny_config("reinit_feature", **{"method.init_from": "/runs/naive/model"})
@@ -264,10 +276,13 @@ def test_a_missing_teacher_is_trained_on_the_students_data_in_its_own_workdir(tm
   # a share of the data that the student's config file chose (not the command line) is the
   # student's own: the teacher keeps its config's (all the data, as the quickstart's teacher)
   calls.clear()
+  with student.unlocked():  # a validation split the config file chose: held out by both
+    student.data.val_fraction, student.data.subset_seed = 0.1, 5
   teacher.provision(student, train_fn=lambda c, w: calls.append((c, w)) or {},
                     overrides=["data.dir"])
   [(config, _)] = calls
   assert config.data.fraction == 1.0 and config.data.dir == student.data.dir
+  assert (config.data.val_fraction, config.data.subset_seed) == (0.1, 5)
   assert config.data.image_size == 8
   # a teacher that would not meet the student's stages is refused before it is trained (it was
   # trained, for minutes, and refused afterwards); KD compares logits alone, so any width does
@@ -347,6 +362,9 @@ def test_a_run_is_never_undone_or_continued_with_other_steps_per_epoch(tiny_teac
     train_and_evaluate(tiny_config("teacher", batch_size=64), workdir)
   with pytest.raises(run_folder.WorkdirError, match="has done 3 epochs; num_epochs=2"):
     train_and_evaluate(tiny_config("teacher", num_epochs=2), workdir)
+  # the same number of rows, other ones: it would validate on what it has trained on
+  with pytest.raises(run_folder.WorkdirError, match="other rows of the training set .*subset_seed"):
+    train_and_evaluate(tiny_config("teacher", **{"data.subset_seed": 7}), workdir)
   assert {name: open(os.path.join(workdir, name)).read() for name in files} == files
   assert not os.path.exists(os.path.join(workdir, "checkpoints_skipped"))
   check_resumable(workdir, tiny_config("teacher"), 3, 279, 93, 3000)  # its own config goes on

@@ -348,6 +348,9 @@ def test_export_student_writes_a_state_dict_pytorch_loads_strictly(tmp_path, bes
   x = torch.randn(2, 1, 32, 32)
   with torch.no_grad():
     assert_close_rel(model.apply(variables, jnp.asarray(to_nhwc(x))), net.eval()(x))
+  if not best:  # a place that cannot be written is bad input (an OSError), not torch's RuntimeError
+    with pytest.raises(OSError):
+      torch_bridge.export_student(str(workdir), output="/proc/student.pt")
 
 
 def test_the_scripts_round_trip_a_teacher_through_the_command_line(tmp_path):

@@ -172,6 +172,22 @@ def test_a_teacher_at_about_chance_is_worth_a_warning():
   assert teacher.chance_warning(0.16, 10) is None and teacher.chance_warning(0.2, 100) is None
 
 
+def test_a_teacher_that_held_out_other_rows_is_worth_a_warning():
+  """A run selecting on a validation split with a teacher trained on rows it validates on (one
+  trained on all the data): the teacher's validation accuracy is no held-out figure."""
+  from types import SimpleNamespace  # noqa: PLC0415
+  config = tiny_config("kd", **{"data.val_fraction": 0.1})
+  validating, testing = SimpleNamespace(eval_split="validation"), SimpleNamespace(eval_split="test")
+  on_all = {"held_out": {"val_fraction": 0.0, "subset_seed": 0}}
+  line = teacher.held_out_warning(config, on_all, validating)
+  assert line.startswith("Warning: the teacher held out other training rows")
+  assert "--config.data.val_fraction=0.1 and --config.data.subset_seed=0" in line
+  same = {"held_out": teacher.held_out_record(config.data)}
+  assert teacher.held_out_warning(config, same, validating) is None
+  assert teacher.held_out_warning(config, on_all, testing) is None  # selects on nothing held out
+  assert teacher.held_out_warning(config, {}, validating) is None  # imported: no record to judge
+
+
 def test_stage_shapes_that_differ_are_a_clear_error(tiny_teacher, tmp_path):
   path, _ = tiny_teacher
   config = tiny_config("dnd", **{"teacher.checkpoint": path, "model.width": 8})
@@ -214,6 +230,9 @@ def test_validation_split_selects_and_reports_test_accuracy_of_both_models(tmp_p
     assert 0.2 < summary[key] <= 1.0  # measured on the 10,000 official test images
   if summary["best_epoch"] == 2:
     assert summary["best_test_accuracy"] == summary["final_test_accuracy"]
+  # what a student validating on its own split checks this network against, as a teacher
+  held_out = checkpoints.read_model_meta(str(tmp_path / "model"))["held_out"]
+  assert held_out == {"val_fraction": 0.2, "subset_seed": 0}
 
 
 def test_rematerialised_blocks_are_no_config_change_for_a_resumed_run():
@@ -222,8 +241,9 @@ def test_rematerialised_blocks_are_no_config_change_for_a_resumed_run():
   from dnd_jax import workdir
 
   stored = json.loads(tiny_config("dnd").to_json())  # as the workdir keeps it
-  changes = workdir.config_changes(stored, tiny_config("dnd", **{"model.remat": True,
-                                                                 "optim.lr": 0.5}))
+  changes = workdir.config_changes(stored, tiny_config("dnd", **{
+      "model.remat": True, "optim.lr": 0.5, "eval_batch_size": 100,  # nor where data is cached
+      "data.cache_dir": "/elsewhere"}))
   assert len(changes) == 1 and changes[0].startswith("optim.lr ") and changes[0].endswith("0.5")
 
 

@@ -7,9 +7,10 @@ tune, and the same seed gives the same batches on any machine.
 Config fields (`default_data_config(name)` gives the defaults for each data set):
   name              "fashion_mnist" | "cifar100" | "imagewoof"
   source            "local": the official files in `dir`; "download": fetch them from the official
-                    URL (or `mirror`) into <cache_dir>/<name>, check the published checksum, then
-                    read them as "local" does; "tfds": TensorFlow Datasets (`pip install
-                    'dnd_jax[tfds]'`; `dir` is then TFDS's data_dir, None for its default).
+                    URL (or `mirror`) into `dir`, else <cache_dir>/<name>, check the published
+                    checksum, then read them as "local" does; "tfds": TensorFlow Datasets (`pip
+                    install 'dnd_jax[tfds]'`; `dir` is then TFDS's data_dir, None for its
+                    default).
   dir               folder or archive; None = /usr/share/datasets/fashion-mnist for Fashion-MNIST
                     (Debian's dataset-fashion-mnist), <cache_dir>/<name> for the others.
   cache_dir         downloads and decoded-array caches; None = $DND_JAX_CACHE, else
@@ -20,10 +21,12 @@ Config fields (`default_data_config(name)` gives the defaults for each data set)
                     Imagewoof: the side of the crops the model sees (128).
   stored_size       Imagewoof only: decoded images are cached with the short side resized to this
                     and centre-cropped square (160).
-  fraction          a fixed, class-stratified random share of the training set (paper, Table 3).
+  fraction          a fixed, class-stratified random share of the training set (paper, Table 3),
+                    of the rows left after the validation split when there is one.
   subset_seed       seeds `fraction` and `val_fraction`.
-  val_fraction      share of the (subsetted) training set held out as the validation split; > 0
-                    makes the evaluation split "validation" instead of "test".
+  val_fraction      share of the whole official training set held out as the validation split
+                    (drawn before `fraction`, so it does not depend on it); > 0 makes the
+                    evaluation split "validation" instead of "test".
   mean, std         per-channel normalisation on the [0, 1] scale; None = computed from the
                     training images.
   crop_padding      zero padding of the random crop (when random_resized_crop is False).
@@ -34,6 +37,7 @@ Config fields (`default_data_config(name)` gives the defaults for each data set)
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import ml_collections
@@ -61,6 +65,9 @@ class Dataset:
   std: tuple[float, ...]
   input_size: int | None = None  # side the model sees; None = the stored images' side
   class_names: tuple[str, ...] = ()
+  # which rows of the official training set train and which validate (`split_indices`), as a
+  # digest: a resumed run must go on with the rows it started with
+  rows_digest: str = ""
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -120,18 +127,25 @@ def _stratified_take(labels: np.ndarray, share: float, rng: np.random.Generator)
 
 def split_indices(labels: np.ndarray, fraction: float, val_fraction: float,
                   seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """(train, validation) indices into the official training set; disjoint, sorted, seeded."""
+  """(train, validation) indices into the official training set; disjoint, sorted, seeded.
+
+  The validation rows are held out of the whole set first (`val_fraction` of each class, drawn
+  with `seed`), then `fraction` of the rows that remain is drawn for training. So the held-out
+  rows depend on `val_fraction` and `seed` alone: runs at any fraction that share those two (a
+  teacher on all the data, its students on shares of it) never train on one another's
+  validation rows. With the same seed, a smaller fraction is a subset of a larger one.
+  """
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f"data.fraction must be in (0, 1], not {fraction}")
   if not 0.0 <= val_fraction < 1.0:
     raise ValueError(f"data.val_fraction must be in [0, 1), not {val_fraction}")
   subset_rng, val_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-  subset = (np.arange(len(labels)) if fraction == 1.0
-            else _stratified_take(labels, fraction, subset_rng))
-  if val_fraction == 0.0:
-    return subset, np.zeros(0, np.int64)
-  held = subset[_stratified_take(labels[subset], val_fraction, val_rng)]
-  train = np.setdiff1d(subset, held, assume_unique=True)
+  rest = np.arange(len(labels))
+  held = np.zeros(0, np.int64)
+  if val_fraction > 0.0:
+    held = _stratified_take(labels, val_fraction, val_rng)
+    rest = np.setdiff1d(rest, held, assume_unique=True)
+  train = rest if fraction == 1.0 else rest[_stratified_take(labels[rest], fraction, subset_rng)]
   if not len(train):
     raise ValueError(f"data.val_fraction={val_fraction} leaves no training example")
   return train, held
@@ -177,4 +191,12 @@ def load_dataset(data_config: Any) -> Dataset:
       num_classes=sources.READERS[data_config.name].NUM_CLASSES,
       mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
       input_size=int(image_size) if image_size else None,
-      class_names=tuple(str(n) for n in arrays["class_names"]))
+      class_names=tuple(str(n) for n in arrays["class_names"]),
+      rows_digest=_rows_digest(len(labels), train, held))
+
+
+def _rows_digest(n: int, train: np.ndarray, held: np.ndarray) -> str:
+  digest = hashlib.sha256(f"{n}:{len(train)}:{len(held)}:".encode())
+  for rows in (train, held):
+    digest.update(np.ascontiguousarray(rows, np.int64).tobytes())
+  return digest.hexdigest()[:16]

@@ -38,6 +38,11 @@ class MissingDataError(DataError, FileNotFoundError):
   """A data file or folder is not there; also a FileNotFoundError so generic handlers catch it."""
 
 
+class MissingPackageError(DataError, ImportError):
+  """A data source's optional package is not installed: bad input (the fix is an install or
+  another source), so a command says it in one line; also an ImportError."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RemoteFile:
   """An official file and the published checksum that identifies it.

@@ -44,11 +44,12 @@ def stored_size(data_config: Any) -> int | None:
 
 
 def location(data_config: Any) -> Path | None:
-  """The folder or archive read: `dir`, or the download folder, or the default for the data set."""
-  if data_config.source == "download":
-    return cache_dir(data_config) / data_config.name
+  """The folder or archive read: `dir` (where a download goes too, when set), or the download
+  folder in the cache, or the default for the data set."""
   if data_config.get("dir"):
     return Path(data_config.dir).expanduser()
+  if data_config.source == "download":
+    return cache_dir(data_config) / data_config.name
   if data_config.source == "tfds":
     return None  # TFDS's own default data_dir
   if data_config.name == fashion_mnist.NAME:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dnd_jax.data.files import DataError
+from dnd_jax.data.files import DataError, MissingPackageError
 
 TFDS_NAMES = {"fashion_mnist": "fashion_mnist", "cifar100": "cifar100"}
 _BATCH = 1024
@@ -24,9 +24,9 @@ def _import_tfds():
   try:
     return importlib.import_module("tensorflow_datasets")
   except ImportError as e:
-    raise ImportError("source='tfds' needs tensorflow-datasets: pip install 'dnd_jax[tfds]' (or "
-                      "use --config.data.source=local or download, which need no extra "
-                      "package)") from e
+    raise MissingPackageError(
+        "source='tfds' needs tensorflow-datasets: pip install 'dnd_jax[tfds]' (or use "
+        "--config.data.source=local or download, which need no extra package)") from e
 
 
 def _split(tfds, name: str, split: str, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
@@ -35,8 +35,8 @@ def _split(tfds, name: str, split: str, data_dir: Path | None) -> tuple[np.ndarr
                               str(data_dir), download=True)
   except ModuleNotFoundError as e:
     if e.name != "tensorflow":  # tensorflow-datasets installed without its own dependencies
-      raise ImportError(f"tensorflow-datasets needs {e.name}, which is not installed: pip install "
-                        f"'dnd_jax[tfds]' {e.name}") from e
+      raise MissingPackageError(f"tensorflow-datasets needs {e.name}, which is not installed: "
+                                f"pip install 'dnd_jax[tfds]' {e.name}") from e
     raise DataError(
         f"TFDS has no prepared {name} in {data_dir or 'its default data_dir'}, and preparing one "
         "needs TensorFlow. Fix: pip install tensorflow (or prepare it on a machine that has it and "
