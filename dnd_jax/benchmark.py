@@ -74,7 +74,7 @@ from dnd_jax import cli, parallel, profiling, runtime, steps
 from dnd_jax.configs import base_config
 from dnd_jax.data import augment, cifar100
 from dnd_jax.methods import get_method
-from dnd_jax.models import ResNet, init_variables
+from dnd_jax.models import DTYPES, ResNet, init_variables
 from dnd_jax.optim import make_optimizer
 
 JSON_FILE, MARKDOWN_FILE = "benchmark.json", "benchmark.md"
@@ -111,7 +111,6 @@ CASES = {
 # per-kernel launch cost that eager and the default compile pay.
 TORCH_MODES = {"eager": ("torch eager", None), "compile": ("torch.compile", "default"),
                "cudagraphs": ("torch.compile cudagraphs", "reduce-overhead")}
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 TOTAL_STEPS = 10_000  # only sets the schedules' shape; the timed steps are the first few
 CALIBRATION_PASSES = 40
 

@@ -33,8 +33,9 @@ import numpy as np
 from dnd_jax import checkpoints, steps, teacher as teacher_lib, workdir as run_folder
 from dnd_jax.data import augment, load_dataset
 from dnd_jax.methods import get_method
-from dnd_jax.models import BATCH_COUNTER, NUM_STAGES, ResNet, build_model, init_variables
-from dnd_jax.train import check_stage_shapes, resolve_dtype
+from dnd_jax.models import (BATCH_COUNTER, NUM_STAGES, ResNet, build_model, init_variables,
+                            resolve_dtype)
+from dnd_jax.train import check_stage_shapes
 
 REPORT_NAME = "diagnosis"  # <workdir>/diagnosis.json and .md by default
 HYBRIDS = range(NUM_STAGES)  # k = number of teacher stages in front of the student's

@@ -18,16 +18,17 @@ import numpy as np
 
 from dnd_jax import checkpoints, steps, torch_bridge
 from dnd_jax.data import augment, load_dataset
-from dnd_jax.models import ResNet, init_variables
+from dnd_jax.models import ResNet, init_variables, resolve_dtype
 
 
-def load_any_model(path: str, image_shape) -> tuple[ResNet, dict, dict, dict]:
+def load_any_model(path: str, image_shape, dtype=jnp.float32) -> tuple[ResNet, dict, dict, dict]:
   """(model, variables, architecture, model.json) of an exported folder or a PyTorch checkpoint
-  file (whose model.json is {}: it records nothing of what it was trained on)."""
+  file (whose model.json is {}: it records nothing of what it was trained on), computing in
+  `dtype` (parameters stay float32) as a training run with that model.dtype evaluates."""
   if os.path.isdir(path):
     arch = checkpoints.read_model_meta(path)["architecture"]
     model = ResNet(depth=arch["depth"], num_classes=arch["num_classes"], width=arch["width"],
-                   stem=arch["stem"])
+                   stem=arch["stem"], dtype=dtype)
     abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_shape))
     variables, meta = checkpoints.load_model(path, arch, abstract)
     return model, variables, arch, meta
@@ -38,7 +39,7 @@ def load_any_model(path: str, image_shape) -> tuple[ResNet, dict, dict, dict]:
   variables = torch_bridge.torch_state_dict_to_variables(torch_bridge.load_torch_checkpoint(path))
   arch = torch_bridge.variables_architecture(variables)
   model = ResNet(depth=arch["depth"], num_classes=arch["num_classes"], width=arch["width"],
-                 stem=arch["stem"])
+                 stem=arch["stem"], dtype=dtype)
   return model, variables, arch, {}
 
 
@@ -52,7 +53,8 @@ def evaluate_model(path: str, config, split: str = "test") -> dict:
   dataset = load_dataset(config.data)
   images, labels = ((dataset.eval_images, dataset.eval_labels) if split == "validation"
                     else (dataset.test_images, dataset.test_labels))
-  model, variables, arch, meta = load_any_model(path, dataset.image_shape)
+  model, variables, arch, meta = load_any_model(path, dataset.image_shape,
+                                                resolve_dtype(config.model.get("dtype", "float32")))
   if arch["num_classes"] != dataset.num_classes or arch["in_channels"] != dataset.image_shape[-1]:
     raise checkpoints.CheckpointError(
         f"The model has {arch['num_classes']} classes and {arch['in_channels']} input channels; "

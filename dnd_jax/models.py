@@ -245,6 +245,16 @@ class ResNet(nn.Module):
     return self.stages(x, 1, NUM_STAGES, train)[-1]
 
 
+# config.model.dtype: the compute dtype (parameters, BatchNorm statistics and losses stay float32)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def resolve_dtype(name: str):
+  if name not in DTYPES:
+    raise ValueError(f"config.model.dtype={name!r} is not supported; use one of {sorted(DTYPES)}.")
+  return DTYPES[name]
+
+
 def build_model(model_config, num_classes: int, dtype: Any = jnp.float32) -> ResNet:
   """A ResNet from a config block with `depth`, `width`, `stem` and optionally `remat`."""
   return ResNet(depth=int(model_config.depth), num_classes=int(num_classes),

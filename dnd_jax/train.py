@@ -31,18 +31,11 @@ from dnd_jax import teacher as teacher_lib, workdir as run_folder
 from dnd_jax.data import load_dataset
 from dnd_jax.runtime import is_primary
 from dnd_jax.methods import Method, get_method
-from dnd_jax.models import ResNet, build_model, init_variables, stage_output_shapes
+from dnd_jax.models import (ResNet, build_model, init_variables, resolve_dtype,
+                            stage_output_shapes)
 from dnd_jax.optim import make_optimizer, make_schedules, with_config_hyperparameters
 from dnd_jax.timing import PARTS, TimeSplit
 from dnd_jax.workdir import append_metrics, read_metrics, write_metrics  # noqa: F401 (re-exported)
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def resolve_dtype(name: str):
-  if name not in DTYPES:
-    raise ValueError(f"config.model.dtype={name!r} is not supported; use one of {sorted(DTYPES)}.")
-  return DTYPES[name]
 
 
 def _log(msg: str) -> None:

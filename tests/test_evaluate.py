@@ -5,11 +5,15 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from conftest import tiny_config
-from dnd_jax import checkpoints, torch_bridge
+from dnd_jax import checkpoints, steps, torch_bridge
+from dnd_jax.data import load_dataset
 from dnd_jax.evaluate import evaluate_model
+from dnd_jax.models import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the data block of tiny_config, so the normalisation matches the teacher's training run
@@ -41,9 +45,17 @@ def test_evaluate_reports_the_training_runs_accuracy_for_ours_and_torch(tiny_tea
                                            **{"data.image_size": 12}))
   assert other["trained_on_other_inputs"] == ["image shape 8x8x1 (this run: 12x12x1)"]
   assert other["images"] == 10_000 and sum(map(sum, other["confusion"])) == 10_000
-
+  # computed in the config's model.dtype, as the training run's evaluation is (bfloat16 runs were
+  # evaluated in float32)
+  bf16 = tiny_config("teacher", **{"model.dtype": "bfloat16"})
+  dataset = load_dataset(bf16.data)
   variables, _ = checkpoints.load_model(path, checkpoints.read_model_meta(path)["architecture"],
                                         None)
+  trainers = jax.jit(steps.make_evaluate(build_model(bf16.model, 10, jnp.bfloat16), bf16.data,
+                                         dataset.mean, dataset.std, 1000))
+  correct, _ = trainers(variables, dataset.eval_images, dataset.eval_labels)
+  assert evaluate_model(path, bf16)["accuracy"] == float(correct) / 10_000
+
   torch.save(torch_bridge.variables_to_torch_state_dict(variables), tmp_path / "teacher.pt")
   # into folders that do not exist yet (they failed after the evaluation had run)
   proc = _cli("--model", str(tmp_path / "teacher.pt"), "--confusion", str(tmp_path / "p" / "c.png"),
