@@ -97,6 +97,17 @@ def evaluation_record(dataset, dtype: str) -> dict:
           "examples": len(dataset.eval_labels), "dtype": str(dtype), "sha256": digest.hexdigest()}
 
 
+def variables_digest(variables: Any) -> str:
+  """A short digest of a network's weights and statistics (every leaf's path, dtype, shape and
+  bytes): what tells one teacher from another whatever folder it is read from."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(variables))[0]:
+    leaf = np.ascontiguousarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape};".encode())
+    digest.update(leaf.tobytes())
+  return digest.hexdigest()[:16]
+
+
 def recorded_accuracy(meta: dict, record: dict) -> float | None:
   """The accuracy in a model.json (`read_model_meta`) if it was measured on `record`, else None."""
   accuracy = meta.get("accuracy")

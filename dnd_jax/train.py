@@ -107,24 +107,43 @@ def resume_or_start(ckpts: checkpoints.TrainCheckpoints, workdir: str, state, sh
     history = [row for row in read_metrics(workdir) if row["epoch"] <= meta["epoch"]]
     write_metrics(workdir, history)
     _log(f"Resuming {workdir} from epoch {meta['epoch']} (step {latest}).")
-  elif read_metrics(workdir):
+  elif run_folder.is_finished(workdir):  # a larger num_epochs, but nothing to extend from
+    raise run_folder.WorkdirError(
+        f"{workdir} holds a finished run without a checkpoint to extend it from (its "
+        f"{run_folder.CHECKPOINTS_DIR}/ is gone): extended, it would start over and replace its "
+        "records. Use another --workdir, or its own num_epochs to see its summary.")
+  elif stray := read_metrics(workdir):  # epochs of a run killed before its first checkpoint
+    _log(f"No checkpoint in {workdir}: starting over (the {len(stray)} epoch(s) in "
+         f"{run_folder.METRICS_FILE} had none).")
     write_metrics(workdir, [])
   return state, meta, history
 
 
+# What a checkpoint records of the run's inputs (its meta), which a resume may not change: why not,
+# and the fix.
+RUN_IDENTITY = {
+    "data_rows": "trained and validated on other rows of the training set than this config draws "
+                 "(data.fraction, data.val_fraction or data.subset_seed differ from its "
+                 "config.json's): resumed, it would mix two splits. Resume with the data.* of its "
+                 "config.json",
+    "teacher": "was distilled from another teacher than the one at config.teacher.checkpoint (its "
+               "weights differ): resumed, it would change teachers midway. Point "
+               "--config.teacher.checkpoint at the teacher its config.json names",
+}
+
+
 def check_resumable(workdir: str, config, epoch: int, step: int, steps_per_epoch: int,
-                    n_train: int, rows_then: str | None = None, rows_now: str | None = None) -> None:
+                    n_train: int, recorded: dict | None = None,
+                    current: dict | None = None) -> None:
   """A checkpoint of `epoch` done at `step` can go on with `config`: the same steps per epoch
   (its step counts the schedules' steps, and the partition switches fall at the config's steps),
-  the same training and validation rows (`Dataset.rows_digest`, where the checkpoint records
-  them: another subset_seed would validate on images it has trained on) and no fewer epochs
-  than it has done."""
-  if rows_then and rows_now and rows_then != rows_now:
-    raise run_folder.WorkdirError(
-        f"{workdir} holds a run that trained and validated on other rows of the training set than "
-        "this config draws (data.fraction, data.val_fraction or data.subset_seed differ from its "
-        "config.json's): resumed, it would mix two splits. Resume with the data.* of its "
-        "config.json, or use another --workdir.")
+  the same inputs where its meta (`recorded`) records them (`RUN_IDENTITY`: the training and
+  validation rows, `Dataset.rows_digest`, and the teacher's weights) and no fewer epochs than it
+  has done."""
+  recorded, current = recorded or {}, current or {}
+  for key, why in RUN_IDENTITY.items():
+    if recorded.get(key) and current.get(key) and recorded[key] != current[key]:
+      raise run_folder.WorkdirError(f"{workdir} holds a run that {why}, or use another --workdir.")
   if step != epoch * steps_per_epoch:
     raise run_folder.WorkdirError(
         f"{workdir} holds a run at epoch {epoch}, step {step} ({step // epoch} steps per epoch), "
@@ -249,9 +268,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state = steps.create_train_state(variables, tx, config.seed)
   fresh_opt_state = state.opt_state
 
+  identity = {"data_rows": dataset.rows_digest,
+              "teacher": (checkpoints.variables_digest(teacher_vars) if teacher_vars is not None
+                          else None)}
+
   def resumable(restored_state, restored_meta) -> None:
     check_resumable(workdir, config, restored_meta["epoch"], int(restored_state.step),
-                    steps_per_epoch, n_train, restored_meta.get("data_rows"), dataset.rows_digest)
+                    steps_per_epoch, n_train, restored_meta, identity)
 
   ckpts = checkpoints.TrainCheckpoints(workdir, config.checkpoint.keep,
                                        config.checkpoint.every_epochs)
@@ -261,7 +284,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state, meta, history = resume_or_start(ckpts, workdir, state, repl, accept=resumable)
   # recorded once the run is known to continue with it (a refused resume changes nothing)
   run_folder.record_config(config, workdir)
-  meta["data_rows"] = dataset.rows_digest  # saved with every checkpoint (see check_resumable)
+  meta.update(identity)  # saved with every checkpoint (see check_resumable)
   clock.resume(meta)
   # a resumed run continues its schedule with this config's budget and learning rate
   state = state.replace(opt_state=with_config_hyperparameters(state.opt_state, fresh_opt_state))

@@ -129,11 +129,24 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def read_metrics(workdir: str) -> list[dict]:
+  """The rows of metrics.jsonl. A last line cut short (power lost while it was appended) is left
+  out: its epoch has no checkpoint yet, so a resume redoes it and rewrites the file. A damaged
+  line before it is an error that names the file."""
   path = metrics_path(workdir)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  rows = []
+  for number, line in enumerate(lines, 1):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if number == len(lines):
+        break
+      raise WorkdirError(f"{path} line {number} is damaged ({e}); every later epoch's row is "
+                         "intact. Remove that line, or use another --workdir.") from None
+  return rows
 
 
 def _primary() -> bool:

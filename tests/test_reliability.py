@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -164,6 +165,8 @@ def test_resume_skips_a_damaged_checkpoint_and_counts_the_whole_run(tmp_path, ca
   assert len(steps) == 2
   _damage(os.path.join(ckpt_dir, str(steps[-1])))
   os.remove(run_folder.summary_path(workdir))  # as if killed after its last checkpoint
+  with open(run_folder.metrics_path(workdir), "a") as f:  # ... and power lost mid-append
+    f.write('{"epoch": 3, "st')
   capsys.readouterr()
   t0 = time.perf_counter()
   resumed = train_and_evaluate(tiny_config("teacher", num_epochs=2), workdir)
@@ -175,6 +178,14 @@ def test_resume_skips_a_damaged_checkpoint_and_counts_the_whole_run(tmp_path, ca
   assert [r["epoch"] for r in run_folder.read_metrics(workdir)] == [1, 2]
   # the wall time counts the first process (up to its epoch-1 checkpoint) too
   assert resumed["wall_time_s"] > second_process_s + 0.2 * first["wall_time_s"]
+
+  # a damaged row before the last is no torn append: named, never dropped
+  lines = open(run_folder.metrics_path(workdir)).read().splitlines()
+  damaged = tmp_path / "damaged"
+  damaged.mkdir()
+  (damaged / run_folder.METRICS_FILE).write_text(lines[0][:-3] + "\n" + lines[1] + "\n")
+  with pytest.raises(run_folder.WorkdirError, match="metrics.jsonl line 1 is damaged"):
+    run_folder.read_metrics(str(damaged))
 
   # every checkpoint damaged: one clear error that says how to start over, nothing moved
   for s in os.listdir(ckpt_dir):
@@ -368,6 +379,41 @@ def test_a_run_is_never_undone_or_continued_with_other_steps_per_epoch(tiny_teac
   assert {name: open(os.path.join(workdir, name)).read() for name in files} == files
   assert not os.path.exists(os.path.join(workdir, "checkpoints_skipped"))
   check_resumable(workdir, tiny_config("teacher"), 3, 279, 93, 3000)  # its own config goes on
+  # a finished run whose checkpoints were deleted (to save disk) cannot be extended: it started
+  # over and replaced its metrics, model and summary
+  pruned = str(tmp_path / "pruned")
+  shutil.copytree(finished, pruned, ignore=shutil.ignore_patterns("lock", "checkpoints"))
+  records = {name: open(os.path.join(pruned, name)).read()
+             for name in ("summary.json", "metrics.jsonl")}
+  with pytest.raises(run_folder.WorkdirError, match="finished run without a checkpoint"):
+    train_and_evaluate(tiny_config("teacher", num_epochs=4), pruned)
+  assert {name: open(os.path.join(pruned, name)).read() for name in records} == records
+
+
+def test_a_resumed_run_keeps_its_teacher(tiny_teacher, tmp_path):
+  """A run is never given another teacher midway: resumed (or extended) with a teacher path that
+  holds other weights, it went on distilling from them and reported the first one's accuracy."""
+  path, _ = tiny_teacher
+  model_meta = checkpoints.read_model_meta(path)
+  variables, _ = checkpoints.load_model(path, model_meta["architecture"], None)
+  other = str(tmp_path / "other" / "model")
+  shifted = jax.tree.map(lambda x: x + 1 if np.issubdtype(x.dtype, np.floating) else x, variables)
+  checkpoints.save_model(other, shifted, model_meta["architecture"],
+                         {k: v for k, v in model_meta.items() if k != "architecture"})
+  moved = str(tmp_path / "moved" / "model")  # the same teacher elsewhere is the same teacher
+  shutil.copytree(path, moved)
+  overrides = {"data.fraction": 0.004}
+  workdir = str(tmp_path / "kd")
+  train_and_evaluate(tiny_config("kd", num_epochs=1, **{"teacher.checkpoint": path, **overrides}),
+                     workdir)
+  rows = run_folder.read_metrics(workdir)
+  with pytest.raises(run_folder.WorkdirError, match="distilled from another teacher"):
+    train_and_evaluate(tiny_config("kd", num_epochs=2, **{"teacher.checkpoint": other,
+                                                          **overrides}), workdir)
+  assert run_folder.read_metrics(workdir) == rows
+  extended = train_and_evaluate(
+      tiny_config("kd", num_epochs=2, **{"teacher.checkpoint": moved, **overrides}), workdir)
+  assert extended["epochs"] == 2
 
 
 def test_a_resume_finds_the_best_model_its_checkpoint_names(tmp_path):
