@@ -398,15 +398,30 @@ def dataset_facts(data_config) -> tuple[int, int]:
   return int(num_classes), int(channels)
 
 
-def import_teacher(checkpoint: str, config, output: str | None = None) -> tuple[str, dict]:
+def import_teacher(checkpoint: str, config, output: str | None = None,
+                   overwrite: bool = False) -> tuple[str, dict]:
   """Convert a PyTorch teacher for `config` and save it where the config loads its teacher.
 
   The weights must be the teacher network (`teacher.architecture_to_build`: config.teacher's
   depth, width and stem where set, else config.teacher.config's model block) for the config's
-  data set (classes, channels). Writes `output` or else `config.teacher.checkpoint`; returns the path and
-  the architecture written.
+  data set (classes, channels). Writes `output` or else `config.teacher.checkpoint`; returns the
+  path and the architecture written. A folder that holds a model already is refused (students
+  may have distilled from it) unless `overwrite`, and a trained run's model always is.
   """
   from dnd_jax.teacher import architecture_to_build  # noqa: PLC0415
+
+  path = output or config.teacher.checkpoint
+  if not path:
+    raise TorchBridgeError("No output folder: pass --output or set config.teacher.checkpoint.")
+  run = run_folder.workdir_of_model(path)
+  if run is not None and run_folder.has_progress(run):
+    raise TorchBridgeError(
+        f"{path} is the model of the training run in {run}, which the import would replace. "
+        "Give --output <a new folder> (or another --config.teacher.checkpoint).")
+  if run_folder.has_model(path) and not overwrite:
+    raise TorchBridgeError(
+        f"{path} holds a model already, which students may have distilled from. Give --output "
+        "<a new folder>, or --overwrite to replace it.")
 
   num_classes, channels = dataset_facts(config.data)
   state_dict = load_torch_checkpoint(checkpoint)
@@ -415,9 +430,6 @@ def import_teacher(checkpoint: str, config, output: str | None = None) -> tuple[
       state_dict, int(wanted.depth), str(wanted.stem),
       width=int(wanted.width), num_classes=num_classes, in_channels=channels)
   arch = checkpoints.architecture(wanted, num_classes, (channels,))
-  path = output or config.teacher.checkpoint
-  if not path:
-    raise TorchBridgeError("No output folder: pass --output or set config.teacher.checkpoint.")
   checkpoints.save_model(path, variables, arch, {
       "source": "pytorch", "torch_checkpoint": os.path.abspath(checkpoint),
       "dataset": config.data.get("name")})

@@ -7,6 +7,7 @@ the model block of config.teacher.config) for the config's data set (its number 
 input channels); any mismatch names the offending key. The
 model is written to config.teacher.checkpoint (override with --config.teacher.checkpoint=DIR, or
 write elsewhere with --output DIR), where scripts/train.py with the same config then finds it.
+A folder that holds a model already is refused unless --overwrite (a training run's always is).
 `teacher.pt` is a `torch.save(model.state_dict())` file, or a checkpoint dict holding one under
 "state_dict", "model" or "model_state_dict"; a DataParallel "module." prefix is removed.
 """
@@ -28,13 +29,15 @@ config_flags.DEFINE_config_file("config", None, "The distillation (or any) confi
 flags.DEFINE_string("checkpoint", None, "The PyTorch checkpoint (.pt / .pth) to import.")
 flags.DEFINE_string("output", None, "Folder to write the model to; default "
                     "config.teacher.checkpoint.")
+flags.DEFINE_bool("overwrite", False, "Replace a model the output folder holds already (never "
+                  "a training run's).")
 flags.mark_flags_as_required(["config", "checkpoint"])
 
 
 def main(argv):
   config = FLAGS.config
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  path, arch = import_teacher(FLAGS.checkpoint, config, FLAGS.output)
+  path, arch = import_teacher(FLAGS.checkpoint, config, FLAGS.output, FLAGS.overwrite)
   print(f"Imported {FLAGS.checkpoint} as ResNet{arch['depth']} ({arch['stem']} stem, width "
         f"{arch['width']}, {arch['num_classes']} classes, {arch['in_channels']} channels) into "
         f"{path}")

@@ -305,6 +305,16 @@ def test_import_teacher_writes_a_model_that_load_model_reads(tmp_path):
   x = torch.randn(2, 1, 28, 28)
   with torch.no_grad():
     assert_close_rel(flax_model(arch).apply(variables, jnp.asarray(to_nhwc(x))), model(x))
+  # a model there already is replaced only when asked; a training run's model never is
+  with pytest.raises(TorchBridgeError, match="holds a model already.*--overwrite"):
+    torch_bridge.import_teacher(str(pt), config)
+  assert torch_bridge.import_teacher(str(pt), config, overwrite=True)[0] == path
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
+  with pytest.raises(TorchBridgeError, match="model of the training run"):
+    torch_bridge.import_teacher(str(pt), config, output=str(run / "model"), overwrite=True)
+  assert not (run / "model").exists()
 
 
 def test_import_teacher_checks_the_config_and_data_set(tmp_path):
