@@ -94,6 +94,7 @@ def check(config, workdir: str | None = None) -> None:
   """Raise `ConfigError` for the first values that cannot work (all problems in one message)."""
   from dnd_jax.methods import get_method  # noqa: PLC0415
   from dnd_jax.data.sources import READERS, SOURCES  # noqa: PLC0415
+  from dnd_jax import profiling  # noqa: PLC0415
 
   problems: list[str] = []
   for name in ("num_epochs", "batch_size", "checkpoint.every_epochs", "checkpoint.keep",
@@ -102,6 +103,10 @@ def check(config, workdir: str | None = None) -> None:
   if config.get("eval_batch_size") != 0:  # 0: sized for the device
     _positive_int(config, "eval_batch_size", problems)
   _positive_int(config, "steps_per_dispatch", problems)
+  try:
+    profiling.parse_steps(config.get("log", {}).get("profile_steps", ""))
+  except ValueError as e:
+    problems.append(str(e))
   _finite(config, "optim.lr", problems, positive=True)
   for name in ("momentum", "weight_decay", "max_lr_factor", "base_lr_factor", "pct_start",
                "div_factor", "final_div_factor", "base_momentum", "max_momentum"):
@@ -119,6 +124,10 @@ def check(config, workdir: str | None = None) -> None:
   except ValueError as e:
     problems.append(str(e))
   else:
+    try:
+      method.check_config(config.method)  # its fields, a choice's values, what it needs
+    except ValueError as e:
+      problems.append(str(e))
     init_from = config.method.get("init_from")
     if (method.trained_stages is not None and method.needs_teacher and init_from
         and os.path.abspath(config.teacher.checkpoint) != os.path.abspath(init_from)):

@@ -85,6 +85,7 @@ class Method:
   momentum_range: tuple[float, float] = (0.85, 0.95)  # PyTorch's: OneCycleLR 0.85-0.95
   paper_name: str | None = None    # its rows in the paper's published results, if any
   trained_stages: tuple[int, ...] | None = None
+  choices: dict = dataclasses.field(default_factory=dict)  # field -> the values it may take
 
   def phase_starts(self, total_steps: int) -> list[int]:
     """First step of each phase; `round` keeps 1/3 of 300 at 100, not 99."""
@@ -111,6 +112,9 @@ class Method:
     if self.needs_whole_student and cfg.get("memory_lean", False):
       raise ValueError(f"Method {self.name!r} runs the whole student in its loss, which cannot "
                        "be split by group: set config.method.memory_lean=False.")
+    for field, allowed in self.choices.items():
+      if cfg.get(field) not in allowed:
+        raise ValueError(f"config.method.{field}={cfg.get(field)!r}: use one of {list(allowed)}.")
     if self.trained_stages is not None and not cfg.get("init_from"):
       raise ValueError(f"Method {self.name!r} retrains stages {self.trained_stages} of a trained "
                        "network: set config.method.init_from to its exported model folder "
@@ -212,6 +216,7 @@ _DND_CONFIG = {
     "hinton_weight": 0.0,    # optional tau^2 * KL term at the head
     "tau": 4.0,              # temperature of that term
 }
+_DND_CHOICES = {"head_mse_on": ("probs", "logits")}
 _REINIT_CONFIG = {"init_from": ""}  # the trained network's exported model folder (<workdir>/model)
 
 METHODS: dict[str, Method] = {}
@@ -255,13 +260,14 @@ register(Method("jacobian", ((0.0, ALL_STAGES),), jacobian_loss, label="Jacobian
                 # or averaged ("mean") over the input's elements: lambda 20 on the mean is the one
                 # public implementation's (README "Jacobian matching" says where it comes from)
                 config={"jacobian_weight": 20.0, "jacobian_reduction": "mean"},
+                choices={"jacobian_reduction": losses.JACOBIAN_REDUCTIONS},
                 needs_whole_student=True, paper_name="jacobian_ce"))
 register(Method("dnd", ((0.0, DND_GROUPS),), dnd_loss, label="DnD", config=_DND_CONFIG,
-                base_lr=0.05, paper_name="dnd"))
+                choices=_DND_CHOICES, base_lr=0.05, paper_name="dnd"))
 register(Method("pdnd", ((0.0, DND_GROUPS),
                          (1.0 / 3.0, ((1, 2), (3, 4), (5, 5))),
                          (2.0 / 3.0, ((1, 4), (5, 5)))), dnd_loss, label="Progressive DnD",
-                config=_DND_CONFIG, base_lr=0.05, schedule="cyclic",
+                config=_DND_CONFIG, choices=_DND_CHOICES, base_lr=0.05, schedule="cyclic",
                 momentum_range=(0.8, 0.9),  # PyTorch's CyclicLR
                 paper_name="pdnd"))
 # Figure 2a: a trained ResNet18 with stage 3 re-initialised, trained alone (the rest frozen)

@@ -175,8 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   finished run is not trained again: its summary is printed and returned (a larger num_epochs
   extends it instead). The workdir is locked for this process while it trains.
   """
-  config_check.check(config, workdir)
-  runtime.check_compiler_options(config.get("compiler_options"))
+  check_before_start(config, workdir)
   summary = finished_run(config, workdir)
   if summary is not None:
     _log(f"{workdir} holds this run, finished; not training it again (use another --workdir "
@@ -192,6 +191,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     except KeyboardInterrupt:
       done = len(read_metrics(workdir))
       raise Interrupted(workdir, min(done + 1, config.num_epochs)) from None
+
+
+def check_before_start(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
+  """All that can be found wrong with `config` before any data is read or a teacher is trained:
+  its values (`config_check`), its XLA options (by XLA) and its batch over this process's
+  devices. scripts/train.py runs it before it provisions a teacher (hours, at full scale)."""
+  config_check.check(config, workdir)
+  runtime.check_compiler_options(config.get("compiler_options"))
+  parallel.check_batch_divides(config.batch_size, parallel.make_mesh())
 
 
 def finished_run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
@@ -230,8 +238,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   image_shape = dataset.image_shape
   model = build_model(config.model, dataset.num_classes, dtype)
 
-  mesh = parallel.make_mesh()
-  parallel.check_batch_divides(config.batch_size, mesh)
+  mesh = parallel.make_mesh()  # the batch divides over it (check_before_start)
   repl, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
 
   n_train = len(dataset.train_labels)

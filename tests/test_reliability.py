@@ -103,6 +103,13 @@ def test_config_check_names_every_bad_value():
   for text in ("data.crop_padding=-3 must be", "data.rrc_scale=(0.08,) must be two numbers",
                "data.rrc_ratio=(0.0, 1.0) must be two numbers (lo, hi) with 0 < lo <= hi"):
     assert text in str(info.value)
+  # found only once a teacher had been trained (the range), or the step traced (the choice)
+  config = tiny_config("dnd", **{"log.profile_steps": "10", "method.head_mse_on": "prob"})
+  with pytest.raises(config_check.ConfigError) as info:
+    config_check.check(config)
+  for text in ("config.log.profile_steps='10' is not a step range",
+               "config.method.head_mse_on='prob': use one of ['probs', 'logits']"):
+    assert text in str(info.value)
   if importlib.util.find_spec("tensorflow_datasets") is None:  # as installed without the extra
     with pytest.raises(config_check.ConfigError, match="needs tensorflow-datasets: pip install"):
       config_check.check(tiny_config("teacher", **{"data.source": "tfds"}))
