@@ -19,6 +19,7 @@ import numpy as np
 from dnd_jax import checkpoints, steps, torch_bridge
 from dnd_jax.data import augment, load_dataset
 from dnd_jax.models import ResNet, init_variables, resolve_dtype
+from dnd_jax.teacher import held_out_record
 
 
 def load_any_model(path: str, image_shape, dtype=jnp.float32) -> tuple[ResNet, dict, dict, dict]:
@@ -36,6 +37,10 @@ def load_any_model(path: str, image_shape, dtype=jnp.float32) -> tuple[ResNet, d
     raise checkpoints.CheckpointError(
         f"No model at {path!r}: give an exported model folder (with {checkpoints.MODEL_META}) or a "
         "PyTorch checkpoint file (.pt/.pth).")
+  if os.path.basename(path) == checkpoints.MODEL_META:
+    raise checkpoints.CheckpointError(
+        f"{path!r} is the record of an exported model: give its folder, "
+        f"{os.path.dirname(path) or '.'!r}.")
   variables = torch_bridge.torch_state_dict_to_variables(torch_bridge.load_torch_checkpoint(path))
   arch = torch_bridge.variables_architecture(variables)
   model = ResNet(depth=arch["depth"], num_classes=arch["num_classes"], width=arch["width"],
@@ -63,6 +68,12 @@ def evaluate_model(path: str, config, split: str = "test") -> dict:
   # a model evaluated on other inputs than it was trained on is allowed (robustness, say), but the
   # accuracy is then not the training run's, which the result says
   other_inputs = checkpoints.input_differences(meta, dataset)
+  held_out, ours = meta.get("held_out"), held_out_record(config.data)
+  if split == "validation" and isinstance(held_out, dict) and held_out != ours:
+    other_inputs.append(  # images it trained on: the accuracy is no held-out figure
+        f"held-out rows val_fraction {held_out.get('val_fraction')}, subset_seed "
+        f"{held_out.get('subset_seed')} (this run: {ours['val_fraction']}, "
+        f"{ours['subset_seed']}): it trained on some of these validation images")
   n = len(labels)
   batch = steps.resolve_eval_batch_size(int(config.eval_batch_size), n, images.shape[1:], model)
 

@@ -487,6 +487,7 @@ def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluat
     summary["start_accuracy"] = meta["start_accuracy"]
   if teacher_meta:
     summary["teacher_checkpoint"] = config.teacher.checkpoint
+    summary["teacher_digest"] = meta.get("teacher")  # the weights, wherever they were read from
   # wall time and its split (dnd_jax.timing) over every run of this workdir
   summary.update(clock.totals())
   summary["time_per_epoch_s"] = summary["train_time_s"] / max(len(history), 1)

@@ -82,6 +82,8 @@ def main(argv=None):
       shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
       if a not in ("--report-only", "--dry-run"))
   if args.report_only or args.dry_run:
+    if args.report_only:
+      run.check_plan(the_plan)  # the runs it reports are the plan's (run_plan checks a dry run)
     rows = run.run_plan(the_plan, dry_run=True) if args.dry_run else run.collect(the_plan)
     if args.dry_run:
       return

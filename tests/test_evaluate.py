@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_config
 from dnd_jax import checkpoints, steps, torch_bridge
 from dnd_jax.data import load_dataset
-from dnd_jax.evaluate import evaluate_model
+from dnd_jax.evaluate import evaluate_model, load_any_model
 from dnd_jax.models import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +55,13 @@ def test_evaluate_reports_the_training_runs_accuracy_for_ours_and_torch(tiny_tea
                                          dataset.mean, dataset.std, 1000))
   correct, _ = trainers(variables, dataset.eval_images, dataset.eval_labels)
   assert evaluate_model(path, bf16)["accuracy"] == float(correct) / 10_000
+  # a validation split of rows it trained on (it held none out) is measured, and said
+  held = evaluate_model(path, tiny_config("teacher", **{"data.val_fraction": 0.1}), "validation")
+  assert held["trained_on_other_inputs"] == [
+      "held-out rows val_fraction 0.0, subset_seed 0 (this run: 0.1, 0): it trained on some of "
+      "these validation images"]
+  with pytest.raises(checkpoints.CheckpointError, match="give its folder"):
+    load_any_model(os.path.join(path, "model.json"), (8, 8, 1))
 
   torch.save(torch_bridge.variables_to_torch_state_dict(variables), tmp_path / "teacher.pt")
   # into folders that do not exist yet (they failed after the evaluation had run)

@@ -8,8 +8,10 @@ import json
 import math
 import os
 
+import jax
 import pytest
 
+from dnd_jax import checkpoints, models
 from dnd_jax.configs import load_config_file
 from dnd_jax.reproduce import grids, plots, report, run, tables
 from dnd_jax.reproduce import plan as ex
@@ -170,6 +172,60 @@ def test_changed_config_is_refused_not_mixed(tmp_path):
                          overrides={"model.width": 2})
   with pytest.raises(ValueError, match="different config"):
     run.run_plan(changed, train_fn=_fake_trainer([]))
+
+
+def test_a_grid_that_cannot_run_or_would_mix_runs_is_refused_before_any_work(tmp_path):
+  """Bad grid values, overrides that every cell undoes, repeats that count a run twice: refused
+  when the plan is made. A bad override value: before the teacher trains. A report or a dry run
+  of runs made with other settings, or another teacher: refused as a run would be."""
+  for kwargs, message in (({"epochs": [0]}, "--epochs 0: 0 is not 1 or more"),
+                          ({"fractions": [1.5]}, r"--fractions 1.5: 1.5 is not in \(0, 1\]"),
+                          ({"max_lrs": [float("nan")]}, "nan is not finite and above 0"),
+                          ({"seeds": [0, 1, 1]}, "--seeds 0,1,1: 1 is given twice"),
+                          ({"overrides": {"num_epochs": 3}}, "override num_epochs: .*--epochs"),
+                          ({"overrides": {"seed": 7}}, "override seed: .*--seeds")):
+    with pytest.raises(ValueError, match=message):
+      ex.make_plan("table2_fashion", "tiny", methods=["kd"], out=str(tmp_path), **kwargs)
+  with pytest.raises(ValueError, match="override optim.lr: .*--max-lrs"):
+    ex.make_plan("figure3_fashion", "tiny", out=str(tmp_path), overrides={"optim.lr": 0.1})
+
+  calls = []
+  bad = ex.make_plan("table2_fashion", "tiny", methods=["kd"], out=str(tmp_path / "bad"),
+                     overrides={"optim.weight_decay": float("inf")})
+  with pytest.raises(ValueError, match="optim.weight_decay=inf"):
+    run.run_plan(bad, train_fn=_fake_trainer(calls))
+  assert calls == []  # not even the teacher
+
+  # runs made with other settings (a report or a dry run read them), or another teacher
+  model = models.ResNet(depth=18, num_classes=10, width=4)
+  teachers = {}
+  for name, key in (("a", 0), ("b", 1)):
+    teachers[name] = str(tmp_path / name / "model")
+    checkpoints.save_model(teachers[name], models.init_variables(model, jax.random.key(key),
+                                                                 (8, 8, 1)),
+                           {"depth": 18, "width": 4, "stem": "cifar", "num_classes": 10,
+                            "in_channels": 1})
+  plan = ex.make_plan("table2_fashion", "tiny", methods=["kd"], out=str(tmp_path / "grid"),
+                      teacher_path=teachers["a"])
+  run.run_plan(plan, train_fn=_fake_trainer([]))
+  wider = ex.make_plan("table2_fashion", "tiny", methods=["kd"], out=str(tmp_path / "grid"),
+                       teacher_path=teachers["a"], overrides={"model.width": 2})
+  with pytest.raises(ValueError, match="different config"):
+    run.check_plan(wider)  # what --report-only runs first
+  with pytest.raises(ValueError, match="different config"):
+    run.run_plan(wider, dry_run=True)
+  summary_path = os.path.join(plan.run_dir(grids.RunSpec("kd", 1, 0)), "summary.json")
+  with open(summary_path) as f:
+    summary = json.load(f)
+  variables, _ = checkpoints.load_model(teachers["a"], checkpoints.read_model_meta(
+      teachers["a"])["architecture"], None)
+  with open(summary_path, "w") as f:  # as a real run's summary says which weights taught it
+    json.dump({**summary, "teacher_digest": checkpoints.variables_digest(variables)}, f)
+  run.check_plan(plan)
+  other = ex.make_plan("table2_fashion", "tiny", methods=["kd"], out=str(tmp_path / "grid"),
+                       teacher_path=teachers["b"])
+  with pytest.raises(ValueError, match="distilled from another teacher than this grid's"):
+    run.check_plan(other)
 
 
 def test_collect_marks_missing_runs(tmp_path):

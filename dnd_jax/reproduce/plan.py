@@ -16,6 +16,7 @@ import ast
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from typing import Any, Iterable, Sequence
 
@@ -99,6 +100,25 @@ def parse_list(text: str, kind=int, what: str = "the list") -> tuple:
 # --- plans --------------------------------------------------------------------------------------
 
 
+def _check_grid_values(grid: dict) -> None:
+  """Values of --epochs, --seeds, --fractions and --max-lrs that no run can use, and repeats
+  (one run counted twice in a mean), before anything is trained."""
+  valid = {"epochs": (lambda v: v >= 1, "1 or more"), "seeds": (lambda v: v >= 0, "0 or more"),
+           "fractions": (lambda v: 0 < v <= 1, "in (0, 1]"),
+           "max_lrs": (lambda v: math.isfinite(v) and v > 0, "finite and above 0")}
+  for key, values in grid.items():
+    ok, rule = valid[key]
+    flag = "--" + key.replace("_", "-")
+    bad = [v for v in values if not ok(v)]
+    if bad:
+      raise ValueError(f"{flag} {','.join(map(str, values))}: {bad[0]} is not {rule}.")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+      raise ValueError(f"{flag} {','.join(map(str, values))}: {repeated[0]} is given twice; each "
+                       "value makes its own runs.")
+
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """An experiment at a scale with its overrides and output folder: everything needed to run it
@@ -162,6 +182,16 @@ def make_plan(name: str, scale: str = "paper", *, overrides: dict | None = None,
   exp = dataclasses.replace(exp, **sc.grids.get(exp.grid_key, {}))
   changes = {k: tuple(v) for k, v in dict(epochs=epochs, seeds=seeds, fractions=fractions,
                                           max_lrs=max_lrs).items() if v}
+  _check_grid_values(changes)
+  # fields every cell sets for itself: an override of them would be listed in the report and
+  # silently undone in every run
+  owned = {"num_epochs": "--epochs", "seed": "--seeds"}
+  if any(lr is not None for lr in changes.get("max_lrs", exp.max_lrs)):
+    owned["optim.lr"] = "--max-lrs"
+  for key, flag in owned.items():
+    if key in (overrides or {}):
+      raise ValueError(f"--override {key}: every run of the grid sets it from the grid; use "
+                       f"{flag} (or --teacher-override for the teacher).")
   if methods:
     unknown = [m for m in methods if m not in exp.arm_names]
     if unknown:

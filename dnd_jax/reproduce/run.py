@@ -36,6 +36,39 @@ def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
         "--out folder for these settings, or delete that run folder to redo it.")
 
 
+def _teacher_digest(path: str) -> str:
+  """The digest of the teacher's weights (`checkpoints.variables_digest`), "" when none is there."""
+  if not has_exported_model(path):
+    return ""
+  from dnd_jax import checkpoints  # noqa: PLC0415 (keeps `--help` and tests light)
+  meta = checkpoints.read_model_meta(path)
+  variables, _ = checkpoints.load_model(path, meta["architecture"], None)
+  return checkpoints.variables_digest(variables)
+
+
+def check_plan(plan: Plan) -> None:
+  """What a plan's runs can be found wrong with before any is trained, or reported: each cell's
+  config (its values, and the config stored in its workdir), the grid teacher's config, and the
+  teacher each finished cell was distilled from (another --teacher, or a retrained one, in the
+  same --out would otherwise mix two teachers' runs in one table)."""
+  from dnd_jax import config_check  # noqa: PLC0415
+  if not plan.teacher_path:
+    check_same_config(plan.teacher_dir, teacher_config(plan))
+  digest = None
+  for spec in expand(plan.experiment):
+    config, workdir = run_config(plan, spec), plan.run_dir(spec)
+    config_check.check(config)
+    check_same_config(workdir, config)
+    recorded = (summary_of(workdir) or {}).get("teacher_digest")
+    if recorded and needs_grid_teacher(plan.experiment.arm(spec.method)):
+      digest = _teacher_digest(plan.teacher_checkpoint) if digest is None else digest
+      if digest and recorded != digest:
+        raise ValueError(
+            f"{workdir} holds a run distilled from another teacher than this grid's "
+            f"({plan.teacher_checkpoint}). Use another --out folder for this teacher, or delete "
+            "that run folder to redo it.")
+
+
 # --- running ------------------------------------------------------------------------------------
 
 
@@ -91,6 +124,7 @@ def run_plan(plan: Plan, train_fn=None, dry_run: bool = False) -> list[dict]:
   """
   exp = plan.experiment
   specs = expand(exp)
+  check_plan(plan)  # before the teacher: a bad override would otherwise show after it trained
   todo = [s for s in specs if not is_finished(plan.run_dir(s))]
   _log(f"== {exp.name} at scale {plan.scale.name!r} in {plan.out}: {len(specs)} runs, "
        f"{len(specs) - len(todo)} already finished")
