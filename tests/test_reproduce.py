@@ -4,9 +4,11 @@ Everything but the `slow` tests uses a fake trainer and synthetic results, so th
 tested without training; the slow ones run the real loop on tiny grids.
 """
 
+import csv
 import json
 import math
 import os
+import shutil
 
 import jax
 import pytest
@@ -16,6 +18,7 @@ from dnd_jax.configs import load_config_file
 from dnd_jax.reproduce import grids, plots, report, run, tables
 from dnd_jax.reproduce import plan as ex
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -226,6 +229,25 @@ def test_a_grid_that_cannot_run_or_would_mix_runs_is_refused_before_any_work(tmp
                        teacher_path=teachers["b"])
   with pytest.raises(ValueError, match="distilled from another teacher than this grid's"):
     run.check_plan(other)
+
+
+@pytest.mark.parametrize("grid, seeds", [("figure2a_fashion", None), ("table2_fashion", 3)])
+def test_the_committed_grids_redraw_from_a_copy_of_their_folder(tmp_path, grid, seeds):
+  """docs/results.md: `--out <a copy of docs/reproduce/fashion_mnist_cpu> --report-only` redraws
+  the committed CSVs; its runs' stored configs name paths of the folder they ran in (Figure 2a's
+  method.init_from), which must not count as another config."""
+  committed = os.path.join(REPO, "docs", "reproduce", "fashion_mnist_cpu")
+  copy = str(tmp_path / "copy")
+  shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("figures"))
+  plan = ex.make_plan(grid, "cpu", out=copy, seeds=ex.parse_seeds(str(seeds)) if seeds else None)
+  run.check_plan(plan)
+  rows = run.collect(plan)
+  with open(os.path.join(committed, f"{grid}.csv"), newline="") as f:
+    before = [{k: v for k, v in row.items() if k != "workdir"} for row in csv.DictReader(f)]
+  run.write_csv(rows, str(tmp_path / "again.csv"))
+  with open(tmp_path / "again.csv", newline="") as f:
+    after = [{k: v for k, v in row.items() if k != "workdir"} for row in csv.DictReader(f)]
+  assert after == before
 
 
 def test_collect_marks_missing_runs(tmp_path):

@@ -29,7 +29,10 @@ def is_finished(workdir: str) -> bool:
 def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Refuse to skip or resume a run whose workdir was made by a different config."""
   stored = config_record_of(workdir)
-  diffs = run_folder.config_changes(stored, config) if stored is not None else []
+  # a grid sets method.init_from to the run of its own it starts from: a path that differs only
+  # where the --out folder is (a copied or moved grid), like teacher.checkpoint
+  ignore = run_folder.RESULT_NEUTRAL + ("method.init_from",)
+  diffs = run_folder.config_changes(stored, config, ignore) if stored is not None else []
   if diffs:
     raise ValueError(
         f"{workdir} holds a run with a different config ({'; '.join(diffs[:6])}). Use another "
