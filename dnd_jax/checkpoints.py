@@ -14,13 +14,16 @@ distillation run can take its teacher's accuracy from there instead of compiling
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
+import signal
 import sys
-from typing import Any, Callable
+import threading
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -223,6 +226,31 @@ def read_best_model(workdir: str) -> tuple[dict, dict, int]:
   return dict(restored["variables"]), dict(restored["meta"] or {}), int(step)
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+  """Hold Ctrl-C (SIGINT) until the block is done, then raise it as it would have been.
+
+  Orbax sets a save up in the calling thread (its folders, the futures its background thread
+  commits): interrupted there, the save was left half made, the checkpointer's close waited five
+  minutes on a barrier that never came, with tracebacks, and the workdir kept a best model of an
+  epoch without its state. Only the main thread receives signals; elsewhere this does nothing.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  caught = []
+  previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if caught and previous is not signal.SIG_IGN:
+    if callable(previous):
+      previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+    else:
+      raise KeyboardInterrupt
+
+
 class TrainCheckpoints:
   """Periodic training-state checkpoints (last `keep`) and the best model, with resume.
 
@@ -264,8 +292,9 @@ class TrainCheckpoints:
     return self.state.latest_step()
 
   def save(self, step: int, state: Any, meta: dict) -> None:
-    self.state.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                  meta=ocp.args.JsonSave(meta)))
+    with interrupts_deferred():
+      self.state.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(meta)))
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     try:
@@ -314,11 +343,14 @@ class TrainCheckpoints:
           f"No checkpoint in {run_folder.checkpoints_dir(self.workdir)} restores (" +
           "; ".join(f"step {s}: {r}" for s, r in failures) + "). If the config changed since that "
           "run, use it again or a new --workdir; to start this run over, delete that folder.")
+    for early in self.best.all_steps():  # of a run killed before its first state checkpoint:
+      self.best.delete(early)  # epochs the run redoes (saving one again failed: "step exists")
     return None
 
   def save_best(self, step: int, variables: Any, meta: dict) -> None:
-    self.best.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
-                                                 meta=ocp.args.JsonSave(meta)), force=True)
+    with interrupts_deferred():
+      self.best.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
+                                                   meta=ocp.args.JsonSave(meta)), force=True)
 
   def restore_best(self, abstract_variables: Any) -> tuple[Any, dict] | None:
     step = self.best.latest_step()
@@ -331,9 +363,11 @@ class TrainCheckpoints:
     return complete(restored["variables"]), restored["meta"]
 
   def wait(self) -> None:
-    self.state.wait_until_finished()
-    self.best.wait_until_finished()
+    with interrupts_deferred():
+      self.state.wait_until_finished()
+      self.best.wait_until_finished()
 
   def close(self) -> None:
-    self.state.close()
-    self.best.close()
+    with interrupts_deferred():
+      self.state.close()
+      self.best.close()

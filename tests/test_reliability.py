@@ -262,6 +262,25 @@ def test_ctrl_c_during_a_checkpoint_save_commits_it_first(tmp_path, monkeypatch)
   assert checkpoints.TrainCheckpoints(str(tmp_path), keep=2).latest_step() == 240 // 32
 
 
+def test_ctrl_c_inside_a_save_waits_until_the_save_is_set_up(tmp_path, monkeypatch):
+  """Ctrl-C while Orbax set a save up (its folders and futures) left it half made: the close
+  then waited five minutes on a barrier, with tracebacks. The interrupt is held until the call
+  returns, and the save commits."""
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=2)
+  orbax_save = type(ckpts.state).save
+
+  def interrupted_save(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)  # delivered here, before Orbax has done anything
+    return orbax_save(self, *args, **kwargs)
+
+  monkeypatch.setattr(type(ckpts.state), "save", interrupted_save)
+  with pytest.raises(KeyboardInterrupt):
+    ckpts.save(1, {"w": np.ones((2,), np.float32)}, {"epoch": 1})
+  monkeypatch.undo()
+  ckpts.close()
+  assert checkpoints.TrainCheckpoints(str(tmp_path), keep=2).latest_step() == 1
+
+
 # --- the teacher a student run trains for itself ------------------------------------------------
 
 
@@ -450,3 +469,16 @@ def test_a_resume_finds_the_best_model_its_checkpoint_names(tmp_path):
   best, best_meta = ckpts.restore_best(variables(0))
   ckpts.close()
   assert best_meta["epoch"] == 2 and float(best["params"]["w"][0]) == 2.0
+  # killed after the first epoch's best model but before any state: the rerun starts over, and
+  # its first best is saved again at the same step (it stopped with "step 1 already exists")
+  early = checkpoints.TrainCheckpoints(str(tmp_path / "early"), keep=2, every_epochs=1)
+  early.save_best(1, variables(1), {"epoch": 1, "best_epoch": 1})
+  early.wait()
+  early.close()
+  early = checkpoints.TrainCheckpoints(str(tmp_path / "early"), keep=2, every_epochs=1)
+  assert early.restore_latest_intact({"w": np.zeros((2,), np.float32)}) is None
+  early.save_best(1, variables(5), {"epoch": 1, "best_epoch": 1})
+  early.wait()
+  best, _ = early.restore_best(variables(0))
+  early.close()
+  assert float(best["params"]["w"][0]) == 5.0
