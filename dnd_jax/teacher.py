@@ -38,11 +38,14 @@ def requested_architecture(config) -> dict:
 
 def architecture_to_build(config) -> ml_collections.ConfigDict:
   """depth, width and stem of a teacher that is about to be made (trained or imported): the
-  fields `config.teacher` sets, else the model block of `config.teacher.config`."""
-  arch = requested_architecture(config)
-  if len(arch) < len(ARCH_FIELDS) and config.teacher.get("config"):
-    model = load_config_file(config.teacher.config).model
-    arch = {**{k: model[k] for k in ARCH_FIELDS}, **arch}
+  fields `config.teacher` sets, else those a teacher trained for this run gets
+  (`config_for_training`): the student's width and stem, and the depth of the model block of
+  `config.teacher.config`."""
+  student = config.get("model") or {}
+  arch = {k: student.get(k) for k in ("width", "stem") if student.get(k) is not None}
+  if config.teacher.get("config") and "depth" not in requested_architecture(config):
+    arch["depth"] = load_config_file(config.teacher.config).model.depth
+  arch.update(requested_architecture(config))
   missing = [k for k in ARCH_FIELDS if k not in arch]
   if missing:
     raise checkpoints.CheckpointError(

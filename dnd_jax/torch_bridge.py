@@ -403,7 +403,8 @@ def import_teacher(checkpoint: str, config, output: str | None = None,
   """Convert a PyTorch teacher for `config` and save it where the config loads its teacher.
 
   The weights must be the teacher network (`teacher.architecture_to_build`: config.teacher's
-  depth, width and stem where set, else config.teacher.config's model block) for the config's
+  depth, width and stem where set, else a trained teacher's: the student's width and stem, the
+  depth of config.teacher.config's model block) for the config's
   data set (classes, channels). Writes `output` or else `config.teacher.checkpoint`; returns the
   path and the architecture written. A folder that holds a model already is refused (students
   may have distilled from it) unless `overwrite`, and a trained run's model always is.

@@ -3,7 +3,8 @@
   python scripts/import_torch_teacher.py --checkpoint teacher.pt --config configs/pdnd_cifar.py
 
 The weights must be the config's teacher (config.teacher's depth, width and stem where set, else
-the model block of config.teacher.config) for the config's data set (its number of classes and
+what a teacher trained for the config would be: the student's width and stem, the depth of
+config.teacher.config's model block) for the config's data set (its number of classes and
 input channels); any mismatch names the offending key. The
 model is written to config.teacher.checkpoint (override with --config.teacher.checkpoint=DIR, or
 write elsewhere with --output DIR), where scripts/train.py with the same config then finds it.

@@ -317,6 +317,19 @@ def test_import_teacher_writes_a_model_that_load_model_reads(tmp_path):
   assert not (run / "model").exists()
 
 
+def test_an_imported_teacher_is_expected_to_be_what_a_trained_one_would_be():
+  """`--config.model.width=4` on the quickstart trains a width-4 teacher; an import for the same
+  command expected the teacher config's width 8."""
+  from dnd_jax import teacher  # noqa: PLC0415
+  from dnd_jax.configs import load_config_file  # noqa: PLC0415
+  config = load_config_file("configs/quickstart.py")
+  config.model.width = 4
+  wanted = teacher.architecture_to_build(config)
+  trained = teacher.config_for_training(config)[0].model
+  assert (wanted.depth, wanted.width, wanted.stem) == (trained.depth, trained.width,
+                                                       trained.stem) == (34, 4, config.model.stem)
+
+
 def test_import_teacher_checks_the_config_and_data_set(tmp_path):
   pt = tmp_path / "teacher.pt"
   torch.save(randomised_model(34, 10, in_channels=1).state_dict(), pt)
