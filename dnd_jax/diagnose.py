@@ -137,6 +137,21 @@ def _summarise(sums: dict, n: int) -> dict:
   }
 
 
+def _check_same_teacher(student_path: str, teacher_path: str, teacher_vars) -> None:
+  """The hybrids splice the student to the teacher it was distilled from; another one (a config
+  whose default teacher path is not the run's) would be measured without a word. The run's
+  summary records its teacher's weights (`teacher_digest`)."""
+  run = run_folder.workdir_of_model(student_path)
+  summary = (run_folder.read_summary(run) if run else None) or {}
+  recorded = summary.get("teacher_digest")
+  if recorded and recorded != checkpoints.variables_digest(teacher_vars):
+    raise checkpoints.CheckpointError(
+        f"The student at {student_path} was distilled from another teacher "
+        f"({summary.get('teacher_checkpoint')!r}) than the one at config.teacher.checkpoint="
+        f"{teacher_path!r}: give --config.teacher.checkpoint={summary.get('teacher_checkpoint')} "
+        "(the run's).")
+
+
 def diagnose(config, student_path: str, *, bn_batches: int = 0, seed: int = 0) -> dict:
   """The diagnosis of the student at `student_path` (a model folder) for the run `config`.
 
@@ -149,6 +164,7 @@ def diagnose(config, student_path: str, *, bn_batches: int = 0, seed: int = 0) -
   student = build_model(config.model, dataset.num_classes, dtype)
   # the teacher's architecture is its model.json's (dnd_jax.teacher)
   teacher, t_vars, _ = teacher_lib.load(config, dataset, dtype)
+  _check_same_teacher(student_path, config.teacher.checkpoint, t_vars)
   # DnD's partition crosses every stage boundary, which is what the hybrids need
   check_stage_shapes(student, teacher, get_method("dnd"), dataset.image_shape,
                      config.teacher.checkpoint)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from dnd_jax import diagnose
+from dnd_jax import checkpoints, diagnose
 from dnd_jax.data import augment
 from dnd_jax.models import ResNet, init_variables
 
@@ -133,6 +133,17 @@ def test_the_command_diagnoses_a_trained_dnd_student(tiny_teacher, tmp_path):
   assert d["bn_reestimation"]["batches"] == 3000 // 32
   assert (tmp_path / "run" / "diagnosis.md").read_text() in out.stdout
   assert "| k = 4: teacher 1-4, student 5 |" in out.stdout
+
+  # a config that names another teacher than the run's: its hybrids would splice in a network
+  # the student never saw
+  variables, meta = checkpoints.load_model(path, checkpoints.read_model_meta(path)["architecture"],
+                                           None)
+  other = str(tmp_path / "other" / "model")
+  checkpoints.save_model(other, jax.tree.map(lambda x: x * 2, variables),
+                         checkpoints.read_model_meta(path)["architecture"], meta)
+  with pytest.raises(checkpoints.CheckpointError, match="distilled from another teacher"):
+    diagnose.diagnose(tiny_config("dnd", **{"teacher.checkpoint": other}),
+                      str(tmp_path / "run" / "model"))
 
   missing = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "diagnose.py"),
                             "--config", os.path.join(REPO, "configs", "dnd_fashion.py"), *flags,
