@@ -248,6 +248,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      f"({n_train} images); lower it or raise data.fraction.")
   total_steps = steps_per_epoch * config.num_epochs
   phase_starts = method.phase_starts(total_steps)
+  traced = profiling.parse_steps(config.log.get("profile_steps", ""))
+  if traced and traced[1] > total_steps:  # a trace never taken, or one left running to the end
+    raise ValueError(
+        f"config.log.profile_steps={config.log.profile_steps!r} ends after the run's last step: "
+        f"it has {total_steps} ({config.num_epochs} epochs of {steps_per_epoch}); give a range "
+        f"within 0-{total_steps}.")
   phase_steps = total_steps / len(method.phases)
   try:
     lr_schedule, _ = make_schedules(config.optim, total_steps, phase_steps)

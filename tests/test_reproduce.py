@@ -185,10 +185,11 @@ def test_a_grid_that_cannot_run_or_would_mix_runs_is_refused_before_any_work(tmp
                           ({"fractions": [1.5]}, r"--fractions 1.5: 1.5 is not in \(0, 1\]"),
                           ({"max_lrs": [float("nan")]}, "nan is not finite and above 0"),
                           ({"seeds": [0, 1, 1]}, "--seeds 0,1,1: 1 is given twice"),
+                          ({"methods": ["kd", "kd"]}, "--methods kd,kd: kd is given twice"),
                           ({"overrides": {"num_epochs": 3}}, "override num_epochs: .*--epochs"),
                           ({"overrides": {"seed": 7}}, "override seed: .*--seeds")):
     with pytest.raises(ValueError, match=message):
-      ex.make_plan("table2_fashion", "tiny", methods=["kd"], out=str(tmp_path), **kwargs)
+      ex.make_plan("table2_fashion", "tiny", **{"methods": ["kd"], "out": str(tmp_path), **kwargs})
   with pytest.raises(ValueError, match="override optim.lr: .*--max-lrs"):
     ex.make_plan("figure3_fashion", "tiny", out=str(tmp_path), overrides={"optim.lr": 0.1})
 

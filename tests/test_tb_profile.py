@@ -115,6 +115,17 @@ import torch  # still importable afterwards
   assert read_scalars(run_folder.tensorboard_dir(str(tmp_path))) == {"epoch/test_accuracy": [1]}
 
 
+def test_a_profile_range_past_the_run_is_a_clear_error(tmp_path):
+  """7 steps: a range that ends later was never traced (100-105), or left the trace running
+  through evaluation and checkpoints (5-30), without a word."""
+  config = tiny_config("teacher", num_epochs=1, **{"data.fraction": 0.004,
+                                                   "log.profile_steps": "5-30"})
+  with pytest.raises(ValueError, match=r"profile_steps='5-30' ends after the run's last step: it "
+                                       r"has 7 .*within 0-7"):
+    train_and_evaluate(config, str(tmp_path))
+  assert read_metrics(str(tmp_path)) == []
+
+
 @pytest.mark.parametrize("spec", ["10", "5-5", "a-b", "-1-3"])
 def test_a_bad_profile_step_range_is_a_clear_error(spec):
   with pytest.raises(ValueError, match="profile_steps"):

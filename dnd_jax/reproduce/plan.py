@@ -193,6 +193,9 @@ def make_plan(name: str, scale: str = "paper", *, overrides: dict | None = None,
       raise ValueError(f"--override {key}: every run of the grid sets it from the grid; use "
                        f"{flag} (or --teacher-override for the teacher).")
   if methods:
+    repeated = sorted({m for m in methods if list(methods).count(m) > 1})
+    if repeated:
+      raise ValueError(f"--methods {','.join(methods)}: {repeated[0]} is given twice.")
     unknown = [m for m in methods if m not in exp.arm_names]
     if unknown:
       raise ValueError(f"Unknown method(s) {unknown} for {name}; use some of {exp.arm_names}.")
