@@ -19,7 +19,7 @@ import numpy as np
 from dnd_jax import checkpoints, steps, torch_bridge
 from dnd_jax.data import augment, load_dataset
 from dnd_jax.models import ResNet, init_variables, resolve_dtype
-from dnd_jax.teacher import held_out_record
+from dnd_jax.teacher import held_out_difference
 
 
 def load_any_model(path: str, image_shape, dtype=jnp.float32) -> tuple[ResNet, dict, dict, dict]:
@@ -68,9 +68,10 @@ def evaluate_model(path: str, config, split: str = "test") -> dict:
   # a model evaluated on other inputs than it was trained on is allowed (robustness, say), but the
   # accuracy is then not the training run's, which the result says
   other_inputs = checkpoints.input_differences(meta, dataset)
-  held_out, ours = meta.get("held_out"), held_out_record(config.data)
-  if split == "validation" and isinstance(held_out, dict) and held_out != ours:
-    other_inputs.append(  # images it trained on: the accuracy is no held-out figure
+  differ = held_out_difference(meta, config.data)
+  if split == "validation" and differ is not None:
+    held_out, ours = differ  # images it trained on: the accuracy is no held-out figure
+    other_inputs.append(
         f"held-out rows val_fraction {held_out.get('val_fraction')}, subset_seed "
         f"{held_out.get('subset_seed')} (this run: {ours['val_fraction']}, "
         f"{ours['subset_seed']}): it trained on some of these validation images")

@@ -4,10 +4,11 @@ loaded with the architecture its `model.json` records.
 Provisioning is separate from the student's training: `scripts/train.py` and the reproduction grids
 call `provision` before `train_and_evaluate`, which only loads a teacher that exists. A teacher
 that a student run trains for itself gets the student's data (name, folder, source, checksums,
-image size, normalisation, the rows held out for validation) and every data override of the command line (a share of the data, say),
-the student's width and stem (which stage-for-stage distillation needs), and any
-`config.teacher.{depth,width,stem}` that is set; it trains in its own workdir (the folder that `config.teacher.checkpoint` names as
-`<workdir>/model`), and never writes into a folder that holds another run.
+image size, normalisation, the rows held out for validation) and every data override of the
+command line (a share of the data, say), the student's width and stem (which stage-for-stage
+distillation needs), and any `config.teacher.{depth,width,stem}` that is set; it trains in its own
+workdir (the folder that `config.teacher.checkpoint` names as `<workdir>/model`), and never writes
+into a folder that holds another run.
 """
 
 from __future__ import annotations
@@ -229,15 +230,23 @@ def held_out_record(data_config) -> dict:
           "subset_seed": int(data_config.get("subset_seed", 0))}
 
 
+def held_out_difference(meta: dict, data_config) -> tuple[dict, dict] | None:
+  """(the model's held-out record, this config's) when they differ: the model trained on some of
+  the rows this config validates on. None when they agree or the model has no record (imported,
+  or exported before it was kept): nothing is known of what it trained on."""
+  theirs, ours = meta.get("held_out"), held_out_record(data_config)
+  return (theirs, ours) if isinstance(theirs, dict) and theirs != ours else None
+
+
 def held_out_warning(config, meta: dict, dataset) -> str | None:
   """A line for a run that selects on a validation split with a teacher that held out other rows
   (one trained on all the data, say): the teacher has trained on some of the images the run
   validates on, so its validation accuracy is no held-out figure. The student never trains on
-  them, so its own accuracy and selection stay honest; hence a warning, not an error. A teacher
-  without the record (imported, or exported before it was kept) is not judged."""
-  theirs, ours = meta.get("held_out"), held_out_record(config.data)
-  if dataset.eval_split != "validation" or not isinstance(theirs, dict) or theirs == ours:
+  them, so its own accuracy and selection stay honest; hence a warning, not an error."""
+  differ = held_out_difference(meta, config.data)
+  if dataset.eval_split != "validation" or differ is None:
     return None
+  theirs, ours = differ
   return (f"Warning: the teacher held out other training rows than this run validates on (its "
           f"data.val_fraction={theirs.get('val_fraction')}, subset_seed="
           f"{theirs.get('subset_seed')}; this run's {ours['val_fraction']}, "

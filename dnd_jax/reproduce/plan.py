@@ -112,11 +112,15 @@ def _check_grid_values(grid: dict) -> None:
     bad = [v for v in values if not ok(v)]
     if bad:
       raise ValueError(f"{flag} {','.join(map(str, values))}: {bad[0]} is not {rule}.")
-    repeated = sorted({v for v in values if values.count(v) > 1})
-    if repeated:
-      raise ValueError(f"{flag} {','.join(map(str, values))}: {repeated[0]} is given twice; each "
-                       "value makes its own runs.")
+    _refuse_repeats(flag, values)
 
+
+def _refuse_repeats(flag: str, values) -> None:
+  """A value given twice would make (or report) its runs twice: one run counted twice in a mean."""
+  repeated = sorted({v for v in values if list(values).count(v) > 1})
+  if repeated:
+    raise ValueError(f"{flag} {','.join(map(str, values))}: {repeated[0]} is given twice; each "
+                     "value makes its own runs.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,9 +197,7 @@ def make_plan(name: str, scale: str = "paper", *, overrides: dict | None = None,
       raise ValueError(f"--override {key}: every run of the grid sets it from the grid; use "
                        f"{flag} (or --teacher-override for the teacher).")
   if methods:
-    repeated = sorted({m for m in methods if list(methods).count(m) > 1})
-    if repeated:
-      raise ValueError(f"--methods {','.join(methods)}: {repeated[0]} is given twice.")
+    _refuse_repeats("--methods", methods)
     unknown = [m for m in methods if m not in exp.arm_names]
     if unknown:
       raise ValueError(f"Unknown method(s) {unknown} for {name}; use some of {exp.arm_names}.")
