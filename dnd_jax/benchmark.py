@@ -840,7 +840,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "what is alive at the peak")
   p.add_argument("--jax-label", default="jax",
                  help="framework name of this run's JAX rows, starting with 'jax' (e.g. "
-                      "'jax xla-graphs' for a run with --xla-option)")
+                      "'jax conv-graphs' for a run with --xla-option)")
   p.add_argument("--preset", choices=sorted(PRESETS),
                  help="defaults for unset flags; by default 'cpu' on a CPU, else 'accelerator'")
   p.add_argument("--out", default=None, help="output folder (default runs/benchmark_<backend>)")
@@ -876,7 +876,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             "xla_gpu_enable_command_buffer=FUSION,CONVOLUTION")
   args.xla_options = dict(o.split("=", 1) for o in args.xla_option)
   if not args.jax_label.startswith("jax"):
-    p.error(f"--jax-label must start with 'jax' (got {args.jax_label!r}), e.g. 'jax xla-graphs'")
+    p.error(f"--jax-label must start with 'jax' (got {args.jax_label!r}), e.g. 'jax conv-graphs'")
   if args.profile_steps < 0:
     p.error("--profile-steps must be 0 (no trace) or a number of steps")
   args.out = args.out or os.path.join("runs", f"benchmark_{jax.default_backend()}")

@@ -16,9 +16,9 @@
 #   e  (only when asked) where the JAX steps' time goes: Progressive DnD partitions 2 and 1, DnD
 #      and KD at batch 128, each traced for PROFILE_STEPS steps with jax.profiler (device busy
 #      time against the step's span, kernels and launches per step, ms by op class), once as the
-#      trainer compiles them (convolutions in XLA's CUDA graphs: dnd_jax.runtime) and once with
-#      XLA's default command-buffer list (XLA_GRAPHS below, a compile option of the timed steps;
-#      rows labelled "jax xla-graphs"); the traces, each beside its step's optimised HLO (what the
+#      trainer compiles them (XLA's own CUDA-graph list: dnd_jax.runtime) and once with the
+#      convolutions in the graphs too (CONV_GRAPHS below, a compile option of the timed steps;
+#      rows labelled "jax conv-graphs"); the traces, each beside its step's optimised HLO (what the
 #      traces' op names compute), come back as traces.tgz
 #   d  (only when asked) Progressive DnD and KD at batch 128, each once per dispatch and 4 steps
 #      per dispatch (lax.scan): whether the host's dispatch is what limits the JAX rows (the
@@ -55,11 +55,12 @@ else
   METHODS_D=pdnd_p3,kd
   METHODS_E=pdnd_p2,pdnd_p1,dnd,kd PROFILE_STEPS=5
 fi
-# Part e's variant: XLA's default command-buffer commands (XLA's debug_options_flags.cc: fusions,
-# cuBLAS, cuBLASLt, custom calls, cuDNN, dynamic-slice fusions), without the convolutions that
-# the trainer adds (dnd_jax.runtime.GPU_COMMAND_BUFFER), so each convolution is a launch of its
-# own. The option is checked on any backend (the CPU test passes it too) and recorded in each row.
-XLA_GRAPHS="xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION"
+# Part e's variant: the trainer's CUDA-graph commands (XLA's own list, dnd_jax.runtime.
+# GPU_COMMAND_BUFFER) plus the convolutions, so that a step is one CUDA graph
+# (runtime.GPU_COMMAND_BUFFER_CONVOLUTION; not the trainer's default, as cuDNN may refuse to be
+# captured). The option is checked on any backend (the CPU test passes it too) and recorded in
+# each row.
+CONV_GRAPHS="xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,CONVOLUTION"
 # shellcheck disable=SC2206
 EXTRA=(${GPU_BENCH_ARGS:-})
 BENCH=("$PY" scripts/benchmark.py "${SHAPES[@]}" --dtypes bfloat16 --out "$OUT")
@@ -113,8 +114,8 @@ case ",$PARTS," in *,e,*)
   PROFILED=("${BENCH[@]}" --methods "$METHODS_E" --batch-sizes "$BATCH_A" --torch none
             --steps-per-dispatch 1 --profile-steps "$PROFILE_STEPS" --append "${EXTRA[@]}")
   gpu_part e 120 "${PROFILED[@]}"
-  gpu_part e_xla_graphs 120 "${PROFILED[@]}" --xla-option "$XLA_GRAPHS" \
-    --jax-label "jax xla-graphs"
+  gpu_part e_conv_graphs 120 "${PROFILED[@]}" --xla-option "$CONV_GRAPHS" \
+    --jax-label "jax conv-graphs"
   # the Perfetto traces (the .xplane.pb files hold the same) and each step's optimised HLO (what
   # the traces' op names refer to), in one file of <= 16 MiB; the traces alone if that is too much
   if [ -d "$OUT/traces" ]; then

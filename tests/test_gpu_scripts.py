@@ -84,7 +84,7 @@ def test_gpu_all_runs_the_bench_parts_and_the_headline_into_eight_files(tmp_path
     traces = [n for n in tar.getnames() if n.endswith(".trace.json.gz")]
     hlo = [n for n in tar.getnames() if n.endswith("/step.hlo.txt")]
     assert tar.extractfile(hlo[0]).read().startswith(b"HloModule jit_step")
-  assert len(traces) == 2 and any("xla-graphs" in n for n in traces)
+  assert len(traces) == 2 and any("conv-graphs" in n for n in traces)
   assert sorted(os.path.dirname(n) for n in hlo) == sorted(
       os.path.dirname(n).split("/plugins/")[0] for n in traces)  # the HLO beside each trace
 
@@ -93,25 +93,25 @@ def test_gpu_all_runs_the_bench_parts_and_the_headline_into_eight_files(tmp_path
   rows = [(r["framework"], r["case"], r["batch"], r["steps_per_dispatch"]) for r in result["rows"]]
   assert rows == [("jax", "pdnd_p3", 8, 1), ("torch eager", "pdnd_p3", 8, 1),  # part a
                   ("jax", "dnd_lean_remat", 16, 1),  # part c
-                  ("jax", "pdnd_p3", 8, 1), ("jax xla-graphs", "pdnd_p3", 8, 1)]  # part e
+                  ("jax", "pdnd_p3", 8, 1), ("jax conv-graphs", "pdnd_p3", 8, 1)]  # part e
   assert not [r for r in result["rows"] if "error" in r]
   assert all(r["dtype"] == "bfloat16" for r in result["rows"])
   assert [len(r.get("xla_dump", [])) for r in result["rows"]] == [0, 0, 2, 0, 0]
   assert len(result["meta"]["commands"]) == 4 and result["meta"]["measured_matmul_tflops"] > 0
   profiled = result["rows"][-2:]
   assert all(r["profile"]["steps"] == 2 and r["profile"]["dispatches"] == 2 for r in profiled)
-  # the trainer's options (convolutions in the CUDA graphs), then XLA's own list over them
+  # the trainer's options (XLA's own CUDA-graph list), then the convolutions added over them
   assert profiled[0]["xla_options"]["xla_gpu_enable_command_buffer"] == runtime.GPU_COMMAND_BUFFER
   assert profiled[1]["xla_options"]["xla_gpu_enable_command_buffer"] == (
-      runtime.GPU_COMMAND_BUFFER.removesuffix(",CONVOLUTION"))
+      runtime.GPU_COMMAND_BUFFER_CONVOLUTION)
   text = (out / "benchmark.md").read_text()
   assert "pdnd_p3 batch 8 bfloat16" in text
-  assert "Rows of `jax xla-graphs` were compiled with `" in text
+  assert "Rows of `jax conv-graphs` were compiled with `" in text
   assert "xla_gpu_enable_command_buffer=FUSION," in text
-  assert "| pdnd_p3 | 8 | bfloat16 | jax xla-graphs | 2 |" in text  # the profile table
+  assert "| pdnd_p3 | 8 | bfloat16 | jax conv-graphs | 2 |" in text  # the profile table
   env = (out / "env.txt").read_text()
   assert "jax 0." in env and "python 3." in env and "nvidia-smi" in env
-  for part in ("a", "c", "e", "e_xla_graphs"):
+  for part in ("a", "c", "e", "e_conv_graphs"):
     assert f"   {part} 0 " in done.stdout
 
   # the headline's part a: the main command's runs, each with its summary
