@@ -90,6 +90,27 @@ def check_compiler_options(config_options) -> None:
                      f"{GPU_COMMAND_BUFFER}), or leave it out.") from None
 
 
+def graph_capture_failure(error: Exception, config_options) -> str | None:
+  """The fix, as one line, when `error` is XLA failing to capture a cuDNN convolution into a CUDA
+  graph, which `config.compiler_options` asked for (",CONVOLUTION"); None for any other error.
+
+  XLA reports it at the first step that runs, as an UNKNOWN runtime error naming a cuDNN status
+  (on an H200: "<unknown cudnn status: 5003>"); without this line the user meets that and no hint
+  that an option of theirs is the cause. The option is result-neutral, so the run resumes
+  without it.
+  """
+  text = str(error).lower()
+  commands = str(dict(config_options or {}).get("xla_gpu_enable_command_buffer", ""))
+  if "cudnn" not in text or "CONVOLUTION" not in commands.upper().split(","):
+    return None
+  first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  return (f"cuDNN failed inside a CUDA graph ({first}): this GPU's cuDNN would not run the "
+          f"training step's convolutions as part of XLA's CUDA graphs, which "
+          f"config.compiler_options.xla_gpu_enable_command_buffer asks for with CONVOLUTION. "
+          f"Rerun the same command with --config.compiler_options.xla_gpu_enable_command_buffer="
+          f"{GPU_COMMAND_BUFFER} (the default); the run resumes from its last checkpoint.")
+
+
 def setup_runtime() -> None:
   """Start multi-host JAX when the environment asks for it, quieten Orbax, and turn on the
   persistent compilation cache (`enable_compilation_cache`)."""

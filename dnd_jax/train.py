@@ -188,6 +188,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with lock, contextlib.ExitStack() as closing:
     try:
       return _train_and_evaluate(config, workdir, closing)
+    except jax.errors.JaxRuntimeError as e:
+      fix = runtime.graph_capture_failure(e, config.compiler_options)
+      if fix is None:
+        raise
+      raise config_check.ConfigError(fix) from e
     except KeyboardInterrupt:
       done = len(read_metrics(workdir))
       raise Interrupted(workdir, min(done + 1, config.num_epochs)) from None

@@ -171,3 +171,47 @@ def test_the_training_steps_compile_with_the_configs_options(two_runs):
   assert checks == [expected]  # train_and_evaluate's check of them, before any work
   assert steps_ and all(options == expected for options in steps_), compiles
   assert others and all(options is None for options in others), compiles
+
+
+def test_cudnn_refusing_a_cuda_graph_is_one_line_naming_the_option_and_the_run_resumes(
+    tmp_path, monkeypatch):
+  """On an H200 (2026-11-27), XLA's capture of cuDNN convolutions into CUDA graphs
+  (",CONVOLUTION") failed at the first distillation step with an UNKNOWN runtime error naming a
+  cuDNN status. The CPU cannot capture anything, so the error is raised where the loop first
+  reads the step's results; the user gets the fix, and the run resumes without the option."""
+  from dnd_jax import train as train_lib
+  config = tiny_config("teacher")
+  config.num_epochs = 2
+  config.compiler_options.xla_gpu_enable_command_buffer = runtime.GPU_COMMAND_BUFFER_CONVOLUTION
+  workdir = str(tmp_path / "run")
+  real = train_lib.mean_metrics
+  calls = []
+
+  def fails_in_epoch_2(parts):
+    calls.append(1)
+    if len(read_metrics(workdir)) == 1:
+      raise jax.errors.JaxRuntimeError(
+          "UNKNOWN: <unknown cudnn status: 5003>\nin external/xla+/xla/stream_executor/cuda/"
+          "cuda_dnn.cc(5245): 'status' [executable_name='jit_step']")
+    return real(parts)
+
+  monkeypatch.setattr(train_lib, "mean_metrics", fails_in_epoch_2)
+  with pytest.raises(config_check.ConfigError) as info:
+    train_and_evaluate(config, workdir)
+  message = str(info.value)
+  assert len(message.splitlines()) == 1
+  assert "<unknown cudnn status: 5003>" in message
+  assert f"xla_gpu_enable_command_buffer={runtime.GPU_COMMAND_BUFFER} " in message
+  assert len(read_metrics(workdir)) == 1  # epoch 1 kept
+
+  # another runtime error, or the same one without the option, is not explained away
+  error = jax.errors.JaxRuntimeError("UNKNOWN: <unknown cudnn status: 5003>")
+  assert runtime.graph_capture_failure(error, {"xla_gpu_enable_command_buffer":
+                                               runtime.GPU_COMMAND_BUFFER}) is None
+  assert runtime.graph_capture_failure(jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: oom"),
+                                       config.compiler_options) is None
+
+  monkeypatch.setattr(train_lib, "mean_metrics", real)
+  config.compiler_options.xla_gpu_enable_command_buffer = runtime.GPU_COMMAND_BUFFER
+  summary = train_and_evaluate(config, workdir)
+  assert summary["epochs"] == 2 and len(read_metrics(workdir)) == 2
