@@ -3,8 +3,9 @@
 For each case (teacher CE, vanilla KD, AT, Jacobian, DnD, memory-lean DnD, each Progressive DnD
 phase, and KD and DnD with rematerialised blocks), batch size and dtype, on synthetic data
 (random uint8 images resident on the device, so nothing is downloaded), it builds the training
-step exactly as `dnd_jax.train` does (jitted, donated, batch sharded over every device, gather +
-augmentation inside) and reports:
+step as `dnd_jax.train` does (`steps.make_train_step` with `dnd_jax.freeze`'s wrappers, in the
+program the loop dispatches, `steps.dispatched_step`: jitted, donated, batch sharded over every
+device, gather + augmentation inside) and reports:
 
   compile time          lower + compile (a hit when the persistent compilation cache is on and
                         holds the program; the run's meta says whether it was on)
@@ -70,7 +71,7 @@ from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
 import numpy as np
 
-from dnd_jax import cli, parallel, profiling, runtime, steps
+from dnd_jax import cli, freeze, parallel, profiling, runtime, steps, workdir as run_folder
 from dnd_jax.configs import base_config
 from dnd_jax.data import augment, cifar100
 from dnd_jax.methods import get_method
@@ -335,7 +336,8 @@ class JaxBench:
     config.method.memory_lean = case.memory_lean
     model = self.model(config.model.depth, DTYPES[dtype_name], case.remat)
     teacher = self.model(TEACHER_DEPTH, DTYPES[dtype_name]) if method.needs_teacher else None
-    tx = make_optimizer(config.optim, TOTAL_STEPS, TOTAL_STEPS / len(method.phases))
+    tx = freeze.mask_optimizer(
+        make_optimizer(config.optim, TOTAL_STEPS, TOTAL_STEPS / len(method.phases)), method)
     steps_per_epoch = self.args.dataset_size // batch
     if steps_per_epoch == 0:
       raise ValueError(f"--dataset-size {self.args.dataset_size} is smaller than the batch "
@@ -345,6 +347,7 @@ class JaxBench:
         method_config=config.method, data_config=config.data, tx=tx, mean=cifar100.MEAN,
         std=cifar100.STD, batch_size=batch, steps_per_epoch=steps_per_epoch,
         batch_sharding=parallel.batch_sharded(self.mesh))
+    step_fn = freeze.keep_frozen_statistics(step_fn, method)
     if abstract:
       def variables(depth):
         return jax.eval_shape(lambda: init_variables(
@@ -401,8 +404,7 @@ class JaxBench:
 
   def row(self, case_name: str, batch: int, dtype_name: str, per_dispatch: int = 1) -> dict:
     step_fn, state, sums, data = self._step(case_name, batch, dtype_name)
-    jitted = jax.jit(steps.repeat_steps(steps.accumulate_metrics(step_fn), per_dispatch),
-                     donate_argnums=(0, 1), out_shardings=(self.repl, self.repl))
+    jitted = steps.dispatched_step(step_fn, per_dispatch, self.repl)
     label = (f"{self.args.jax_label}_{case_name}_b{batch}_{dtype_name}_x{per_dispatch}"
              .replace(" ", "-"))
     # the trainer's options for this step (its config's), then the command line's over them
@@ -753,22 +755,15 @@ def _host() -> str:
   return f"{model}, {os.cpu_count()} cores"
 
 
-def _write_atomic(path: str, text: str) -> None:
-  """Write whole or not at all: a run killed mid-write leaves the previous complete file."""
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
-
-
 def write_outputs(out: str, result: dict) -> str:
   """<out>/benchmark.json and <out>/benchmark.md for the rows so far; returns the markdown."""
   add_flop_shares(result["rows"], result["meta"]["device_kind"],
                   {"bfloat16": result["meta"].get("measured_matmul_tflops")},
                   result["meta"].get("gflop_per_step"))
   os.makedirs(out, exist_ok=True)
-  _write_atomic(os.path.join(out, JSON_FILE), json.dumps(result, indent=2))
+  run_folder.write_atomic(os.path.join(out, JSON_FILE), json.dumps(result, indent=2))
   text = markdown(result)
-  _write_atomic(os.path.join(out, MARKDOWN_FILE), text)
+  run_folder.write_atomic(os.path.join(out, MARKDOWN_FILE), text)
   return text
 
 

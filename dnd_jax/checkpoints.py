@@ -166,7 +166,7 @@ def _compatible_target(saved_tree, abstract):
 
 
 def read_model_meta(path: str) -> dict:
-  meta_file = os.path.join(path, MODEL_META)
+  meta_file = run_folder.model_meta_path(path)
   if not os.path.isfile(meta_file):
     raise CheckpointError(
         f"No model at {path!r} (expected {meta_file}). Point the config at a folder written by "
@@ -196,6 +196,18 @@ def load_model(path: str, arch: dict, abstract_variables: Any) -> tuple[dict, di
   except Exception as e:  # Orbax raises several types for unreadable or mismatched trees.
     raise CheckpointError(f"Could not restore the model variables at {path!r}: {e}") from e
   return dict(variables), meta
+
+
+def load_model_as(path: str, arch: dict, image_shape, dtype=None) -> tuple[models.ResNet, dict, dict]:
+  """(network, variables, model.json) of the exported model at `path`, which must have the
+  architecture `arch` (`architecture`'s fields); the network computes in `dtype` (default
+  float32; parameters stay float32). Every command that loads a saved network builds it here,
+  so what "this folder's network" means is decided once."""
+  model = models.ResNet(depth=arch["depth"], num_classes=arch["num_classes"], width=arch["width"],
+                        stem=arch["stem"], **({"dtype": dtype} if dtype is not None else {}))
+  abstract = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), image_shape))
+  variables, meta = load_model(path, arch, abstract)
+  return model, variables, meta
 
 
 def restore_target(tree: Any, sharding) -> Any:

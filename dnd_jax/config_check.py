@@ -17,10 +17,6 @@ from typing import Any
 
 from dnd_jax import workdir as run_folder
 
-DTYPES = ("float32", "bfloat16")
-DEPTHS = (18, 34)
-STEMS = ("cifar", "imagenet")
-
 
 class ConfigError(ValueError):
   """A config value, field name or config file that cannot work."""
@@ -57,7 +53,7 @@ def unknown_field(name: str, config: Any) -> str | None:
     near = [n for n in names if near and n.rsplit(".", 1)[-1] == near[0]]
   hint = f" Did you mean {' or '.join('--config.' + n for n in near[:2])}?" if near else ""
   return (f"--config.{name}: the config has no field {name!r}.{hint} The fields are those of "
-          "the config file and of dnd_jax/configs.py's base_config.")
+          "the config file and of dnd_jax/configs/__init__.py's base_config.")
 
 
 _ABSENT = object()
@@ -95,6 +91,8 @@ def check(config, workdir: str | None = None) -> None:
   from dnd_jax.methods import get_method  # noqa: PLC0415
   from dnd_jax.data.sources import READERS, SOURCES  # noqa: PLC0415
   from dnd_jax import profiling  # noqa: PLC0415
+  from dnd_jax.models import DTYPES, STAGE_SIZES, STEMS  # noqa: PLC0415
+  from dnd_jax.optim import SCHEDULES  # noqa: PLC0415
 
   problems: list[str] = []
   for name in ("num_epochs", "batch_size", "checkpoint.every_epochs", "checkpoint.keep",
@@ -108,6 +106,9 @@ def check(config, workdir: str | None = None) -> None:
   except ValueError as e:
     problems.append(str(e))
   _finite(config, "optim.lr", problems, positive=True)
+  schedule = _get(config, "optim.schedule")
+  if schedule is not _ABSENT and schedule not in SCHEDULES:
+    problems.append(f"config.optim.schedule={schedule!r}: use one of {list(SCHEDULES)}.")
   for name in ("momentum", "weight_decay", "max_lr_factor", "base_lr_factor", "pct_start",
                "div_factor", "final_div_factor", "base_momentum", "max_momentum"):
     _finite(config, f"optim.{name}", problems)
@@ -143,8 +144,8 @@ def check(config, workdir: str | None = None) -> None:
     if block not in config:
       continue
     depth, stem = config[block].get("depth"), config[block].get("stem")
-    if depth is not None and depth not in DEPTHS:
-      problems.append(f"config.{block}.depth={depth!r}: use one of {list(DEPTHS)}.")
+    if depth is not None and depth not in STAGE_SIZES:
+      problems.append(f"config.{block}.depth={depth!r}: use one of {list(STAGE_SIZES)}.")
     if stem is not None and stem not in STEMS:
       problems.append(f"config.{block}.stem={stem!r}: use one of {list(STEMS)}.")
     if config[block].get("width") is not None:

@@ -33,11 +33,8 @@ import numpy as np
 from dnd_jax import checkpoints, steps, teacher as teacher_lib, workdir as run_folder
 from dnd_jax.data import augment, load_dataset
 from dnd_jax.methods import get_method
-from dnd_jax.models import (BATCH_COUNTER, NUM_STAGES, ResNet, build_model, init_variables,
-                            resolve_dtype)
-from dnd_jax.train import check_stage_shapes
+from dnd_jax.models import BATCH_COUNTER, NUM_STAGES, ResNet, build_model, resolve_dtype
 
-REPORT_NAME = "diagnosis"  # <workdir>/diagnosis.json and .md by default
 HYBRIDS = range(NUM_STAGES)  # k = number of teacher stages in front of the student's
 
 
@@ -115,14 +112,13 @@ def reestimate_batch_stats(model: ResNet, variables: dict, num_batches: int, bat
   return {**variables, "batch_stats": stats}
 
 
-def _load(path: str, model_config, model: ResNet, dataset) -> tuple[dict, dict]:
+def _load(path: str, model_config, dataset) -> dict:
   if not run_folder.has_model(path):
     raise checkpoints.CheckpointError(
         f"No student model at {path!r} (expected {run_folder.model_meta_path(path)}); "
         f"pass the folder scripts/train.py wrote (<workdir>/model).")
   arch = checkpoints.architecture(model_config, dataset.num_classes, dataset.image_shape)
-  abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), dataset.image_shape))
-  return checkpoints.load_model(path, arch, abstract)
+  return checkpoints.load_model_as(path, arch, dataset.image_shape)[1]
 
 
 def _summarise(sums: dict, n: int) -> dict:
@@ -166,9 +162,9 @@ def diagnose(config, student_path: str, *, bn_batches: int = 0, seed: int = 0) -
   teacher, t_vars, _ = teacher_lib.load(config, dataset, dtype)
   _check_same_teacher(student_path, config.teacher.checkpoint, t_vars)
   # DnD's partition crosses every stage boundary, which is what the hybrids need
-  check_stage_shapes(student, teacher, get_method("dnd"), dataset.image_shape,
-                     config.teacher.checkpoint)
-  s_vars, _ = _load(student_path, config.model, student, dataset)
+  teacher_lib.check_stage_shapes(student, teacher, get_method("dnd"), dataset.image_shape,
+                                 config.teacher.checkpoint)
+  s_vars = _load(student_path, config.model, dataset)
 
   batch = int(config.batch_size)
   n_train = len(dataset.train_labels)
@@ -245,7 +241,5 @@ def write_report(d: dict, prefix: str) -> tuple[str, str]:
   os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
   paths = (prefix + ".json", prefix + ".md")
   for path, text in zip(paths, (json.dumps(d, indent=2) + "\n", format_markdown(d))):
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
+    run_folder.write_atomic(path, text)
   return paths

@@ -18,7 +18,7 @@ import numpy as np
 
 from dnd_jax import checkpoints, steps, torch_bridge
 from dnd_jax.data import augment, load_dataset
-from dnd_jax.models import ResNet, init_variables, resolve_dtype
+from dnd_jax.models import ResNet, resolve_dtype
 from dnd_jax.teacher import held_out_difference
 
 
@@ -28,10 +28,7 @@ def load_any_model(path: str, image_shape, dtype=jnp.float32) -> tuple[ResNet, d
   `dtype` (parameters stay float32) as a training run with that model.dtype evaluates."""
   if os.path.isdir(path):
     arch = checkpoints.read_model_meta(path)["architecture"]
-    model = ResNet(depth=arch["depth"], num_classes=arch["num_classes"], width=arch["width"],
-                   stem=arch["stem"], dtype=dtype)
-    abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_shape))
-    variables, meta = checkpoints.load_model(path, arch, abstract)
+    model, variables, meta = checkpoints.load_model_as(path, arch, image_shape, dtype)
     return model, variables, arch, meta
   if not os.path.isfile(path):
     raise checkpoints.CheckpointError(

@@ -33,7 +33,9 @@ Group = tuple[int, int]  # (first stage, last stage), both inclusive
 @dataclasses.dataclass(frozen=True)
 class GroupOutputs:
   """What a group loss can see. `student` holds this group's stage outputs (stages first..last);
-  `teacher` holds all five teacher stage outputs (None when there is no teacher)."""
+  `teacher` the five teacher stage outputs, of which a loss may read only stages up to `last`:
+  the memory-lean step computes the teacher stage by stage and leaves the later entries None
+  (`teacher` is None when there is no teacher)."""
 
   first: int
   last: int
@@ -95,6 +97,11 @@ class Method:
     starts = self.phase_starts(total_steps)
     return max(i for i, s in enumerate(starts) if s <= step)
 
+  def stage_boundaries(self) -> list[int]:
+    """The stages after which some group hands over to the next: where the student's features
+    are matched to the teacher's, so the two networks' stage shapes must agree."""
+    return sorted({last for _, groups in self.phases for _, last in groups})
+
   def partition(self, phase: int) -> tuple[Group, ...]:
     return self.phases[phase][1]
 
@@ -136,10 +143,8 @@ def dnd_loss(g: GroupOutputs, cfg) -> tuple[jax.Array, dict]:
   if g.is_head:
     if cfg.head_mse_on == "probs":
       feature_loss = losses.mse(jax.nn.softmax(s), jax.nn.softmax(t))
-    elif cfg.head_mse_on == "logits":
+    else:  # "logits" (check_config allows no other value)
       feature_loss = losses.mse(s, t)
-    else:
-      raise ValueError(f"method.head_mse_on must be 'probs' or 'logits', not {cfg.head_mse_on!r}.")
   else:
     feature_loss = losses.mse(s, t)
   metrics[f"mse_{tag}"] = feature_loss

@@ -15,9 +15,8 @@ _OFF = {"", "0", "off", "false", "no", "none"}
 
 def default_cache_dir() -> str:
   """<$DND_JAX_CACHE or ~/.cache/dnd_jax>/jax_cache: beside the data caches, stable across runs."""
-  root = os.environ.get("DND_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                         "dnd_jax")
-  return os.path.join(root, "jax_cache")
+  from dnd_jax.data.sources import cache_root  # noqa: PLC0415 (the data readers load lazily)
+  return str(cache_root() / "jax_cache")
 
 
 def enable_compilation_cache() -> str | None:

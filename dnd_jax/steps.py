@@ -261,6 +261,14 @@ def repeat_steps(step_fn, n: int):
   return steps
 
 
+def dispatched_step(step_fn, n: int, out_sharding):
+  """The program the training loop dispatches: `n` steps of `step_fn` (one `make_train_step`)
+  with their metrics summed on the device, the train state and the sums donated (updated in
+  place), both placed by `out_sharding`. The benchmark times this same program."""
+  return jax.jit(repeat_steps(accumulate_metrics(step_fn), n), donate_argnums=(0, 1),
+                 out_shardings=(out_sharding, out_sharding))
+
+
 def zero_metrics_like(step_fn, state, *args) -> dict:
   """Zeroed running sums with the names of the metrics `step_fn` reports (traced, not run).
 

@@ -17,12 +17,11 @@ import copy
 import os
 import sys
 
-import jax
 import ml_collections
 
 from dnd_jax import checkpoints, workdir as run_folder
 from dnd_jax.configs import load_config_file
-from dnd_jax.models import ResNet, build_model, init_variables
+from dnd_jax.models import ResNet, build_model, stage_output_shapes
 
 ARCH_FIELDS = ("depth", "width", "stem")
 
@@ -89,6 +88,11 @@ def config_for_training(config, overrides=()) -> tuple[ml_collections.ConfigDict
   return teacher_config, inherited
 
 
+_TRAIN_ONE = (" Train one with `python scripts/train.py --config configs/teacher_<data>.py "
+              "--workdir <dir>` and set --config.teacher.checkpoint=<dir>/model, or import a "
+              "PyTorch teacher with scripts/import_torch_teacher.py.")
+
+
 def _missing(config) -> str:
   path = config.teacher.checkpoint
   near = run_folder.nearby_models(path)
@@ -120,9 +124,7 @@ def provision(config, train_fn=None, overrides=(), resuming: bool = False) -> st
         "folder), or start over in another --workdir.")
   if not config.teacher.get("config"):
     raise checkpoints.CheckpointError(
-        _missing(config) + " Train one with `python scripts/train.py --config "
-        "configs/teacher_<data>.py --workdir <dir>` and set --config.teacher.checkpoint=<dir>/model,"
-        " or import a PyTorch teacher with scripts/import_torch_teacher.py.")
+        _missing(config) + _TRAIN_ONE)
   teacher_workdir = run_folder.workdir_of_model(path)
   if teacher_workdir is None:
     raise checkpoints.CheckpointError(
@@ -136,13 +138,37 @@ def provision(config, train_fn=None, overrides=(), resuming: bool = False) -> st
                     config_file=config.teacher.config)
 
 
+def check_stage_shapes(student: ResNet, teacher: ResNet, method, image_shape,
+                       teacher_path: str = "the teacher", to_be_trained: bool = False) -> None:
+  """Every stage boundary that a group of `method` crosses (`Method.stage_boundaries`) must have
+  the same shape in both networks.
+
+  A trained teacher's architecture is its `model.json`'s, so the fix is on the student's side
+  (config.model) or a different teacher; one `to_be_trained` takes config.teacher's fields too."""
+  s_shapes = stage_output_shapes(student, image_shape)
+  t_shapes = stage_output_shapes(teacher, image_shape)
+  for k in method.stage_boundaries():
+    if s_shapes[k - 1][1:] != t_shapes[k - 1][1:]:
+      if to_be_trained:
+        where = (f"the teacher to be trained at {teacher_path} would have width {teacher.width} "
+                 f"and stem {teacher.stem!r}: set --config.teacher.width={student.width} "
+                 f"--config.teacher.stem={student.stem}, or ")
+      else:
+        where = (f"the teacher at {teacher_path} has width {teacher.width} and stem "
+                 f"{teacher.stem!r} (its model.json): ")
+      raise ValueError(
+          f"Stage {k} output shapes differ: student {s_shapes[k - 1][1:]} vs teacher "
+          f"{t_shapes[k - 1][1:]} (per example). Method {method.name!r} matches the student to the "
+          f"teacher at this stage, and {where}set --config.model.width={teacher.width} "
+          f"--config.model.stem={teacher.stem}, or use a teacher of width {student.width}.")
+
+
 def _check_stages_match(config, teacher_model_config, path: str) -> None:
   """The teacher about to be trained must meet the student at every stage boundary the method
-  matches (`dnd_jax.train.check_stage_shapes`), else it would be refused once trained. Whether
+  matches (`check_stage_shapes`), else it would be refused once trained. Whether
   shapes match depends on widths and stems only, not on the images or classes, so nominal ones
   stand in for the data (not loaded yet)."""
   from dnd_jax.methods import get_method  # noqa: PLC0415
-  from dnd_jax.train import check_stage_shapes  # noqa: PLC0415 (train imports this module)
   check_stage_shapes(build_model(config.model, 10), build_model(teacher_model_config, 10),
                      get_method(config.method.name), (32, 32, 3), path, to_be_trained=True)
 
@@ -266,9 +292,7 @@ def load(config, dataset, dtype) -> tuple[ResNet, dict, dict]:
   if not run_folder.has_model(path):
     hint = (" `python scripts/train.py` trains it first from config.teacher.config; a library "
             "caller runs `dnd_jax.teacher.provision(config)`." if config.teacher.get("config")
-            else " Train one with `python scripts/train.py --config configs/teacher_<data>.py "
-            "--workdir <dir>` and set --config.teacher.checkpoint=<dir>/model, or import a "
-            "PyTorch teacher with scripts/import_torch_teacher.py.")
+            else _TRAIN_ONE)
     raise checkpoints.CheckpointError(_missing(config) + hint)
   saved_meta = checkpoints.read_model_meta(path)
   check_inputs(config, saved_meta, dataset)
@@ -278,9 +302,5 @@ def load(config, dataset, dtype) -> tuple[ResNet, dict, dict]:
     raise checkpoints.CheckpointError(
         f"{run_folder.model_meta_path(path)} records no architecture ({saved}); re-export the "
         "teacher, or set config.teacher.depth, .width and .stem.")
-  spec = ml_collections.ConfigDict({**arch, "dtype": config.model.dtype})
-  model = build_model(spec, num_classes, dtype)
-  expected = checkpoints.architecture(spec, num_classes, image_shape)
-  abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_shape))
-  variables, meta = checkpoints.load_model(path, expected, abstract)
-  return model, variables, meta
+  expected = checkpoints.architecture(ml_collections.ConfigDict(arch), num_classes, image_shape)
+  return checkpoints.load_model_as(path, expected, image_shape, dtype)

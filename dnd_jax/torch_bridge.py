@@ -442,8 +442,6 @@ def load_exported_variables(workdir: str, best: bool = False) -> tuple[dict, dic
   with their architecture."""
   import jax  # noqa: PLC0415
 
-  from dnd_jax.models import ResNet, init_variables  # noqa: PLC0415
-
   if best:
     variables, meta, step = checkpoints.read_best_model(workdir)
     variables = jax.device_get(variables)
@@ -451,11 +449,8 @@ def load_exported_variables(workdir: str, best: bool = False) -> tuple[dict, dic
   path = run_folder.model_dir(workdir)
   meta = checkpoints.read_model_meta(path)
   arch = meta.get("architecture", {})
-  model = ResNet(depth=arch["depth"], num_classes=arch["num_classes"], width=arch["width"],
-                 stem=arch["stem"])
-  image_shape = (32, 32, arch["in_channels"])
-  abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_shape))
-  variables, meta = checkpoints.load_model(path, arch, abstract)
+  # the variables' shapes do not depend on the image size (the head follows a global pool)
+  _, variables, meta = checkpoints.load_model_as(path, arch, (32, 32, arch["in_channels"]))
   return jax.device_get(variables), {**arch, **meta}
 
 
@@ -465,7 +460,7 @@ def export_student(workdir: str, output: str | None = None, best: bool = False) 
 
   variables, info = load_exported_variables(workdir, best)
   state_dict = variables_to_torch_state_dict(variables)
-  path = output or os.path.join(workdir, "student_best.pt" if best else "student.pt")
+  path = output or run_folder.torch_student_path(workdir, best)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   # through a Python file: an unwritable place is then an OSError (a command's one `error:` line),
   # not the RuntimeError of torch's own file writer

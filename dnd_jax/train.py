@@ -12,7 +12,6 @@ trains a missing one first, as its own step.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import math
 import os
@@ -30,44 +29,15 @@ from dnd_jax import checkpoints, config_check, freeze, parallel, profiling, runt
 from dnd_jax import teacher as teacher_lib, workdir as run_folder
 from dnd_jax.data import load_dataset
 from dnd_jax.runtime import is_primary
-from dnd_jax.methods import Method, get_method
-from dnd_jax.models import (ResNet, build_model, init_variables, resolve_dtype,
-                            stage_output_shapes)
+from dnd_jax.methods import get_method
+from dnd_jax.models import build_model, init_variables, resolve_dtype
 from dnd_jax.optim import make_optimizer, make_schedules, with_config_hyperparameters
 from dnd_jax.timing import PARTS, TimeSplit
-from dnd_jax.workdir import append_metrics, read_metrics, write_metrics  # noqa: F401 (re-exported)
+from dnd_jax.workdir import append_metrics, read_metrics, write_metrics
 
 
 def _log(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
-
-
-# --- teacher ------------------------------------------------------------------------------------
-
-
-def check_stage_shapes(student: ResNet, teacher: ResNet, method: Method, image_shape,
-                       teacher_path: str = "the teacher", to_be_trained: bool = False) -> None:
-  """Every stage boundary that a group crosses must have the same shape in both networks.
-
-  A trained teacher's architecture is its `model.json`'s, so the fix is on the student's side
-  (config.model) or a different teacher; one `to_be_trained` takes config.teacher's fields too."""
-  s_shapes = stage_output_shapes(student, image_shape)
-  t_shapes = stage_output_shapes(teacher, image_shape)
-  boundaries = sorted({last for _, groups in method.phases for _, last in groups})
-  for k in boundaries:
-    if s_shapes[k - 1][1:] != t_shapes[k - 1][1:]:
-      if to_be_trained:
-        where = (f"the teacher to be trained at {teacher_path} would have width {teacher.width} "
-                 f"and stem {teacher.stem!r}: set --config.teacher.width={student.width} "
-                 f"--config.teacher.stem={student.stem}, or ")
-      else:
-        where = (f"the teacher at {teacher_path} has width {teacher.width} and stem "
-                 f"{teacher.stem!r} (its model.json): ")
-      raise ValueError(
-          f"Stage {k} output shapes differ: student {s_shapes[k - 1][1:]} vs teacher "
-          f"{t_shapes[k - 1][1:]} (per example). Method {method.name!r} matches the student to the "
-          f"teacher at this stage, and {where}set --config.model.width={teacher.width} "
-          f"--config.model.stem={teacher.stem}, or use a teacher of width {student.width}.")
 
 
 # --- bookkeeping --------------------------------------------------------------------------------
@@ -215,8 +185,8 @@ def finished_run(config: ml_collections.ConfigDict, workdir: str) -> dict | None
   if summary is None:
     return None
   stored = run_folder.read_config(workdir) or {}
-  changed = [c for c in run_folder.config_changes(stored, config)
-             if not c.startswith("num_epochs ")]
+  # a larger num_epochs extends the run, a smaller one is refused below
+  changed = run_folder.config_changes(stored, config, run_folder.RESULT_NEUTRAL + ("num_epochs",))
   if changed:
     raise run_folder.WorkdirError(
         f"{workdir} holds a finished run with another config ({'; '.join(changed[:6])}); it is "
@@ -236,8 +206,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   clock = TimeSplit()
   runtime.enable_compilation_cache()
 
-  method = get_method(config.method.name)
-  method.check_config(config.method)
+  method = get_method(config.method.name)  # its config checked by check_before_start
   dtype = resolve_dtype(config.model.dtype)
   dataset = load_dataset(config.data)
   image_shape = dataset.image_shape
@@ -275,7 +244,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   teacher, teacher_vars, teacher_meta = None, None, {}
   if method.needs_teacher:
     teacher, teacher_vars, teacher_meta = teacher_lib.load(config, dataset, dtype)
-    check_stage_shapes(model, teacher, method, image_shape, config.teacher.checkpoint)
+    teacher_lib.check_stage_shapes(model, teacher, method, image_shape, config.teacher.checkpoint)
 
   root_key = jax.random.key(config.seed)
   variables = init_variables(model, jax.random.fold_in(root_key, 0), image_shape)
@@ -367,8 +336,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         step_fn = freeze.keep_frozen_statistics(step_fn, method)
         sums = steps.zero_metrics_like(step_fn, state, train_images, train_labels, perm,
                                        teacher_vars)
-        jitted = jax.jit(steps.repeat_steps(steps.accumulate_metrics(step_fn), n),
-                         donate_argnums=(0, 1), out_shardings=(repl, repl))
+        jitted = steps.dispatched_step(step_fn, n, repl)
         lowered = jitted.lower(state, put(sums), train_images, train_labels, perm, teacher_vars)
         compiled[phase, n] = (lowered.compile(compiler_options=step_options), sums)
     return compiled[phase, n]
@@ -378,12 +346,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     make_perm = jax.jit(lambda key: jax.random.permutation(key, n_train).astype(jnp.int32),
                         out_shardings=repl).lower(perm_key).compile()
   per_dispatch = int(config.get("steps_per_dispatch", 1))
+  refresh = config.log.refresh_steps  # read once: the loop below runs per step
+  running_means = config.log.progress_bar or tb_writer.enabled
 
   clock.startup_done()
   for epoch in range(meta["epoch"], config.num_epochs):
     perm = make_perm(jax.random.fold_in(perm_key, epoch))
     first_step = epoch * steps_per_epoch
-    phase = bisect.bisect_right(phase_starts, first_step) - 1
+    phase = method.phase_at(first_step, total_steps)
     step_fn, zero_sums = phase_step(phase, perm, per_dispatch)
     sums = put(zero_sums)
     finished_parts = []  # metric sums of earlier partitions, when a phase boundary falls mid-epoch
@@ -409,8 +379,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       i += n
       tracer.after(first_step + i, state)
       bar.update(n)
-      refresh = config.log.refresh_steps
-      if (config.log.progress_bar or tb_writer.enabled) and i // refresh > (i - n) // refresh:
+      if running_means and i // refresh > (i - n) // refresh:
         m = mean_metrics(finished_parts + [sums])  # the epoch so far, every partition of it
         rate = i * config.batch_size / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.3f}", img_s=f"{rate:.0f}")
@@ -423,7 +392,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if not math.isfinite(train["loss"]):  # `closing` commits the saves in flight
       raise FloatingPointError(
           f"The training loss became {train['loss']} in epoch {epoch + 1}; stopping. The last good "
-          f"checkpoint (epoch {meta['epoch']}) in {workdir}/checkpoints is intact. Lower "
+          f"checkpoint (epoch {meta['epoch']}) in {run_folder.checkpoints_dir(workdir)} is intact. Lower "
           "config.optim.lr or use float32, then run the same command to resume.")
     clock.add("train", epoch_time)
     acc, eval_loss = eval_accuracy(state.variables)

@@ -12,6 +12,9 @@ A workdir holds
   lock                  held (flock) by the one process training in this folder
   tensorboard/          TensorBoard event files
   profile/              JAX profiler traces, when asked for
+  diagnosis.json, .md   scripts/diagnose.py's report on the run's student
+  student.pt            scripts/export_torch_student.py's PyTorch state_dict (student_best.pt
+                        of the best epoch's model)
 
 Every other module asks this one for a path or a record instead of naming a file, so the layout,
 the atomic writes and the one policy for comparing configs live here.
@@ -38,6 +41,7 @@ CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 PROFILE_DIR = "profile"
 MODEL_META = "model.json"  # inside an exported model folder (`model_dir`)
+DIAGNOSIS = "diagnosis"  # diagnosis.json and diagnosis.md
 
 # Fields that may change between a run and its resumption without changing what it computes
 # (where the decoded data is cached or downloaded from, how many images an evaluation batch holds).
@@ -92,6 +96,15 @@ def checkpoints_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
 
 
+def diagnosis_path(folder: str) -> str:
+  """The diagnosis report's path without its suffix (.json and .md are written)."""
+  return os.path.join(folder, DIAGNOSIS)
+
+
+def torch_student_path(workdir: str, best: bool = False) -> str:
+  return os.path.join(workdir, "student_best.pt" if best else "student.pt")
+
+
 def skip_checkpoint(workdir: str, step: int) -> str:
   """Move the unreadable checkpoint of `step` out of the way (into checkpoints_skipped/)."""
   target_dir = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR + "_skipped")
@@ -120,7 +133,10 @@ def workdir_of_model(model_path: str) -> str | None:
 # --- records -------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str) -> None:
+  """Write `path` whole or not at all: a process killed mid-write leaves the previous complete
+  file (written beside it, synced, then renamed over it). Every record of this project is
+  written this way."""
   with open(path + ".tmp", "w") as f:
     f.write(text)
     f.flush()
@@ -159,7 +175,7 @@ def write_metrics(workdir: str, history: list[dict]) -> None:
   """Rewrite the metrics file atomically (used on resume to drop epochs that will be redone)."""
   if not _primary():
     return
-  _write_atomic(metrics_path(workdir), "".join(json.dumps(row) + "\n" for row in history))
+  write_atomic(metrics_path(workdir), "".join(json.dumps(row) + "\n" for row in history))
 
 
 def append_metrics(workdir: str, row: dict) -> None:
@@ -187,7 +203,7 @@ def is_finished(workdir: str) -> bool:
 def write_summary(workdir: str, summary: dict) -> None:
   if not _primary():
     return
-  _write_atomic(summary_path(workdir), json.dumps(summary, indent=2))
+  write_atomic(summary_path(workdir), json.dumps(summary, indent=2))
 
 
 def read_config(workdir: str) -> dict | None:
@@ -250,7 +266,7 @@ def record_config(config, workdir: str) -> list[str]:
     _log("Warning: the config differs from the one this workdir was started with: " +
          ", ".join(changed))
   if _primary():
-    _write_atomic(config_path(workdir), config.to_json_best_effort(indent=2))
+    write_atomic(config_path(workdir), config.to_json_best_effort(indent=2))
   return changed
 
 

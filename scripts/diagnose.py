@@ -43,7 +43,7 @@ def main(argv):
   # a --student of another run is reported beside it, never over <workdir>'s own diagnosis
   beside = (os.path.dirname(os.path.abspath(FLAGS.student)) if FLAGS.student and not FLAGS.workdir
             else workdir)
-  paths = diagnose.write_report(result, FLAGS.output or os.path.join(beside, diagnose.REPORT_NAME))
+  paths = diagnose.write_report(result, FLAGS.output or run_folder.diagnosis_path(beside))
   print(diagnose.format_markdown(result))
   print(f"Wrote {paths[0]} and {paths[1]}.")
 

@@ -104,11 +104,14 @@ def test_config_check_names_every_bad_value():
                "data.rrc_ratio=(0.0, 1.0) must be two numbers (lo, hi) with 0 < lo <= hi"):
     assert text in str(info.value)
   # found only once a teacher had been trained (the range), or the step traced (the choice)
-  config = tiny_config("dnd", **{"log.profile_steps": "10", "method.head_mse_on": "prob"})
+  # ... or a KeyError traceback when the schedules were built (the schedule's name)
+  config = tiny_config("dnd", **{"log.profile_steps": "10", "method.head_mse_on": "prob",
+                                 "optim.schedule": "one_cycle"})
   with pytest.raises(config_check.ConfigError) as info:
     config_check.check(config)
   for text in ("config.log.profile_steps='10' is not a step range",
-               "config.method.head_mse_on='prob': use one of ['probs', 'logits']"):
+               "config.method.head_mse_on='prob': use one of ['probs', 'logits']",
+               "config.optim.schedule='one_cycle': use one of ['onecycle', 'cyclic', 'constant']"):
     assert text in str(info.value)
   if importlib.util.find_spec("tensorflow_datasets") is None:  # as installed without the extra
     with pytest.raises(config_check.ConfigError, match="needs tensorflow-datasets: pip install"):

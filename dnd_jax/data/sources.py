@@ -30,10 +30,16 @@ log = logging.getLogger(__name__)
 _unwritable: set[Path] = set()  # cache folders already reported as unwritable
 
 
+def cache_root() -> Path:
+  """$DND_JAX_CACHE, else ~/.cache/dnd_jax: the folder of this project's caches (decoded data
+  sets here, XLA's compiled programs in `dnd_jax.runtime`), so that one variable moves them all."""
+  return Path(os.environ.get(ENV_CACHE) or "~/.cache/dnd_jax").expanduser()
+
+
 def cache_dir(data_config: Any) -> Path:
-  """The configured cache_dir, else $DND_JAX_CACHE, else ~/.cache/dnd_jax."""
+  """The configured cache_dir, else `cache_root()`."""
   configured = data_config.get("cache_dir")
-  return Path(configured or os.environ.get(ENV_CACHE) or "~/.cache/dnd_jax").expanduser()
+  return Path(configured).expanduser() if configured else cache_root()
 
 
 def stored_size(data_config: Any) -> int | None:

@@ -10,6 +10,7 @@ so a changed override can never be silently mixed with old results.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
 
@@ -175,12 +176,12 @@ def collect(plan: Plan) -> list[dict]:
 
 def write_csv(rows: list[dict], path: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + ".tmp", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in CSV_FIELDS})
-  os.replace(path + ".tmp", path)
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=CSV_FIELDS)
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in CSV_FIELDS})
+  run_folder.write_atomic(path, text.getvalue())
 
 
 _INT_FIELDS = ("epochs", "seed", "best_epoch")
