@@ -112,9 +112,6 @@ def check(config, workdir: str | None = None) -> None:
   for name in ("momentum", "weight_decay", "max_lr_factor", "base_lr_factor", "pct_start",
                "div_factor", "final_div_factor", "base_momentum", "max_momentum"):
     _finite(config, f"optim.{name}", problems)
-  for name in ("alpha", "beta", "jacobian_weight", "label_weight", "hinton_weight"):
-    _finite(config, f"method.{name}", problems)
-  _finite(config, "method.tau", problems, positive=True)  # a temperature divides the logits
   for name in ("seed", "data.subset_seed"):  # JAX's and NumPy's generators take 0 .. 2**63 - 1
     value = _get(config, name)
     if value is not _ABSENT and (isinstance(value, bool) or not isinstance(value, int)

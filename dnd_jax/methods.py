@@ -19,6 +19,7 @@ before the config is built), and write a config file that calls `base_config(dat
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import jax
@@ -88,6 +89,7 @@ class Method:
   paper_name: str | None = None    # its rows in the paper's published results, if any
   trained_stages: tuple[int, ...] | None = None
   choices: dict = dataclasses.field(default_factory=dict)  # field -> the values it may take
+  positive: tuple[str, ...] = ()   # number fields that must be above 0 (a temperature divides)
 
   def phase_starts(self, total_steps: int) -> list[int]:
     """First step of each phase; `round` keeps 1/3 of 300 at 100, not 99."""
@@ -122,6 +124,14 @@ class Method:
     for field, allowed in self.choices.items():
       if cfg.get(field) not in allowed:
         raise ValueError(f"config.method.{field}={cfg.get(field)!r}: use one of {list(allowed)}.")
+    for field, default in self.config.items():  # its numbers (a NaN weight ends a run late)
+      value = cfg.get(field)
+      if not isinstance(default, float) or (
+          isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (field not in self.positive or value > 0)):
+        continue
+      what = "a finite number above 0" if field in self.positive else "a finite number"
+      raise ValueError(f"config.method.{field}={value!r} must be {what}.")
     if self.trained_stages is not None and not cfg.get("init_from"):
       raise ValueError(f"Method {self.name!r} retrains stages {self.trained_stages} of a trained "
                        "network: set config.method.init_from to its exported model folder "
@@ -256,7 +266,7 @@ register(Method("teacher", ((0.0, ALL_STAGES),), ce_loss, label="Teacher (cross-
                 needs_teacher=False, student_depth=34))
 register(Method("kd", ((0.0, ALL_STAGES),), kd_loss, label="Vanilla KD",
                 config={"tau": 4.0, "alpha": 0.9},  # (1 - alpha) * CE + alpha * tau^2 * KL
-                paper_name="vanilla_kd"))
+                positive=("tau",), paper_name="vanilla_kd"))
 register(Method("at", ((0.0, ALL_STAGES),), at_loss, label="AT+CE",
                 config={"beta": 1000.0},  # CE + beta / 2 * sum of AT terms
                 paper_name="at_ce"))
@@ -268,11 +278,12 @@ register(Method("jacobian", ((0.0, ALL_STAGES),), jacobian_loss, label="Jacobian
                 choices={"jacobian_reduction": losses.JACOBIAN_REDUCTIONS},
                 needs_whole_student=True, paper_name="jacobian_ce"))
 register(Method("dnd", ((0.0, DND_GROUPS),), dnd_loss, label="DnD", config=_DND_CONFIG,
-                choices=_DND_CHOICES, base_lr=0.05, paper_name="dnd"))
+                choices=_DND_CHOICES, positive=("tau",), base_lr=0.05, paper_name="dnd"))
 register(Method("pdnd", ((0.0, DND_GROUPS),
                          (1.0 / 3.0, ((1, 2), (3, 4), (5, 5))),
                          (2.0 / 3.0, ((1, 4), (5, 5)))), dnd_loss, label="Progressive DnD",
-                config=_DND_CONFIG, choices=_DND_CHOICES, base_lr=0.05, schedule="cyclic",
+                config=_DND_CONFIG, choices=_DND_CHOICES, positive=("tau",), base_lr=0.05,
+                schedule="cyclic",
                 momentum_range=(0.8, 0.9),  # PyTorch's CyclicLR
                 paper_name="pdnd"))
 # Figure 2a: a trained ResNet18 with stage 3 re-initialised, trained alone (the rest frozen)

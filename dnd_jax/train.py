@@ -200,6 +200,32 @@ def finished_run(config: ml_collections.ConfigDict, workdir: str) -> dict | None
   return summary if config.num_epochs == summary.get("epochs") else None
 
 
+def _teacher_accuracy(config, dataset, teacher, teacher_vars, teacher_meta, eval_images,
+                      eval_labels, clock: TimeSplit) -> float:
+  """The teacher's accuracy on this run's evaluation split, said once with any warning about it.
+
+  Its model.json holds it when it was measured on the same data (`checkpoints.recorded_accuracy`);
+  only otherwise is an evaluation of the teacher compiled and run (compile and eval time)."""
+  recorded = checkpoints.recorded_accuracy(
+      teacher_meta, checkpoints.evaluation_record(dataset, config.model.dtype))
+  if recorded is not None:
+    accuracy, source = recorded, "as recorded in its model.json"
+  else:
+    t_eval = jax.jit(steps.make_evaluate(teacher, config.data, dataset.mean, dataset.std,
+                                         config.eval_batch_size))
+    with clock("compile"):
+      t_eval = t_eval.lower(teacher_vars, eval_images, eval_labels).compile()
+    with clock("eval"):
+      correct, _ = t_eval(teacher_vars, eval_images, eval_labels)
+      accuracy, source = float(correct) / len(dataset.eval_labels), "measured"
+  _log(f"Teacher {dataset.eval_split} accuracy: {accuracy:.4f} ({source})")
+  for warning in (teacher_lib.chance_warning(accuracy, dataset.num_classes),
+                  teacher_lib.held_out_warning(config, teacher_meta, dataset)):
+    if warning:
+      _log(warning)
+  return accuracy
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         closing: contextlib.ExitStack) -> dict:
   """The run itself; what it opens that must be closed however it ends goes on `closing`."""
@@ -297,25 +323,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       n = len(dataset.eval_labels)
       return float(correct) / n, float(ce) / n
 
-  eval_record = checkpoints.evaluation_record(dataset, config.model.dtype)
   if teacher is not None and "teacher_accuracy" not in meta:
-    # the teacher's model.json holds its accuracy; measure it only if that was on other data
-    recorded = checkpoints.recorded_accuracy(teacher_meta, eval_record)
-    if recorded is not None:
-      meta["teacher_accuracy"], source = recorded, "as recorded in its model.json"
-    else:
-      t_eval = jax.jit(steps.make_evaluate(teacher, config.data, dataset.mean, dataset.std,
-                                           config.eval_batch_size))
-      with clock("compile"):
-        t_eval = t_eval.lower(teacher_vars, eval_images, eval_labels).compile()
-      with clock("eval"):
-        correct, _ = t_eval(teacher_vars, eval_images, eval_labels)
-        meta["teacher_accuracy"], source = float(correct) / len(dataset.eval_labels), "measured"
-    _log(f"Teacher {dataset.eval_split} accuracy: {meta['teacher_accuracy']:.4f} ({source})")
-    for warning in (teacher_lib.chance_warning(meta["teacher_accuracy"], dataset.num_classes),
-                    teacher_lib.held_out_warning(config, teacher_meta, dataset)):
-      if warning:
-        _log(warning)
+    meta["teacher_accuracy"] = _teacher_accuracy(config, dataset, teacher, teacher_vars,
+                                                 teacher_meta, eval_images, eval_labels, clock)
   if method.trained_stages is not None and "start_accuracy" not in meta:
     # the trained network with its re-initialised stages, before any step: where the curve starts
     meta["start_accuracy"] = eval_accuracy(state.variables)[0]
@@ -423,7 +433,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tb_writer.close()
 
   return finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate, clock,
-                teacher_meta, eval_record, repl)
+                teacher_meta, checkpoints.evaluation_record(dataset, config.model.dtype), repl)
 
 
 def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate,
