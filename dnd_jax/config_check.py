@@ -122,10 +122,7 @@ def check(config, workdir: str | None = None) -> None:
   except ValueError as e:
     problems.append(str(e))
   else:
-    try:
-      method.check_config(config.method)  # its fields, a choice's values, what it needs
-    except ValueError as e:
-      problems.append(str(e))
+    problems += method.config_problems(config.method)  # its fields' values, what it needs
     init_from = config.method.get("init_from")
     if (method.trained_stages is not None and method.needs_teacher and init_from
         and os.path.abspath(config.teacher.checkpoint) != os.path.abspath(init_from)):

@@ -111,19 +111,21 @@ class Method:
   def display_name(self) -> str:
     return self.label or self.name
 
-  def check_config(self, cfg) -> None:
-    """A clear error for a `config.method` block this method cannot run with."""
+  def config_problems(self, cfg) -> list[str]:
+    """Every reason this method cannot run with the `config.method` block `cfg` (none: it can),
+    each a line that says what to set; `config_check` reports them all at once."""
     missing = sorted(set(self.config) - set(cfg.keys()))
-    if missing:
-      raise ValueError(
-          f"config.method lacks {', '.join(missing)}, which method {self.name!r} needs: build "
-          f"the config with base_config(<data>, {self.name!r}) rather than changing method.name.")
+    if missing:  # the fields below would only repeat it
+      return [f"config.method lacks {', '.join(missing)}, which method {self.name!r} needs: build "
+              f"the config with base_config(<data>, {self.name!r}) rather than changing "
+              "method.name."]
+    problems = []
     if self.needs_whole_student and cfg.get("memory_lean", False):
-      raise ValueError(f"Method {self.name!r} runs the whole student in its loss, which cannot "
-                       "be split by group: set config.method.memory_lean=False.")
+      problems.append(f"Method {self.name!r} runs the whole student in its loss, which cannot "
+                      "be split by group: set config.method.memory_lean=False.")
     for field, allowed in self.choices.items():
       if cfg.get(field) not in allowed:
-        raise ValueError(f"config.method.{field}={cfg.get(field)!r}: use one of {list(allowed)}.")
+        problems.append(f"config.method.{field}={cfg.get(field)!r}: use one of {list(allowed)}.")
     for field, default in self.config.items():  # its numbers (a NaN weight ends a run late)
       value = cfg.get(field)
       if not isinstance(default, float) or (
@@ -131,11 +133,18 @@ class Method:
           and (field not in self.positive or value > 0)):
         continue
       what = "a finite number above 0" if field in self.positive else "a finite number"
-      raise ValueError(f"config.method.{field}={value!r} must be {what}.")
+      problems.append(f"config.method.{field}={value!r} must be {what}.")
     if self.trained_stages is not None and not cfg.get("init_from"):
-      raise ValueError(f"Method {self.name!r} retrains stages {self.trained_stages} of a trained "
-                       "network: set config.method.init_from to its exported model folder "
-                       "(<workdir>/model).")
+      problems.append(f"Method {self.name!r} retrains stages {self.trained_stages} of a trained "
+                      "network: set config.method.init_from to its exported model folder "
+                      "(<workdir>/model).")
+    return problems
+
+  def check_config(self, cfg) -> None:
+    """A ValueError with every problem of `config_problems`, for callers outside config_check."""
+    problems = self.config_problems(cfg)
+    if problems:
+      raise ValueError(" ".join(problems))
 
 
 # --- group losses -------------------------------------------------------------------------------

@@ -98,16 +98,19 @@ def graph_capture_failure(error: Exception, config_options) -> str | None:
   that an option of theirs is the cause. The option is result-neutral, so the run resumes
   without it.
   """
+  # The Python error carries only the cuDNN status (XLA logs the failed capture apart), so any
+  # cuDNN error under the option gets this line, worded as the likely cause, not a certain one.
   text = str(error).lower()
   commands = str(dict(config_options or {}).get("xla_gpu_enable_command_buffer", ""))
   if "cudnn" not in text or "CONVOLUTION" not in commands.upper().split(","):
     return None
   first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-  return (f"cuDNN failed inside a CUDA graph ({first}): this GPU's cuDNN would not run the "
-          f"training step's convolutions as part of XLA's CUDA graphs, which "
-          f"config.compiler_options.xla_gpu_enable_command_buffer asks for with CONVOLUTION. "
-          f"Rerun the same command with --config.compiler_options.xla_gpu_enable_command_buffer="
-          f"{GPU_COMMAND_BUFFER} (the default); the run resumes from its last checkpoint.")
+  return (f"cuDNN failed ({first}) in a step whose convolutions run inside XLA's CUDA graphs "
+          f"(config.compiler_options.xla_gpu_enable_command_buffer has CONVOLUTION): the likely "
+          f"cause is that this GPU's cuDNN would not run them there. Rerun the same command "
+          f"with --config.compiler_options.xla_gpu_enable_command_buffer={GPU_COMMAND_BUFFER} "
+          f"(the default); the run resumes from its last checkpoint. An error that recurs "
+          f"without CONVOLUTION has another cause.")
 
 
 def setup_runtime() -> None:

@@ -159,7 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
       return _train_and_evaluate(config, workdir, closing)
     except jax.errors.JaxRuntimeError as e:
-      fix = runtime.graph_capture_failure(e, config.compiler_options)
+      fix = runtime.graph_capture_failure(e, config.get("compiler_options"))
       if fix is None:
         raise
       raise config_check.ConfigError(fix) from e

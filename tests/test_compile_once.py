@@ -215,3 +215,14 @@ def test_cudnn_refusing_a_cuda_graph_is_one_line_naming_the_option_and_the_run_r
   config.compiler_options.xla_gpu_enable_command_buffer = runtime.GPU_COMMAND_BUFFER
   summary = train_and_evaluate(config, workdir)
   assert summary["epochs"] == 2 and len(read_metrics(workdir)) == 2
+
+  # any other runtime error comes through as it is, also from a config without compiler_options
+  other = tiny_config("teacher")
+  del other["compiler_options"]
+
+  def out_of_memory(parts):
+    raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1 bytes.")
+
+  monkeypatch.setattr(train_lib, "mean_metrics", out_of_memory)
+  with pytest.raises(jax.errors.JaxRuntimeError, match="RESOURCE_EXHAUSTED"):
+    train_and_evaluate(other, str(tmp_path / "other"))

@@ -88,11 +88,13 @@ def test_config_check_names_every_bad_value():
   # values that passed and then ended a run late: a NaN loss after an epoch with the advice to
   # lower the learning rate (tau 0, a zero std), a traceback (a seed past 64 bits), an image
   # reader's error blaming the data (a negative stored size)
-  config = tiny_config("kd", seed=2**64, **{"method.tau": 0.0, "data.std": (0.0,),
+  config = tiny_config("kd", seed=2**64, **{"method.tau": 0.0, "method.alpha": float("nan"),
+                                             "data.std": (0.0,),
                                              "data.subset_seed": -1, "data.stored_size": -4})
   with pytest.raises(config_check.ConfigError) as info:
     config_check.check(config)
-  for text in ("method.tau=0.0 must be a finite number above 0", "seed=18446744073709551616",
+  for text in ("method.tau=0.0 must be a finite number above 0",
+               "method.alpha=nan must be a finite number", "seed=18446744073709551616",
                "data.subset_seed=-1", "data.std=(0.0,)", "data.stored_size=-4"):
     assert text in str(info.value)
   # augmentation: a traceback from inside the compiled step, or a crop silently turned off
