@@ -1,4 +1,4 @@
-"""Quickstart: teacher + Progressive DnD on Fashion-MNIST, sized for a 2-core CPU (about 2 minutes).
+"""Quickstart: teacher + Progressive DnD on Fashion-MNIST, sized for a 2-core CPU (2-3 minutes).
 
   python scripts/train.py --config configs/quickstart.py
 
