@@ -26,6 +26,8 @@ import threading
 from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
@@ -198,13 +200,18 @@ def load_model(path: str, arch: dict, abstract_variables: Any) -> tuple[dict, di
   return dict(variables), meta
 
 
-def load_model_as(path: str, arch: dict, image_shape, dtype=None) -> tuple[models.ResNet, dict, dict]:
+def network(arch: dict, dtype=jnp.float32) -> models.ResNet:
+  """The network of an architecture record (`architecture`'s fields, as a model.json or a
+  PyTorch state_dict gives them), computing in `dtype` (parameters stay float32)."""
+  return models.build_model(ml_collections.ConfigDict(arch), arch["num_classes"], dtype)
+
+
+def load_model_as(path: str, arch: dict, image_shape,
+                  dtype=jnp.float32) -> tuple[models.ResNet, dict, dict]:
   """(network, variables, model.json) of the exported model at `path`, which must have the
-  architecture `arch` (`architecture`'s fields); the network computes in `dtype` (default
-  float32; parameters stay float32). Every command that loads a saved network builds it here,
-  so what "this folder's network" means is decided once."""
-  model = models.ResNet(depth=arch["depth"], num_classes=arch["num_classes"], width=arch["width"],
-                        stem=arch["stem"], **({"dtype": dtype} if dtype is not None else {}))
+  architecture `arch` (`architecture`'s fields). Every command that loads a saved network builds
+  it here, so what "this folder's network" means is decided once."""
+  model = network(arch, dtype)
   abstract = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), image_shape))
   variables, meta = load_model(path, arch, abstract)
   return model, variables, meta

@@ -91,7 +91,7 @@ def check(config, workdir: str | None = None) -> None:
   from dnd_jax.methods import get_method  # noqa: PLC0415
   from dnd_jax.data.sources import READERS, SOURCES  # noqa: PLC0415
   from dnd_jax import profiling  # noqa: PLC0415
-  from dnd_jax.models import DTYPES, STAGE_SIZES, STEMS  # noqa: PLC0415
+  from dnd_jax.models import STAGE_SIZES, STEMS, resolve_dtype  # noqa: PLC0415
   from dnd_jax.optim import SCHEDULES  # noqa: PLC0415
 
   problems: list[str] = []
@@ -131,9 +131,10 @@ def check(config, workdir: str | None = None) -> None:
       problems.append(f"config.teacher.checkpoint={config.teacher.checkpoint!r} must be the "
                       f"network that method {method.name!r} re-trains, config.method.init_from="
                       f"{init_from!r}: set --config.teacher.checkpoint={init_from}.")
-  if config.model.dtype not in DTYPES:
-    problems.append(f"config.model.dtype={config.model.dtype!r} is not supported; use one of "
-                    f"{list(DTYPES)}.")
+  try:
+    resolve_dtype(config.model.dtype)  # its own message
+  except ValueError as e:
+    problems.append(str(e))
   for block in ("model", "teacher"):
     if block not in config:
       continue

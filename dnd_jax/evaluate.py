@@ -40,9 +40,7 @@ def load_any_model(path: str, image_shape, dtype=jnp.float32) -> tuple[ResNet, d
         f"{os.path.dirname(path) or '.'!r}.")
   variables = torch_bridge.torch_state_dict_to_variables(torch_bridge.load_torch_checkpoint(path))
   arch = torch_bridge.variables_architecture(variables)
-  model = ResNet(depth=arch["depth"], num_classes=arch["num_classes"], width=arch["width"],
-                 stem=arch["stem"], dtype=dtype)
-  return model, variables, arch, {}
+  return checkpoints.network(arch, dtype), variables, arch, {}
 
 
 def evaluate_model(path: str, config, split: str = "test") -> dict:

@@ -200,14 +200,14 @@ def finished_run(config: ml_collections.ConfigDict, workdir: str) -> dict | None
   return summary if config.num_epochs == summary.get("epochs") else None
 
 
-def _teacher_accuracy(config, dataset, teacher, teacher_vars, teacher_meta, eval_images,
-                      eval_labels, clock: TimeSplit) -> float:
+def _teacher_accuracy(config, dataset, teacher, teacher_vars, teacher_meta, eval_record: dict,
+                      eval_images, eval_labels, clock: TimeSplit) -> float:
   """The teacher's accuracy on this run's evaluation split, said once with any warning about it.
 
-  Its model.json holds it when it was measured on the same data (`checkpoints.recorded_accuracy`);
-  only otherwise is an evaluation of the teacher compiled and run (compile and eval time)."""
-  recorded = checkpoints.recorded_accuracy(
-      teacher_meta, checkpoints.evaluation_record(dataset, config.model.dtype))
+  Its model.json holds it when it was measured on the same data (`eval_record`,
+  `checkpoints.recorded_accuracy`); only otherwise is an evaluation of the teacher compiled and
+  run (compile and eval time)."""
+  recorded = checkpoints.recorded_accuracy(teacher_meta, eval_record)
   if recorded is not None:
     accuracy, source = recorded, "as recorded in its model.json"
   else:
@@ -323,9 +323,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       n = len(dataset.eval_labels)
       return float(correct) / n, float(ce) / n
 
+  eval_record = checkpoints.evaluation_record(dataset, config.model.dtype)  # hashes the images
   if teacher is not None and "teacher_accuracy" not in meta:
     meta["teacher_accuracy"] = _teacher_accuracy(config, dataset, teacher, teacher_vars,
-                                                 teacher_meta, eval_images, eval_labels, clock)
+                                                 teacher_meta, eval_record, eval_images,
+                                                 eval_labels, clock)
   if method.trained_stages is not None and "start_accuracy" not in meta:
     # the trained network with its re-initialised stages, before any step: where the curve starts
     meta["start_accuracy"] = eval_accuracy(state.variables)[0]
@@ -402,8 +404,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if not math.isfinite(train["loss"]):  # `closing` commits the saves in flight
       raise FloatingPointError(
           f"The training loss became {train['loss']} in epoch {epoch + 1}; stopping. The last good "
-          f"checkpoint (epoch {meta['epoch']}) in {run_folder.checkpoints_dir(workdir)} is intact. Lower "
-          "config.optim.lr or use float32, then run the same command to resume.")
+          f"checkpoint (epoch {meta['epoch']}) in {run_folder.checkpoints_dir(workdir)} is "
+          "intact. Lower config.optim.lr or use float32, then run the same command to resume.")
     clock.add("train", epoch_time)
     acc, eval_loss = eval_accuracy(state.variables)
     meta["epoch"] = epoch + 1
@@ -433,7 +435,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tb_writer.close()
 
   return finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate, clock,
-                teacher_meta, checkpoints.evaluation_record(dataset, config.model.dtype), repl)
+                teacher_meta, eval_record, repl)
 
 
 def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate,
