@@ -1,7 +1,7 @@
 """PyTorch reference of dnd_jax's models and training steps, to time both frameworks side by side.
 
 docs/design.md section 4 measures the speed claim "next to a PyTorch implementation of the same steps".
-This module is that implementation, written the way a PyTorch user would (channels_last, optional
+This module is that implementation, written the way a PyTorch user would (channels_last on a GPU, optional
 bf16 autocast, optional torch.compile), and tests/test_torch_reference.py checks that one step of
 it gives the same loss and the same updated parameters as dnd_jax, so a timing comparison is a
 comparison of the same computation.
@@ -266,13 +266,18 @@ class TorchStep:
   pass. With `phase=None` the partition follows the step count through the method's phases
   (Progressive DnD switches at 1/3 and 2/3 of `total_steps`); an int fixes one phase, and
   `groups` fixes any partition.
+
+  `channels_last` defaults to the student's device: on a GPU it is what a PyTorch user would time;
+  on the CPU (torch 2.13.0+cpu) the channels-last kernels at these tiny widths give a different
+  loss on every call from the same seed and, single-threaded, corrupted the heap inside
+  `optimizer.step()`, so the CPU computes in the contiguous layout.
   """
 
   def __init__(self, method: str, student: ResNet, teacher: ResNet | None, batch_size: int, *,
                total_steps: int, phase: int | None = None,
                groups: Sequence[tuple[int, int]] | None = None, phase_steps: float | None = None,
                optim: Mapping[str, Any] | None = None,
-               method_config: Mapping[str, Any] | None = None, channels_last: bool = True,
+               method_config: Mapping[str, Any] | None = None, channels_last: bool | None = None,
                bf16: bool = False, compile: bool = False, compile_mode: str | None = None):
     if method not in METHODS:
       raise ValueError(f"The PyTorch reference has no method {method!r}; use one of {METHODS}.")
@@ -286,6 +291,8 @@ class TorchStep:
     self.groups = tuple(tuple(g) for g in groups) if groups is not None else None
     self.cfg = {**METHOD_DEFAULTS, **{k: method_config[k] for k in METHOD_DEFAULTS
                                       if method_config is not None and k in method_config}}
+    if channels_last is None:  # a GPU speed option; see the class docstring
+      channels_last = next(student.parameters()).device.type == "cuda"
     self.channels_last, self.bf16 = channels_last, bf16
     self.compile, self.compile_mode = compile, compile_mode
     self.step_count = 0

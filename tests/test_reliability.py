@@ -271,16 +271,24 @@ def test_ctrl_c_inside_a_save_waits_until_the_save_is_set_up(tmp_path, monkeypat
   """Ctrl-C while Orbax set a save up (its folders and futures) left it half made: the close
   then waited five minutes on a barrier, with tracebacks. The interrupt is held until the call
   returns, and the save commits."""
+  # Ctrl-C as a terminal delivers it, whatever an earlier test in this worker left installed
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
   ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=2)
   orbax_save = type(ckpts.state).save
 
   def interrupted_save(self, *args, **kwargs):
-    os.kill(os.getpid(), signal.SIGINT)  # delivered here, before Orbax has done anything
+    # to this (the main) thread, and handled before it returns: os.kill lets the kernel hand a
+    # process's signal to any of its threads (JAX's, Orbax's), and Python 3.11 may then run the
+    # handler only later, after the save
+    signal.raise_signal(signal.SIGINT)
     return orbax_save(self, *args, **kwargs)
 
   monkeypatch.setattr(type(ckpts.state), "save", interrupted_save)
-  with pytest.raises(KeyboardInterrupt):
-    ckpts.save(1, {"w": np.ones((2,), np.float32)}, {"epoch": 1})
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      ckpts.save(1, {"w": np.ones((2,), np.float32)}, {"epoch": 1})
+  finally:
+    signal.signal(signal.SIGINT, previous)
   monkeypatch.undo()
   ckpts.close()
   assert checkpoints.TrainCheckpoints(str(tmp_path), keep=2).latest_step() == 1
