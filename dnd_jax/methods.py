@@ -205,7 +205,8 @@ def jacobian_loss(g: GroupOutputs, cfg) -> tuple[jax.Array, dict]:
   """Srinivas & Fleuret (2018): CE + lambda * ||normalised d s_y/dx - normalised d t_y/dx||^2.
 
   `cfg.jacobian_reduction` sums the squared difference over the input's elements or averages it
-  (the public implementation's form, with its lambda 20 as the default; README "Jacobian matching").
+  (the public implementation's form, with its lambda 20 as the default; docs/running.md,
+  "Jacobian matching").
 
   The student's input gradient depends on its parameters, so the loss's gradient is a
   second-order backward pass (the paper's Table 2 shows it about 3x slower than KD).
@@ -282,7 +283,8 @@ register(Method("at", ((0.0, ALL_STAGES),), at_loss, label="AT+CE",
 register(Method("jacobian", ((0.0, ALL_STAGES),), jacobian_loss, label="Jacobian+CE",
                 # lambda, and the squared difference of normalised input gradients summed ("sum")
                 # or averaged ("mean") over the input's elements: lambda 20 on the mean is the one
-                # public implementation's (README "Jacobian matching" says where it comes from)
+                # public implementation's (docs/running.md, "Jacobian matching", says where it
+                # comes from)
                 config={"jacobian_weight": 20.0, "jacobian_reduction": "mean"},
                 choices={"jacobian_reduction": losses.JACOBIAN_REDUCTIONS},
                 needs_whole_student=True, paper_name="jacobian_ce"))

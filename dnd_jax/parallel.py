@@ -36,7 +36,7 @@ def check_batch_divides(batch_size: int, mesh, what: str = "batch_size") -> None
   if batch_size % n:
     raise ValueError(
         f"config.{what}={batch_size} does not divide over the {n} devices of the mesh; use a "
-        f"multiple of {n} (and scale the learning rate with it, see the README).")
+        f"multiple of {n} (and scale the learning rate with it, see docs/running.md).")
 
 
 def local_rows(num_rows: int, mesh) -> slice:

@@ -48,7 +48,7 @@ def enable_compilation_cache() -> str | None:
 # faster in the benchmark on an H200 (KD at batch 128 in bf16 from 4.72 to 3.73 ms per step), but
 # it is not the default: on the same H200 (2026-11-27, jax 0.11) the trainer's first distillation
 # step failed with it, cuDNN refusing to be captured into a graph ("Failed to trace command
-# buffer: <unknown cudnn status: 5003>"), which XLA's list never asks of it. docs/benchmarks.md.
+# buffer: <unknown cudnn status: 5003>"), which XLA's list never asks of it. docs/benchmarks-log.md.
 GPU_COMMAND_BUFFER = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION"
 GPU_COMMAND_BUFFER_CONVOLUTION = GPU_COMMAND_BUFFER + ",CONVOLUTION"
 # Backends whose XLA knows the xla_gpu_* options: the GPU uses them; the CPU ignores them but

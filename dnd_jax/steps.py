@@ -110,7 +110,7 @@ def sequential_group_grads(params, batch_stats, *, model: ResNet, teacher: ResNe
   The sum is the same as the default step's; only the schedule differs. On a GPU it does not pay:
   XLA already runs the default step group by group (deepest groups first), and these barriers,
   which put group 1 first and leave the parameters' bf16 copies free to be made early, raise the
-  peak by 125 MiB at batch 512 (XLA's buffer assignment, docs/benchmarks.md); `model.remat`
+  peak by 125 MiB at batch 512 (XLA's buffer assignment, docs/benchmarks-log.md); `model.remat`
   is what lowers it there.
 
   Each group's loss sees the teacher's outputs up to its last stage (later entries are None):
@@ -243,7 +243,7 @@ def repeat_steps(step_fn, n: int):
   stay within one epoch (one permutation) and one partition, as the training loop arranges.
 
   Not on a CPU: XLA:CPU (jax 0.10.2) runs this step inside a rolled loop about 7-10x slower than
-  on its own (docs/benchmarks.md), while there the host's ~0.5 ms per dispatch is hidden behind
+  on its own (docs/benchmarks-log.md), while there the host's ~0.5 ms per dispatch is hidden behind
   a step of ~100 ms anyway. Unrolling restores the speed but grows compile time with n (x2.8
   for n = 4).
   """

@@ -89,7 +89,7 @@ part_a() {
 part_b() {
   local teacher=$WORK/runs/teacher_fashion/model budget method
   if [ ! -d "$FASHION_DIR" ]; then
-    gpu_log "error: no Fashion-MNIST in $FASHION_DIR: copy /usr/share/datasets/fashion-mnist/*.gz there and name data/fashion-mnist in the run's carry list (docs/benchmarks.md)"
+    gpu_log "error: no Fashion-MNIST in $FASHION_DIR: copy /usr/share/datasets/fashion-mnist/*.gz there and name data/fashion-mnist in the run's carry list (docs/development.md)"
     exit 3
   fi
   # decoded arrays in the default cache (~/.cache/dnd_jax), which the CPU tests share

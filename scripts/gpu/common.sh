@@ -1,5 +1,5 @@
 # Shared setup of the one-command GPU scripts (scripts/gpu_bench.sh, scripts/gpu_headline.sh).
-# Sourced, not run: the caller sets GPU_SCRIPT (its name) first. docs/benchmarks.md has the
+# Sourced, not run: the caller sets GPU_SCRIPT (its name) first. docs/development.md has the
 # procedure (wheels, the `run` command line, what comes back).
 #
 # Environment (all optional):
@@ -79,7 +79,7 @@ EOF
   fi
   local why
   if ! why=$("$PY" -c "import ml_collections" 2>&1); then
-    gpu_log "error: ml_collections does not import ($(echo "$why" | tail -n 1)): fetch its wheel (and any missing dependency's) into .whl/ with the pip download command in docs/benchmarks.md, and name .whl in the run's carry list"
+    gpu_log "error: ml_collections does not import ($(echo "$why" | tail -n 1)): fetch its wheel (and any missing dependency's) into .whl/ with the pip download command in docs/development.md, and name .whl in the run's carry list"
     exit 2
   fi
   "$PY" -c "import tensorboardX" 2>/dev/null \
