@@ -3,12 +3,13 @@
 For each case (teacher CE, vanilla KD, AT, Jacobian, DnD, memory-lean DnD, each Progressive DnD
 phase, and KD and DnD with rematerialised blocks), batch size and dtype, on synthetic data
 (random uint8 images resident on the device, so nothing is downloaded), it builds the training
-step as `dnd_jax.train` does (`steps.make_train_step` with `dnd_jax.freeze`'s wrappers, in the
-program the loop dispatches, `steps.dispatched_step`: jitted, donated, batch sharded over every
-device, gather + augmentation inside) and reports:
+step with the training loop's own builder (`steps.compile_partition_step`: `steps.make_train_step`
+with `dnd_jax.freeze`'s wrappers, in the program the loop dispatches, `steps.dispatched_step`:
+jitted, donated, batch sharded over every device, gather + augmentation inside) and reports:
 
-  compile time          lower + compile (a hit when the persistent compilation cache is on and
-                        holds the program; the run's meta says whether it was on)
+  compile time          trace + lower + compile, as the trainer counts its compile time (a hit
+                        when the persistent compilation cache is on and holds the program; the
+                        run's meta says whether it was on)
   images/s, ms/step     from the steps dispatched back to back as the training loop does (one
                         synchronisation at the end): what an epoch costs per step
   synced ms/step        median of the same steps each synchronised on its own (latency)
@@ -326,9 +327,9 @@ class JaxBench:
       self._vars[depth] = jax.device_get(variables)
     return self._vars[depth]
 
-  def _step(self, case_name: str, batch: int, dtype_name: str, abstract: bool = False):
-    """What the case's steps are built from as the training loop builds them (`steps.StepSpec`),
-    its train state and data.
+  def _inputs(self, case_name: str, batch: int, dtype_name: str, abstract: bool = False):
+    """What the case's steps are built from, as the training loop's (`steps.StepSpec`), its train
+    state and data.
 
     `abstract`: the variables and state as `jax.ShapeDtypeStruct`s (for a FLOP count that
     lowers the step without computing or placing anything); else real ones on the devices.
@@ -362,6 +363,14 @@ class JaxBench:
       state = place(steps.create_train_state(variables(config.model.depth), tx))
     teacher_vars = place(variables(TEACHER_DEPTH)) if teacher is not None else None
     return spec, state, (self.images, self.labels, self.perm, teacher_vars)
+
+  def _step(self, case_name: str, batch: int, dtype_name: str, abstract: bool = False):
+    """The case's one step as the training loop builds it (`steps.partition_step`), its train
+    state, metric sums and data (`abstract`: see `_inputs`)."""
+    spec, state, data = self._inputs(case_name, batch, dtype_name, abstract)
+    step_fn = steps.partition_step(spec, CASES[case_name].phase, self.mesh)
+    sums = steps.zero_metrics_like(step_fn, state, *data)
+    return step_fn, state, (sums if abstract else jax.device_put(sums, self.repl)), data
 
   def profile(self, runner: "_Runner", carry, label: str, per_dispatch: int, compiled):
     """`--profile-steps` more dispatches back to back under the profiler; (carry, summary).
@@ -398,13 +407,11 @@ class JaxBench:
 
   def step_gflop(self, case_name: str, batch: int, dtype_name: str) -> float | None:
     """XLA's GFLOP count of one step, from the lowered program (nothing is compiled or run)."""
-    spec, state, data = self._step(case_name, batch, dtype_name, abstract=True)
-    step_fn = steps.partition_step(spec, CASES[case_name].phase, self.mesh)
-    sums = steps.zero_metrics_like(step_fn, state, *data)
+    step_fn, state, sums, data = self._step(case_name, batch, dtype_name, abstract=True)
     return _cost_gflop(jax.jit(steps.accumulate_metrics(step_fn)).lower(state, sums, *data))
 
   def row(self, case_name: str, batch: int, dtype_name: str, per_dispatch: int = 1) -> dict:
-    spec, state, data = self._step(case_name, batch, dtype_name)
+    spec, state, data = self._inputs(case_name, batch, dtype_name)
     label = (f"{self.args.jax_label}_{case_name}_b{batch}_{dtype_name}_x{per_dispatch}"
              .replace(" ", "-"))
     # the trainer's options for this step (its config's), then the command line's over them
