@@ -1,16 +1,15 @@
 """The frozen teacher of a distillation run: provisioned (trained if missing) as its own step, then
 loaded with the architecture its `model.json` records.
 
-Provisioning is separate from the student's training: `scripts/train.py` (`train.train_command`)
-and the reproduction grids call `provision` before `train_and_evaluate`, which only loads a
-teacher that exists. This module sits below the run: the trainer of a missing teacher is passed
-in (`train_fn`, the run's `train_and_evaluate`). A teacher
-that a student run trains for itself gets the student's data (name, folder, source, checksums,
-image size, normalisation, the rows held out for validation) and every data override of the
-command line (a share of the data, say), the student's width and stem (which stage-for-stage
-distillation needs), and any `config.teacher.{depth,width,stem}` that is set; it trains in its own
-workdir (the folder that `config.teacher.checkpoint` names as `<workdir>/model`), and never writes
-into a folder that holds another run.
+Provisioning is separate from the student's training: `scripts/train.py` (`train.train_command`) and
+the reproduction grids call `provision` before `train_and_evaluate`, which only loads a teacher that
+exists. This module sits below the run: the trainer of a missing teacher is passed in (`train_fn`,
+the run's `train_and_evaluate`). A teacher that a student run trains for itself gets the student's
+data (name, folder, source, checksums, image size, normalisation, the rows held out for validation)
+and every data override of the command line (a share of the data, say), the student's width and stem
+(which stage-for-stage distillation needs), and any `config.teacher.{depth,width,stem}` that is set;
+it trains in its own workdir (the folder that `config.teacher.checkpoint` names as
+`<workdir>/model`), and never writes into a folder that holds another run.
 """
 
 from __future__ import annotations
