@@ -3,12 +3,13 @@
 For each case (teacher CE, vanilla KD, AT, Jacobian, DnD, memory-lean DnD, each Progressive DnD
 phase, and KD and DnD with rematerialised blocks), batch size and dtype, on synthetic data
 (random uint8 images resident on the device, so nothing is downloaded), it builds the training
-step as `dnd_jax.train` does (`steps.make_train_step` with `dnd_jax.freeze`'s wrappers, in the
-program the loop dispatches, `steps.dispatched_step`: jitted, donated, batch sharded over every
-device, gather + augmentation inside) and reports:
+step with the training loop's own builder (`steps.compile_partition_step`: `steps.make_train_step`
+with `dnd_jax.freeze`'s wrappers, in the program the loop dispatches, `steps.dispatched_step`:
+jitted, donated, batch sharded over every device, gather + augmentation inside) and reports:
 
-  compile time          lower + compile (a hit when the persistent compilation cache is on and
-                        holds the program; the run's meta says whether it was on)
+  compile time          trace + lower + compile, as the trainer counts its compile time (a hit
+                        when the persistent compilation cache is on and holds the program; the
+                        run's meta says whether it was on)
   images/s, ms/step     from the steps dispatched back to back as the training loop does (one
                         synchronisation at the end): what an epoch costs per step
   synced ms/step        median of the same steps each synchronised on its own (latency)
@@ -69,13 +70,14 @@ import traceback
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from dnd_jax import cli, freeze, parallel, profiling, runtime, steps, workdir as run_folder
 from dnd_jax.configs import base_config
 from dnd_jax.data import augment, cifar100
 from dnd_jax.methods import get_method
-from dnd_jax.models import DTYPES, ResNet, init_variables
+from dnd_jax.models import DTYPES, ResNet, build_model, init_variables
 from dnd_jax.optim import make_optimizer
 
 JSON_FILE, MARKDOWN_FILE = "benchmark.json", "benchmark.md"
@@ -294,8 +296,9 @@ class JaxBench:
     self._vars: dict[int, dict] = {}
 
   def model(self, depth: int, dtype, remat: bool = False) -> ResNet:
-    return ResNet(depth=depth, num_classes=self.args.num_classes, width=self.args.width,
-                  stem="cifar", dtype=dtype, remat=remat)
+    return build_model(ml_collections.ConfigDict(
+        {"depth": depth, "width": self.args.width, "stem": "cifar", "remat": remat}),
+        self.args.num_classes, dtype)
 
   def variables(self, depth: int) -> dict:
     """fp32 variables (the same for either compute dtype), made once per depth and kept on the
@@ -324,10 +327,11 @@ class JaxBench:
       self._vars[depth] = jax.device_get(variables)
     return self._vars[depth]
 
-  def _step(self, case_name: str, batch: int, dtype_name: str, abstract: bool = False):
-    """The case's step as `dnd_jax.train` builds it, its train state, metric sums and data.
+  def _inputs(self, case_name: str, batch: int, dtype_name: str, abstract: bool = False):
+    """What the case's steps are built from, as the training loop's (`steps.StepSpec`), its train
+    state and data.
 
-    `abstract`: the variables, state and sums as `jax.ShapeDtypeStruct`s (for a FLOP count that
+    `abstract`: the variables and state as `jax.ShapeDtypeStruct`s (for a FLOP count that
     lowers the step without computing or placing anything); else real ones on the devices.
     """
     case = CASES[case_name]
@@ -342,12 +346,10 @@ class JaxBench:
     if steps_per_epoch == 0:
       raise ValueError(f"--dataset-size {self.args.dataset_size} is smaller than the batch "
                        f"{batch}.")
-    step_fn = steps.make_train_step(
-        model=model, teacher=teacher, method=method, groups=method.partition(case.phase),
-        method_config=config.method, data_config=config.data, tx=tx, mean=cifar100.MEAN,
-        std=cifar100.STD, batch_size=batch, steps_per_epoch=steps_per_epoch,
-        batch_sharding=parallel.batch_sharded(self.mesh))
-    step_fn = freeze.keep_frozen_statistics(step_fn, method)
+    spec = steps.StepSpec(model=model, teacher=teacher, method=method,
+                          method_config=config.method, data_config=config.data, tx=tx,
+                          mean=cifar100.MEAN, std=cifar100.STD, batch_size=batch,
+                          steps_per_epoch=steps_per_epoch)
     if abstract:
       def variables(depth):
         return jax.eval_shape(lambda: init_variables(
@@ -360,9 +362,15 @@ class JaxBench:
       place = lambda tree: jax.device_put(tree, self.repl)  # noqa: E731
       state = place(steps.create_train_state(variables(config.model.depth), tx))
     teacher_vars = place(variables(TEACHER_DEPTH)) if teacher is not None else None
-    data = (self.images, self.labels, self.perm, teacher_vars)
-    sums = place(steps.zero_metrics_like(step_fn, state, *data))
-    return step_fn, state, sums, data
+    return spec, state, (self.images, self.labels, self.perm, teacher_vars)
+
+  def _step(self, case_name: str, batch: int, dtype_name: str, abstract: bool = False):
+    """The case's one step as the training loop builds it (`steps.partition_step`), its train
+    state, metric sums and data (`abstract`: see `_inputs`)."""
+    spec, state, data = self._inputs(case_name, batch, dtype_name, abstract)
+    step_fn = steps.partition_step(spec, CASES[case_name].phase, self.mesh)
+    sums = steps.zero_metrics_like(step_fn, state, *data)
+    return step_fn, state, (sums if abstract else jax.device_put(sums, self.repl)), data
 
   def profile(self, runner: "_Runner", carry, label: str, per_dispatch: int, compiled):
     """`--profile-steps` more dispatches back to back under the profiler; (carry, summary).
@@ -403,8 +411,7 @@ class JaxBench:
     return _cost_gflop(jax.jit(steps.accumulate_metrics(step_fn)).lower(state, sums, *data))
 
   def row(self, case_name: str, batch: int, dtype_name: str, per_dispatch: int = 1) -> dict:
-    step_fn, state, sums, data = self._step(case_name, batch, dtype_name)
-    jitted = steps.dispatched_step(step_fn, per_dispatch, self.repl)
+    spec, state, data = self._inputs(case_name, batch, dtype_name)
     label = (f"{self.args.jax_label}_{case_name}_b{batch}_{dtype_name}_x{per_dispatch}"
              .replace(" ", "-"))
     # the trainer's options for this step (its config's), then the command line's over them
@@ -417,15 +424,16 @@ class JaxBench:
       options["xla_dump_to"] = os.path.abspath(dump_dir)
     with _without_persistent_cache() if dump_dir else contextlib.nullcontext():
       t0 = time.perf_counter()
-      lowered = jitted.lower(state, sums, *data)
-      compiled = lowered.compile(compiler_options=options or None)
+      step = steps.compile_partition_step(spec, CASES[case_name].phase, per_dispatch, self.mesh,
+                                          state, *data, compiler_options=options or None)
       compile_s = time.perf_counter() - t0
+    compiled, sums = step.compiled, jax.device_put(step.zero_sums, self.repl)
     dumped = _keep_memory_reports(dump_dir) if dump_dir else None
     mem = compiled.memory_analysis()
     # one step's count: the timed program's own when it is one step, else the single-step
     # program's (a scan's loop body would count once)
-    gflop = _cost_gflop(lowered if per_dispatch == 1 else
-                        jax.jit(steps.accumulate_metrics(step_fn)).lower(state, sums, *data))
+    gflop = _cost_gflop(step.lowered if per_dispatch == 1 else
+                        jax.jit(steps.accumulate_metrics(step.step_fn)).lower(state, sums, *data))
 
     runner = _Runner(lambda carry: compiled(*carry, *data), jax.block_until_ready)
     (state, sums), synced, loop, host = time_loop(runner, (state, sums), self.args.warmup,
@@ -459,7 +467,7 @@ class JaxBench:
       row["temp_mib"] = mem.temp_size_in_bytes / 2 ** 20
       # the donated train state and metric sums, updated in place: about the state's size
       row["donated_mib"] = mem.alias_size_in_bytes / 2 ** 20
-    del compiled, state, sums
+    del step, compiled, state, sums
     return row
 
 

@@ -5,6 +5,11 @@ Without them a bad value surfaces late and far from its cause: batch_size 0 as a
 ZeroDivisionError, a negative one as a JAX TypeError after the data and teacher are loaded, lr=nan
 after a whole epoch. The checks cover the values the trainer divides by, loops over or feeds to
 the optimiser, the names it looks up, and the workdir it will write.
+
+This module is the one owner of those checks; the run (`dnd_jax.train`) calls each once, as soon
+as what it needs exists: `check` (the values and the workdir) before JAX starts, `check_devices`
+(the XLA options, the batch over the devices) once it has, `check_run_length` (the batch, the
+profiled steps and the schedule against the training set) once the data is loaded.
 """
 
 from __future__ import annotations
@@ -15,7 +20,13 @@ import math
 import os
 from typing import Any
 
-from dnd_jax import workdir as run_folder
+import jax
+
+from dnd_jax import parallel, profiling, runtime, workdir as run_folder
+from dnd_jax.data.sources import READERS, SOURCES
+from dnd_jax.methods import get_method
+from dnd_jax.models import STAGE_SIZES, STEMS, resolve_dtype
+from dnd_jax.optim import SCHEDULES, make_schedules
 
 
 class ConfigError(ValueError):
@@ -87,13 +98,10 @@ def _get(config, name: str) -> Any:
 
 
 def check(config, workdir: str | None = None) -> None:
-  """Raise `ConfigError` for the first values that cannot work (all problems in one message)."""
-  from dnd_jax.methods import get_method  # noqa: PLC0415
-  from dnd_jax.data.sources import READERS, SOURCES  # noqa: PLC0415
-  from dnd_jax import profiling  # noqa: PLC0415
-  from dnd_jax.models import STAGE_SIZES, STEMS, resolve_dtype  # noqa: PLC0415
-  from dnd_jax.optim import SCHEDULES  # noqa: PLC0415
+  """Raise `ConfigError` for the first values that cannot work (all problems in one message).
 
+  Reads no data and starts no JAX backend, so a command runs it first of all (scripts/train.py
+  before `runtime.setup_runtime`); `check_devices` and `check_run_length` do the rest."""
   problems: list[str] = []
   for name in ("num_epochs", "batch_size", "checkpoint.every_epochs", "checkpoint.keep",
                "log.refresh_steps"):
@@ -192,3 +200,58 @@ def check(config, workdir: str | None = None) -> None:
       run_folder.check_writable(workdir)
     except run_folder.WorkdirError as e:
       raise ConfigError(str(e)) from None
+
+
+def check_devices(config) -> None:
+  """What `check` cannot know before JAX's backends start: the XLA options (by XLA) and the batch
+  over this process's devices. Runs after `runtime.start_distributed`, before any data is read or
+  a teacher is trained for the run."""
+  check_compiler_options(config.get("compiler_options"))
+  parallel.check_batch_divides(config.batch_size, parallel.make_mesh())
+
+
+def _options_check(x):
+  return x + 1
+
+
+def check_compiler_options(config_options) -> None:
+  """Compile a trivial program with `config.compiler_options` as this backend takes them
+  (`runtime.compiler_options`), so that an unknown option or a bad value is one clear line (a
+  `ConfigError`) before any data is loaded, not an XLA error at the first training step. It
+  starts JAX's backends, so it runs after `runtime.start_distributed` (`check_devices`)."""
+  options = runtime.compiler_options(config_options)
+  if not options:
+    return
+  try:
+    jax.jit(_options_check).lower(jax.numpy.zeros(())).compile(compiler_options=options)
+  except Exception as e:  # XLA raises JaxRuntimeError (INVALID_ARGUMENT) for either mistake
+    detail = str(e).splitlines()[0].removeprefix("INVALID_ARGUMENT: ").rstrip(".")
+    raise ConfigError(f"config.compiler_options: {detail}. Set an option XLA knows "
+                     f"(e.g. --config.compiler_options.xla_gpu_enable_command_buffer="
+                     f"{runtime.GPU_COMMAND_BUFFER}), or leave it out.") from None
+
+
+def check_run_length(config, n_train: int, num_phases: int) -> None:
+  """What only the data can tell: the run's steps, from the batch over `n_train` training images.
+  A batch larger than the training set, a profiled range past the last step or a schedule too
+  short for the run (over `num_phases` phases of the method) would otherwise fail, or do
+  nothing, far from its cause."""
+  steps_per_epoch = n_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training set "
+                      f"({n_train} images); lower it or raise data.fraction.")
+  total_steps = steps_per_epoch * config.num_epochs
+  traced = profiling.parse_steps(config.log.get("profile_steps", ""))
+  if traced and traced[1] > total_steps:  # a trace never taken, or one left running to the end
+    raise ConfigError(
+        f"config.log.profile_steps={config.log.profile_steps!r} ends after the run's last step: "
+        f"it has {total_steps} ({config.num_epochs} epochs of {steps_per_epoch}); give a range "
+        f"within 0-{total_steps}.")
+  try:
+    make_schedules(config.optim, total_steps, total_steps / num_phases)
+  except ValueError as e:  # a schedule too short for this run (OneCycle needs 2 steps)
+    raise ConfigError(
+        f"{e} This run has {total_steps} training step{'s' * (total_steps != 1)} "
+        f"({config.num_epochs} epochs of {steps_per_epoch}: batch_size {config.batch_size} over "
+        f"{n_train} training images); raise num_epochs or data.fraction, or lower batch_size."
+    ) from None

@@ -7,7 +7,7 @@ import os
 import jax
 from absl import logging
 
-from dnd_jax.config_check import ConfigError
+from dnd_jax.data.sources import cache_root
 
 CACHE_ENV = "DND_JAX_COMPILATION_CACHE"
 _OFF = {"", "0", "off", "false", "no", "none"}
@@ -15,7 +15,6 @@ _OFF = {"", "0", "off", "false", "no", "none"}
 
 def default_cache_dir() -> str:
   """<$DND_JAX_CACHE or ~/.cache/dnd_jax>/jax_cache: beside the data caches, stable across runs."""
-  from dnd_jax.data.sources import cache_root  # noqa: PLC0415 (the data readers load lazily)
   return str(cache_root() / "jax_cache")
 
 
@@ -66,27 +65,6 @@ def compiler_options(options, platform: str | None = None) -> dict | None:
   chosen = {str(k): v for k, v in dict(options or {}).items()
             if not str(k).startswith("xla_gpu_") or platform in _GPU_OPTIONS_ON}
   return chosen or None
-
-
-def _options_check(x):
-  return x + 1
-
-
-def check_compiler_options(config_options) -> None:
-  """Compile a trivial program with `config.compiler_options` as this backend takes them
-  (`compiler_options`), so that an unknown option or a bad value is one clear line (a
-  `ConfigError`) before any data is loaded, not an XLA error at the first training step. It
-  starts JAX's backends, so it runs after `start_distributed`, not in `config_check`."""
-  options = compiler_options(config_options)
-  if not options:
-    return
-  try:
-    jax.jit(_options_check).lower(jax.numpy.zeros(())).compile(compiler_options=options)
-  except Exception as e:  # XLA raises JaxRuntimeError (INVALID_ARGUMENT) for either mistake
-    detail = str(e).splitlines()[0].removeprefix("INVALID_ARGUMENT: ").rstrip(".")
-    raise ConfigError(f"config.compiler_options: {detail}. Set an option XLA knows "
-                     f"(e.g. --config.compiler_options.xla_gpu_enable_command_buffer="
-                     f"{GPU_COMMAND_BUFFER}), or leave it out.") from None
 
 
 def graph_capture_failure(error: Exception, config_options) -> str | None:

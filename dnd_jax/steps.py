@@ -14,6 +14,7 @@ runs several steps per dispatch with `lax.scan` where the host's per-step overhe
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dnd_jax import losses, parallel
+from dnd_jax import freeze, losses, parallel
 from dnd_jax.data import augment
 from dnd_jax.methods import Group, GroupOutputs, Method
 from dnd_jax.models import NUM_STAGES, ResNet
@@ -276,6 +277,59 @@ def zero_metrics_like(step_fn, state, *args) -> dict:
   """
   shapes = jax.eval_shape(step_fn, state, *args)[1]
   return {k: np.zeros((), np.float32) for k in shapes}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """What a run's training steps are built from, one step per partition of `method`: the
+  training loop and the benchmark both build theirs from one (`compile_partition_step`), so the
+  benchmark times the program that trains."""
+
+  model: ResNet
+  teacher: ResNet | None
+  method: Method
+  method_config: Any  # config.method
+  data_config: Any  # config.data: the augmentation
+  tx: optax.GradientTransformation
+  mean: Any
+  std: Any
+  batch_size: int
+  steps_per_epoch: int
+
+
+def partition_step(spec: StepSpec, phase: int, mesh):
+  """One step of the partition of `phase` (`make_train_step`), the frozen stages' BatchNorm
+  statistics kept (`freeze.keep_frozen_statistics`), the batch split over `mesh`."""
+  step_fn = make_train_step(
+      model=spec.model, teacher=spec.teacher, method=spec.method,
+      groups=spec.method.partition(phase), method_config=spec.method_config,
+      data_config=spec.data_config, tx=spec.tx, mean=spec.mean, std=spec.std,
+      batch_size=spec.batch_size, steps_per_epoch=spec.steps_per_epoch,
+      batch_sharding=parallel.batch_sharded(mesh))
+  return freeze.keep_frozen_statistics(step_fn, spec.method)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+  """A partition's dispatched program (`dispatched_step`), with what its callers read of it."""
+
+  step_fn: Any  # one step (`partition_step`), for a FLOP count of one step
+  lowered: Any
+  compiled: Any
+  zero_sums: dict  # host arrays: `device_put` them afresh for each run of steps (donated)
+
+
+def compile_partition_step(spec: StepSpec, phase: int, n: int, mesh, state, *args,
+                           compiler_options: dict | None = None) -> CompiledStep:
+  """The program the training loop dispatches for the partition of `phase`: `n` steps
+  (`dispatched_step`) with their metric sums, the state and sums replicated over `mesh`, lowered
+  for `state` and `args` (images, labels, permutation, teacher variables) and compiled with
+  `compiler_options` (`runtime.compiler_options` of the config's)."""
+  step_fn = partition_step(spec, phase, mesh)
+  sums = zero_metrics_like(step_fn, state, *args)
+  repl = parallel.replicated(mesh)
+  lowered = dispatched_step(step_fn, n, repl).lower(state, jax.device_put(sums, repl), *args)
+  return CompiledStep(step_fn, lowered, lowered.compile(compiler_options=compiler_options), sums)
 
 
 AUTO_EVAL_BATCH_WITHOUT_MEMORY_STATS = 500

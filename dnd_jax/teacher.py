@@ -1,14 +1,15 @@
 """The frozen teacher of a distillation run: provisioned (trained if missing) as its own step, then
 loaded with the architecture its `model.json` records.
 
-Provisioning is separate from the student's training: `scripts/train.py` and the reproduction grids
-call `provision` before `train_and_evaluate`, which only loads a teacher that exists. A teacher
-that a student run trains for itself gets the student's data (name, folder, source, checksums,
-image size, normalisation, the rows held out for validation) and every data override of the
-command line (a share of the data, say), the student's width and stem (which stage-for-stage
-distillation needs), and any `config.teacher.{depth,width,stem}` that is set; it trains in its own
-workdir (the folder that `config.teacher.checkpoint` names as `<workdir>/model`), and never writes
-into a folder that holds another run.
+Provisioning is separate from the student's training: `scripts/train.py` (`train.train_command`) and
+the reproduction grids call `provision` before `train_and_evaluate`, which only loads a teacher that
+exists. This module sits below the run: the trainer of a missing teacher is passed in (`train_fn`,
+the run's `train_and_evaluate`). A teacher that a student run trains for itself gets the student's
+data (name, folder, source, checksums, image size, normalisation, the rows held out for validation)
+and every data override of the command line (a share of the data, say), the student's width and stem
+(which stage-for-stage distillation needs), and any `config.teacher.{depth,width,stem}` that is set;
+it trains in its own workdir (the folder that `config.teacher.checkpoint` names as
+`<workdir>/model`), and never writes into a folder that holds another run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import ml_collections
 
 from dnd_jax import checkpoints, workdir as run_folder
 from dnd_jax.configs import load_config_file
+from dnd_jax.methods import get_method
 from dnd_jax.models import ResNet, build_model, stage_output_shapes
 
 ARCH_FIELDS = ("depth", "width", "stem")
@@ -100,8 +102,9 @@ def _missing(config) -> str:
   return f"Teacher checkpoint {path!r} not found (no {run_folder.MODEL_META} there).{hint}"
 
 
-def provision(config, train_fn=None, overrides=(), resuming: bool = False) -> str | None:
-  """Make sure the teacher that `config` distils from exists, training it first if it may.
+def provision(config, train_fn, overrides=(), resuming: bool = False) -> str | None:
+  """Make sure the teacher that `config` distils from exists, training it first (with
+  `train_fn(config, workdir)`) if it may.
 
   Returns the teacher's model path (None when the method needs no teacher). Training happens only
   when `config.teacher.checkpoint` is missing, `config.teacher.config` names the config that
@@ -110,7 +113,6 @@ def provision(config, train_fn=None, overrides=(), resuming: bool = False) -> st
   `resuming` has trained with a teacher already: a missing one is an error, never replaced by a
   new one (a relative path read from another folder would otherwise train a second teacher).
   """
-  from dnd_jax.methods import get_method  # noqa: PLC0415
   if not get_method(config.method.name).needs_teacher:
     return None
   path = config.teacher.checkpoint
@@ -168,15 +170,15 @@ def _check_stages_match(config, teacher_model_config, path: str) -> None:
   matches (`check_stage_shapes`), else it would be refused once trained. Whether
   shapes match depends on widths and stems only, not on the images or classes, so nominal ones
   stand in for the data (not loaded yet)."""
-  from dnd_jax.methods import get_method  # noqa: PLC0415
   check_stage_shapes(build_model(config.model, 10), build_model(teacher_model_config, 10),
                      get_method(config.method.name), (32, 32, 3), path, to_be_trained=True)
 
 
-def train_into(teacher_config, teacher_workdir: str, train_fn=None, why: str = "Training the teacher",
+def train_into(teacher_config, teacher_workdir: str, train_fn, why: str = "Training the teacher",
                inherited: list[str] = (), config_file: str = "") -> str:
-  """Train `teacher_config` in `teacher_workdir` unless it holds that finished run already; return
-  the exported model's path. Refuses a folder that holds a different run (never writes there).
+  """Train `teacher_config` in `teacher_workdir` (`train_fn(config, workdir)`, the run's
+  `train_and_evaluate`) unless it holds that finished run already; return the exported model's
+  path. Refuses a folder that holds a different run (never writes there).
 
   Bad input met by the teacher's own run (a batch larger than a small share of the data, say)
   is reported as the teacher's, with where its recipe comes from (`config_file`, when it is one):
@@ -194,8 +196,6 @@ def train_into(teacher_config, teacher_workdir: str, train_fn=None, why: str = "
     return model_path
   with_data = f", with the student's {', '.join(inherited)}" if inherited else ""
   _log(f"{why} in {teacher_workdir}{with_data}.")
-  if train_fn is None:
-    from dnd_jax.train import train_and_evaluate as train_fn  # noqa: PLC0415
   try:
     summary = train_fn(teacher_config, teacher_workdir)
   except ValueError as e:
@@ -291,8 +291,8 @@ def load(config, dataset, dtype) -> tuple[ResNet, dict, dict]:
   path = config.teacher.checkpoint
   if not run_folder.has_model(path):
     hint = (" `python scripts/train.py` trains it first from config.teacher.config; a library "
-            "caller runs `dnd_jax.teacher.provision(config)`." if config.teacher.get("config")
-            else _TRAIN_ONE)
+            "caller runs `dnd_jax.train.provision_teacher(config)`."
+            if config.teacher.get("config") else _TRAIN_ONE)
     raise checkpoints.CheckpointError(_missing(config) + hint)
   saved_meta = checkpoints.read_model_meta(path)
   check_inputs(config, saved_meta, dataset)

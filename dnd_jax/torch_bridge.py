@@ -33,7 +33,9 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from dnd_jax import checkpoints, workdir as run_folder
+from dnd_jax.data import sources
 from dnd_jax.models import BATCH_COUNTER, NUM_STAGES, STAGE_SIZES, STEMS
+from dnd_jax.teacher import architecture_to_build
 
 STEM_KERNEL = {"cifar": 3, "imagenet": 7}
 # Where a training script may have put the state_dict inside a saved checkpoint dict.
@@ -385,9 +387,8 @@ def dataset_facts(data_config) -> tuple[int, int]:
   """
   name = data_config.get("name")
   try:
-    from dnd_jax.data import sources  # noqa: PLC0415
     num_classes = sources.READERS[name].NUM_CLASSES
-  except (ImportError, AttributeError, KeyError):
+  except (AttributeError, KeyError):
     num_classes = DATASET_FACTS.get(name, (None, None))[0]
   mean = data_config.get("mean")
   channels = len(mean) if mean else DATASET_FACTS.get(name, (None, None))[1]
@@ -409,8 +410,6 @@ def import_teacher(checkpoint: str, config, output: str | None = None,
   path and the architecture written. A folder that holds a model already is refused (students
   may have distilled from it) unless `overwrite`, and a trained run's model always is.
   """
-  from dnd_jax.teacher import architecture_to_build  # noqa: PLC0415
-
   path = output or config.teacher.checkpoint
   if not path:
     raise TorchBridgeError("No output folder: pass --output or set config.teacher.checkpoint.")

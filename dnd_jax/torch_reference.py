@@ -158,7 +158,7 @@ def build_resnet(depth: int, num_classes: int, *, width: int = 64, stem: str = "
 
 def from_variables(variables: Mapping) -> ResNet:
   """A PyTorch ResNet holding dnd_jax variables (exactly; see dnd_jax.torch_bridge)."""
-  from dnd_jax import torch_bridge  # noqa: PLC0415
+  from dnd_jax import torch_bridge  # noqa: PLC0415 (no JAX code at the reference's top)
 
   arch = torch_bridge.variables_architecture(variables)
   model = build_resnet(arch["depth"], arch["num_classes"], width=arch["width"], stem=arch["stem"],
@@ -252,7 +252,7 @@ def optim_kwargs(optim_config: Mapping[str, Any]) -> dict:
 
 def method_partitions(method: str) -> list[tuple[float, tuple[tuple[int, int], ...]]]:
   """(start fraction, partition) of each phase: the same data as dnd_jax.methods."""
-  from dnd_jax.methods import get_method  # noqa: PLC0415
+  from dnd_jax.methods import get_method  # noqa: PLC0415 (no JAX code at the reference's top)
 
   return list(get_method(method).phases)
 

@@ -1,39 +1,34 @@
-"""`train_and_evaluate(config, workdir)`: the one training loop behind every method.
+"""`train_and_evaluate(config, workdir)`: a run of any method, from its config to its summary.
 
-It loads the data onto the device, loads the frozen teacher, builds one jitted,
-donated step per stage partition of the method, and runs epochs of steps, evaluating the student
-end to end after each epoch. Everything needed to resume lives in the workdir (see
-`dnd_jax.workdir`); running the same command again on the same workdir continues the run and
-ends with the same metrics as an uninterrupted run. The config is checked whole before any work
-(`dnd_jax.config_check`), one process at a time trains in a workdir (`dnd_jax.workdir.lock`), and a
-finished run is never trained or rewritten again. The teacher must exist: `dnd_jax.teacher.provision`
-trains a missing one first, as its own step.
+This module owns a run's lifecycle: the config is checked (`dnd_jax.config_check`, each check once,
+as soon as what it needs exists), the teacher is provisioned (`train_command`: a missing one is
+trained first, as its own run), the run resumes from its workdir or starts, the epochs run
+(`dnd_jax.loop`, which is handed resolved objects and reads no config), and the run is finished:
+the final model exported, the summary written. Everything needed to resume lives in the workdir
+(see `dnd_jax.workdir`); running the same command again on the same workdir continues the run and
+ends with the same metrics as an uninterrupted run. One process at a time trains in a workdir
+(`dnd_jax.workdir.lock`), and a finished run is never trained or rewritten again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
-import time
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
-from dnd_jax import checkpoints, config_check, freeze, parallel, profiling, runtime, steps, tb
-from dnd_jax import teacher as teacher_lib, workdir as run_folder
+from dnd_jax import checkpoints, config_check, freeze, loop, parallel, profiling, runtime, steps
+from dnd_jax import tb, teacher as teacher_lib, workdir as run_folder
 from dnd_jax.data import load_dataset
 from dnd_jax.runtime import is_primary
 from dnd_jax.methods import get_method
 from dnd_jax.models import build_model, init_variables, resolve_dtype
 from dnd_jax.optim import make_optimizer, make_schedules, with_config_hyperparameters
 from dnd_jax.timing import PARTS, TimeSplit
-from dnd_jax.workdir import append_metrics, read_metrics, write_metrics
+from dnd_jax.workdir import read_metrics, write_metrics
 
 
 def _log(msg: str) -> None:
@@ -41,18 +36,6 @@ def _log(msg: str) -> None:
 
 
 # --- bookkeeping --------------------------------------------------------------------------------
-
-
-def mean_metrics(parts: list[dict]) -> dict:
-  """Per-step means from running sums; with several partitions in one epoch, each metric is
-  averaged over the steps that reported it."""
-  totals, counts = {}, {}
-  for part in jax.device_get(parts):
-    count = float(part.pop("count"))
-    for k, v in part.items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-      counts[k] = counts.get(k, 0.0) + count
-  return {k: totals[k] / max(counts[k], 1.0) for k in totals}
 
 
 def resume_or_start(ckpts: checkpoints.TrainCheckpoints, workdir: str, state, sharding,
@@ -127,7 +110,7 @@ def check_resumable(workdir: str, config, epoch: int, step: int, steps_per_epoch
         f"would not undo them. Use --config.num_epochs={epoch} or more, or another --workdir.")
 
 
-# --- the loop -----------------------------------------------------------------------------------
+# --- the run ------------------------------------------------------------------------------------
 
 
 class Interrupted(KeyboardInterrupt):
@@ -143,9 +126,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   The config is checked first (nothing is written for a bad one), its XLA options by XLA. A
   finished run is not trained again: its summary is printed and returned (a larger num_epochs
-  extends it instead). The workdir is locked for this process while it trains.
+  extends it instead). The workdir is locked for this process while it trains. The teacher must
+  exist (`provision_teacher` trains a missing one; `train_command` does both).
   """
   check_before_start(config, workdir)
+  return _train_checked(config, workdir)
+
+
+def train_command(config: ml_collections.ConfigDict, workdir: str, overrides=()) -> dict:
+  """scripts/train.py's run: `train_and_evaluate`, with a missing teacher trained first.
+
+  `config` and `workdir` are checked by `config_check.check` already (the script does it before
+  JAX starts); the rest of the checks that need no data run here, before a teacher is trained
+  (hours, at full scale). `overrides` are the fields the command line set
+  (`teacher.config_for_training`)."""
+  config_check.check_devices(config)
+  if finished_run(config, workdir) is None:  # a finished run needs no teacher to print its summary
+    provision_teacher(config, overrides, resuming=run_folder.has_progress(workdir))
+  return _train_checked(config, workdir)
+
+
+def provision_teacher(config: ml_collections.ConfigDict, overrides=(),
+                      resuming: bool = False) -> str | None:
+  """`teacher.provision` with this module's run as the trainer of a missing teacher."""
+  return teacher_lib.provision(config, train_and_evaluate, overrides, resuming)
+
+
+def _train_checked(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """`train_and_evaluate` of a config checked as far as it can be without its data."""
   summary = finished_run(config, workdir)
   if summary is not None:
     _log(f"{workdir} holds this run, finished; not training it again (use another --workdir "
@@ -170,11 +178,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def check_before_start(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
   """All that can be found wrong with `config` before any data is read or a teacher is trained:
-  its values (`config_check`), its XLA options (by XLA) and its batch over this process's
-  devices. scripts/train.py runs it before it provisions a teacher (hours, at full scale)."""
+  its values (`config_check.check`), its XLA options (by XLA) and its batch over this process's
+  devices (`config_check.check_devices`)."""
   config_check.check(config, workdir)
-  runtime.check_compiler_options(config.get("compiler_options"))
-  parallel.check_batch_divides(config.batch_size, parallel.make_mesh())
+  config_check.check_devices(config)
 
 
 def finished_run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
@@ -239,30 +246,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   model = build_model(config.model, dataset.num_classes, dtype)
 
   mesh = parallel.make_mesh()  # the batch divides over it (check_before_start)
-  repl, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  repl = parallel.replicated(mesh)
 
   n_train = len(dataset.train_labels)
+  config_check.check_run_length(config, n_train, len(method.phases))
   steps_per_epoch = n_train // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"config.batch_size={config.batch_size} is larger than the training set "
-                     f"({n_train} images); lower it or raise data.fraction.")
   total_steps = steps_per_epoch * config.num_epochs
-  phase_starts = method.phase_starts(total_steps)
-  traced = profiling.parse_steps(config.log.get("profile_steps", ""))
-  if traced and traced[1] > total_steps:  # a trace never taken, or one left running to the end
-    raise ValueError(
-        f"config.log.profile_steps={config.log.profile_steps!r} ends after the run's last step: "
-        f"it has {total_steps} ({config.num_epochs} epochs of {steps_per_epoch}); give a range "
-        f"within 0-{total_steps}.")
   phase_steps = total_steps / len(method.phases)
-  try:
-    lr_schedule, _ = make_schedules(config.optim, total_steps, phase_steps)
-  except ValueError as e:  # a schedule too short for this run (OneCycle needs 2 steps)
-    raise ValueError(
-        f"{e} This run has {total_steps} training step{'s' * (total_steps != 1)} "
-        f"({config.num_epochs} epochs of {steps_per_epoch}: batch_size {config.batch_size} over "
-        f"{n_train} training images); raise num_epochs or data.fraction, or lower batch_size."
-    ) from None
+  lr_schedule, _ = make_schedules(config.optim, total_steps, phase_steps)
   # The schedule's length and learning rates live in the optimiser state, not in the compiled
   # step, so other budgets, learning rates and seeds reuse the same programs (dnd_jax.optim).
   tx = freeze.mask_optimizer(make_optimizer(config.optim, total_steps, phase_steps), method)
@@ -332,114 +323,30 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # the trained network with its re-initialised stages, before any step: where the curve starts
     meta["start_accuracy"] = eval_accuracy(state.variables)[0]
 
-  compiled: dict[tuple[int, int], Any] = {}
-  step_options = runtime.compiler_options(config.get("compiler_options"))
-
-  def phase_step(phase: int, perm, n: int = 1):
-    """The compiled step of a phase (n steps per dispatch), compiled (and timed) on first use."""
-    if (phase, n) not in compiled:
-      jax.block_until_ready(state)  # mid-epoch, the queued steps finish before compile time counts
-      with clock("compile"):  # tracing included
-        step_fn = steps.make_train_step(
-            model=model, teacher=teacher, method=method, groups=method.partition(phase),
-            method_config=config.method, data_config=config.data, tx=tx, mean=dataset.mean,
-            std=dataset.std, batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
-            batch_sharding=batch_sharding)
-        step_fn = freeze.keep_frozen_statistics(step_fn, method)
-        sums = steps.zero_metrics_like(step_fn, state, train_images, train_labels, perm,
-                                       teacher_vars)
-        jitted = steps.dispatched_step(step_fn, n, repl)
-        lowered = jitted.lower(state, put(sums), train_images, train_labels, perm, teacher_vars)
-        compiled[phase, n] = (lowered.compile(compiler_options=step_options), sums)
-    return compiled[phase, n]
-
-  perm_key = jax.random.fold_in(root_key, 2)
-  with clock("compile"):
-    make_perm = jax.jit(lambda key: jax.random.permutation(key, n_train).astype(jnp.int32),
-                        out_shardings=repl).lower(perm_key).compile()
-  per_dispatch = int(config.get("steps_per_dispatch", 1))
-  refresh = config.log.refresh_steps  # read once: the loop below runs per step
-  running_means = config.log.progress_bar or tb_writer.enabled
-
-  clock.startup_done()
-  for epoch in range(meta["epoch"], config.num_epochs):
-    perm = make_perm(jax.random.fold_in(perm_key, epoch))
-    first_step = epoch * steps_per_epoch
-    phase = method.phase_at(first_step, total_steps)
-    step_fn, zero_sums = phase_step(phase, perm, per_dispatch)
-    sums = put(zero_sums)
-    finished_parts = []  # metric sums of earlier partitions, when a phase boundary falls mid-epoch
-    compile_before, trace_before = clock.now["compile"], tracer.overhead_s
-    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
-               disable=not config.log.progress_bar, file=sys.stderr, leave=False,
-               dynamic_ncols=True)
-    t0 = time.perf_counter()
-    i = 0
-    while i < steps_per_epoch:
-      global_step = first_step + i
-      if phase + 1 < len(phase_starts) and global_step >= phase_starts[phase + 1]:
-        phase += 1  # Progressive DnD changes partition mid-epoch when a boundary falls there
-        finished_parts.append(sums)
-        step_fn, zero_sums = phase_step(phase, perm, per_dispatch)
-        sums = put(zero_sums)
-      # several steps per dispatch while they stay inside the epoch and the partition, else one
-      phase_end = phase_starts[phase + 1] if phase + 1 < len(phase_starts) else total_steps
-      n = per_dispatch if min(steps_per_epoch - i, phase_end - global_step) >= per_dispatch else 1
-      run = step_fn if n == per_dispatch else phase_step(phase, perm, 1)[0]
-      tracer.before(global_step, n)
-      state, sums = run(state, sums, train_images, train_labels, perm, teacher_vars)
-      i += n
-      tracer.after(first_step + i, state)
-      bar.update(n)
-      if running_means and i // refresh > (i - n) // refresh:
-        m = mean_metrics(finished_parts + [sums])  # the epoch so far, every partition of it
-        rate = i * config.batch_size / (time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['accuracy']:.3f}", img_s=f"{rate:.0f}")
-        tb_writer.steps(first_step + i, m, float(lr_schedule(first_step + i - 1)), rate)
-    train = mean_metrics(finished_parts + [sums])  # waits for the epoch's last step
-    # a partition compiled mid-epoch is compile time, and writing a profile is no training time
-    epoch_time = (time.perf_counter() - t0 - (clock.now["compile"] - compile_before)
-                  - (tracer.overhead_s - trace_before))
-    bar.close()
-    if not math.isfinite(train["loss"]):  # `closing` commits the saves in flight
-      raise FloatingPointError(
-          f"The training loss became {train['loss']} in epoch {epoch + 1}; stopping. The last good "
-          f"checkpoint (epoch {meta['epoch']}) in {run_folder.checkpoints_dir(workdir)} is "
-          "intact. Lower config.optim.lr or use float32, then run the same command to resume.")
-    clock.add("train", epoch_time)
-    acc, eval_loss = eval_accuracy(state.variables)
-    meta["epoch"] = epoch + 1
-    row = {"epoch": epoch + 1, "step": int(first_step + steps_per_epoch), "phase": phase,
-           "lr": float(lr_schedule(first_step + steps_per_epoch - 1)),
-           **{f"train_{k}": v for k, v in train.items()},
-           f"{dataset.eval_split}_accuracy": acc, f"{dataset.eval_split}_loss": eval_loss,
-           "epoch_time_s": epoch_time,
-           "images_per_s": steps_per_epoch * config.batch_size / epoch_time}
-    history.append(row)
-    append_metrics(workdir, row)
-    tb_writer.epoch(row["step"], row)
-    _log(f"epoch {epoch + 1}/{config.num_epochs}  loss {train['loss']:.4f}  train acc "
-         f"{train['accuracy']:.4f}  {dataset.eval_split} acc {acc:.4f}  {epoch_time:.1f}s  "
-         f"{row['images_per_s']:.0f} img/s")
-    if acc > meta["best_accuracy"]:
-      meta["best_accuracy"], meta["best_epoch"] = acc, epoch + 1
-      with clock("checkpoint"):  # returns once copied to host; written while training goes on
-        ckpts.save_best(int(state.step), state.variables, dict(meta))
-    if (epoch + 1) % config.checkpoint.every_epochs == 0 or epoch + 1 == config.num_epochs:
-      meta.update(clock.totals())  # the time split so far, continued by a resumed run
-      with clock("checkpoint"):
-        ckpts.save(int(state.step), state, dict(meta))
-  with clock("checkpoint"):
-    ckpts.wait()
+  settings = loop.LoopSettings(
+      num_epochs=config.num_epochs, batch_size=config.batch_size,
+      steps_per_epoch=steps_per_epoch,
+      steps_per_dispatch=int(config.get("steps_per_dispatch", 1)),
+      checkpoint_every=config.checkpoint.every_epochs, refresh_steps=config.log.refresh_steps,
+      progress_bar=config.log.progress_bar, seed=config.seed,
+      compiler_options=runtime.compiler_options(config.get("compiler_options")))
+  spec = steps.StepSpec(model=model, teacher=teacher, method=method, method_config=config.method,
+                        data_config=config.data, tx=tx, mean=dataset.mean, std=dataset.std,
+                        batch_size=config.batch_size, steps_per_epoch=steps_per_epoch)
+  state, history = loop.run_epochs(
+      settings, spec, workdir=workdir, mesh=mesh, state=state, meta=meta, history=history,
+      train_images=train_images, train_labels=train_labels, n_train=n_train,
+      teacher_vars=teacher_vars, evaluate=eval_accuracy, eval_split=dataset.eval_split,
+      lr_schedule=lr_schedule, ckpts=ckpts, tracer=tracer, tb_writer=tb_writer, clock=clock)
   tracer.close()
   tb_writer.close()
 
-  return finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate, clock,
+  return finish(config, workdir, dataset, state, meta, history, ckpts, evaluate, clock,
                 teacher_meta, eval_record, repl)
 
 
-def finish(config, workdir, model, dataset, state, meta, history, ckpts, evaluate,
-           clock: TimeSplit, teacher_meta, eval_record: dict, repl) -> dict:
+def finish(config, workdir, dataset, state, meta, history, ckpts, evaluate, clock: TimeSplit,
+           teacher_meta, eval_record: dict, repl) -> dict:
   """Export the final model, report final and best accuracy (and test accuracy when selecting on
   a validation split), and write the summary with the split of the wall time.
 

@@ -167,7 +167,8 @@ def read_metrics(workdir: str) -> list[dict]:
 
 def _primary() -> bool:
   """In a multi-process run every process computes the same records; process 0 alone writes."""
-  from dnd_jax.runtime import is_primary  # noqa: PLC0415 (keeps this module free of jax)
+  # without jax at the top: scripts/gpu/record_run.py reads run folders after every GPU run
+  from dnd_jax.runtime import is_primary  # noqa: PLC0415
   return is_primary()
 
 

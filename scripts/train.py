@@ -20,9 +20,9 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dnd_jax import cli, config_check, teacher, workdir as run_folder  # noqa: E402
+from dnd_jax import cli, config_check  # noqa: E402
 from dnd_jax.runtime import setup_runtime  # noqa: E402
-from dnd_jax.train import check_before_start, finished_run, train_and_evaluate  # noqa: E402
+from dnd_jax.train import train_command  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pdnd_cifar.py.",
@@ -35,14 +35,9 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   workdir = FLAGS.workdir or cli.default_workdir(FLAGS["config"])
   config = FLAGS.config
-  config_check.check(config, workdir)
+  config_check.check(config, workdir)  # before JAX starts; train_command checks the rest
   setup_runtime()
-  # all of it before a teacher is trained for this run (train_and_evaluate checks again)
-  check_before_start(config, workdir)
-  if finished_run(config, workdir) is None:  # a finished run needs no teacher to print its summary
-    teacher.provision(config, overrides=cli.override_names(sys.argv),
-                      resuming=run_folder.has_progress(workdir))
-  train_and_evaluate(config, workdir)
+  train_command(config, workdir, overrides=cli.override_names(sys.argv))
 
 
 if __name__ == "__main__":

@@ -134,12 +134,12 @@ def test_compiler_options_keep_gpu_options_where_xla_knows_them():
   # XLA's own list: cuDNN convolutions captured into CUDA graphs failed in training on an H200
   assert "CONVOLUTION" not in runtime.GPU_COMMAND_BUFFER.split(",")
   assert runtime.GPU_COMMAND_BUFFER_CONVOLUTION.split(",")[-1] == "CONVOLUTION"
-  runtime.check_compiler_options(
+  config_check.check_compiler_options(
       {"xla_gpu_enable_command_buffer": runtime.GPU_COMMAND_BUFFER_CONVOLUTION})
   assert runtime.compiler_options(options, "cpu") == runtime.compiler_options(options, "gpu")
   assert runtime.compiler_options(options, "tpu") is None
   assert runtime.compiler_options({"xla_dump_to": "d", **options}, "tpu") == {"xla_dump_to": "d"}
-  runtime.check_compiler_options(options)  # XLA accepts them (the tests run on the CPU)
+  config_check.check_compiler_options(options)  # XLA accepts them (the tests run on the CPU)
 
 
 @pytest.mark.parametrize("field, value, says", [
@@ -179,12 +179,12 @@ def test_cudnn_refusing_a_cuda_graph_is_one_line_naming_the_option_and_the_run_r
   (",CONVOLUTION") failed at the first distillation step with an UNKNOWN runtime error naming a
   cuDNN status. The CPU cannot capture anything, so the error is raised where the loop first
   reads the step's results; the user gets the fix, and the run resumes without the option."""
-  from dnd_jax import train as train_lib
+  from dnd_jax import loop as loop_lib
   config = tiny_config("teacher")
   config.num_epochs = 2
   config.compiler_options.xla_gpu_enable_command_buffer = runtime.GPU_COMMAND_BUFFER_CONVOLUTION
   workdir = str(tmp_path / "run")
-  real = train_lib.mean_metrics
+  real = loop_lib.mean_metrics
   calls = []
 
   def fails_in_epoch_2(parts):
@@ -195,7 +195,7 @@ def test_cudnn_refusing_a_cuda_graph_is_one_line_naming_the_option_and_the_run_r
           "cuda_dnn.cc(5245): 'status' [executable_name='jit_step']")
     return real(parts)
 
-  monkeypatch.setattr(train_lib, "mean_metrics", fails_in_epoch_2)
+  monkeypatch.setattr(loop_lib, "mean_metrics", fails_in_epoch_2)
   with pytest.raises(config_check.ConfigError) as info:
     train_and_evaluate(config, workdir)
   message = str(info.value)
@@ -211,7 +211,7 @@ def test_cudnn_refusing_a_cuda_graph_is_one_line_naming_the_option_and_the_run_r
   assert runtime.graph_capture_failure(jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: oom"),
                                        config.compiler_options) is None
 
-  monkeypatch.setattr(train_lib, "mean_metrics", real)
+  monkeypatch.setattr(loop_lib, "mean_metrics", real)
   config.compiler_options.xla_gpu_enable_command_buffer = runtime.GPU_COMMAND_BUFFER
   summary = train_and_evaluate(config, workdir)
   assert summary["epochs"] == 2 and len(read_metrics(workdir)) == 2
@@ -223,6 +223,6 @@ def test_cudnn_refusing_a_cuda_graph_is_one_line_naming_the_option_and_the_run_r
   def out_of_memory(parts):
     raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1 bytes.")
 
-  monkeypatch.setattr(train_lib, "mean_metrics", out_of_memory)
+  monkeypatch.setattr(loop_lib, "mean_metrics", out_of_memory)
   with pytest.raises(jax.errors.JaxRuntimeError, match="RESOURCE_EXHAUSTED"):
     train_and_evaluate(other, str(tmp_path / "other"))

@@ -355,7 +355,7 @@ def test_a_missing_teacher_is_trained_on_the_students_data_in_its_own_workdir(tm
                                        r"at least 2 steps.* This run has 1 training step \(1 "
                                        r"epochs of 1: batch_size 128 over 180 .* data.fraction.*"
                                        r"those of .*teacher_cfg.py"):
-    teacher.provision(few, overrides=["data.fraction"])
+    teacher.provision(few, train_and_evaluate, overrides=["data.fraction"])
 
 
 def test_a_mistyped_teacher_path_never_touches_another_run(tmp_path):

@@ -212,7 +212,7 @@ def test_missing_teacher_is_trained_first_when_a_teacher_config_is_given(tmp_pat
       "def get_config():\n  return tiny_config('teacher', num_epochs=1)\n" % os.path.dirname(__file__))
   config = tiny_config("kd", num_epochs=1, **{"teacher.checkpoint": str(tmp_path / "t" / "model"),
                                              "teacher.config": str(teacher_cfg)})
-  assert teacher.provision(config) == config.teacher.checkpoint
+  assert teacher.provision(config, train_and_evaluate) == config.teacher.checkpoint
   summary = train_and_evaluate(config, str(tmp_path / "student"))
   assert os.path.isfile(tmp_path / "t" / "model" / checkpoints.MODEL_META)
   assert summary["teacher_accuracy"] > 0.15  # a 1-epoch width-4 teacher; chance is 0.1

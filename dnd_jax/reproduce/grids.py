@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 
 from dnd_jax.methods import get_method
-from dnd_jax.reproduce import plots, tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +49,8 @@ class Experiment:
   arms: tuple[Arm, ...]
   epochs: tuple[int, ...]
   seeds: tuple[int, ...]
-  sections: tuple = ()  # functions (plan, rows, paper) -> markdown lines
-  figures: tuple = ()   # (file suffix, function (plan, rows, paper, path) -> path)
+  sections: tuple[str, ...] = ()  # names of its report's sections (`report.SECTIONS`)
+  figures: tuple[str, ...] = ()  # names of its figures, their files' suffix (`report.FIGURES`)
   fractions: tuple[float, ...] = (1.0,)
   max_lrs: tuple[float | None, ...] = (None,)
   overrides: tuple[tuple[str, object], ...] = ()
@@ -121,12 +120,10 @@ def expand(experiment: Experiment) -> list[RunSpec]:
 # --- the experiments ----------------------------------------------------------------------------
 
 METHODS = ("kd", "at", "jacobian", "dnd", "pdnd")
-_BUDGETS = dict(sections=(tables.budgets_section,),
-                figures=(("curves", plots.plot_epoch_curves), ("budgets", plots.plot_budgets)))
-_FRACTIONS = dict(sections=(tables.fractions_section,),
-                  figures=(("fractions", plots.plot_fractions),))
-_CURVES = dict(sections=(tables.curves_section,), figures=(("curves", plots.plot_epoch_curves),))
-_LRS = dict(sections=(tables.lr_section,), figures=(("lr", plots.plot_lrs),))
+_BUDGETS = dict(sections=("budgets",), figures=("curves", "budgets"))
+_FRACTIONS = dict(sections=("fractions",), figures=("fractions",))
+_CURVES = dict(sections=("curves",), figures=("curves",))
+_LRS = dict(sections=("lr",), figures=("lr",))
 
 # Figure 2a: a ResNet18 trained with cross-entropy, then stage 3 re-initialised and retrained.
 _STAGEWISE_ARMS = (

@@ -1,8 +1,8 @@
 """The report's figures (matplotlib, optional: `pip install 'dnd_jax[plots]'`).
 
 Each `plot_*(plan, rows, paper, path)` draws one figure of an experiment from the same rows as
-the tables and returns its path; an experiment lists its figures (`grids.Experiment.figures`).
-Colours follow the arm's position in the experiment.
+the tables and returns its path; an experiment names its figures (`grids.Experiment.figures`,
+`report.FIGURES`). Colours follow the arm's position in the experiment.
 """
 
 from __future__ import annotations

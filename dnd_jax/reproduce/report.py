@@ -6,15 +6,25 @@ import json
 import os
 
 from dnd_jax.reproduce.plan import Plan
-from dnd_jax.reproduce.tables import (DATASET_LABELS, PAPER_CSV, _paper_rows, load_paper,
+from dnd_jax.reproduce.plots import plot_budgets, plot_epoch_curves, plot_fractions, plot_lrs
+from dnd_jax.reproduce.tables import (DATASET_LABELS, PAPER_CSV, _paper_rows, budgets_section,
+                                      curves_section, fractions_section, load_paper, lr_section,
                                       mean_std)
+
+# What an experiment's `sections` and `figures` name (`grids.Experiment`): named there, not
+# referenced, because the tables and figures read a `plan.Plan`, which is made of the grids.
+SECTIONS = {"budgets": budgets_section, "fractions": fractions_section,
+            "curves": curves_section, "lr": lr_section}
+FIGURES = {"curves": plot_epoch_curves, "budgets": plot_budgets, "fractions": plot_fractions,
+           "lr": plot_lrs}
 
 
 def make_plots(plan: Plan, rows: list[dict], paper: list[dict]) -> list[str]:
   """The experiment's PNGs under <out>/figures/, named <experiment>_<figure>.png."""
   exp = plan.experiment
-  return [plot(plan, rows, paper, os.path.join(plan.figures_dir, f"{exp.name}_{suffix}.png"))
-          for suffix, plot in exp.figures]
+  return [FIGURES[name](plan, rows, paper, os.path.join(plan.figures_dir,
+                                                      f"{exp.name}_{name}.png"))
+          for name in exp.figures]
 
 
 def write_report(plan: Plan, rows: list[dict], command: str | None = None,
@@ -46,7 +56,7 @@ def write_report(plan: Plan, rows: list[dict], command: str | None = None,
     lines.append(f"- Teacher accuracy: {100 * teacher[0]:.2f}%{paper_note}.")
   lines.append("")
   for section in exp.sections:
-    lines += section(plan, rows, paper)
+    lines += SECTIONS[section](plan, rows, paper)
   lines.append("")
   if plots and exp.figures:
     try:

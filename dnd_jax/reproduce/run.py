@@ -16,9 +16,9 @@ import sys
 
 import ml_collections
 
+from dnd_jax import config_check, workdir as run_folder
 from dnd_jax.methods import get_method
 from dnd_jax.reproduce.grids import RunSpec, expand
-from dnd_jax import workdir as run_folder
 from dnd_jax.reproduce.plan import Plan, run_config, start_spec, teacher_config
 from dnd_jax.reproduce.records import config_record_of, has_exported_model, summary_of
 
@@ -44,7 +44,7 @@ def _teacher_digest(path: str) -> str:
   """The digest of the teacher's weights (`checkpoints.variables_digest`), "" when none is there."""
   if not has_exported_model(path):
     return ""
-  from dnd_jax import checkpoints  # noqa: PLC0415 (keeps `--help` and tests light)
+  from dnd_jax import checkpoints  # noqa: PLC0415 (orbax: see _train)
   meta = checkpoints.read_model_meta(path)
   variables, _ = checkpoints.load_model(path, meta["architecture"], None)
   return checkpoints.variables_digest(variables)
@@ -55,7 +55,6 @@ def check_plan(plan: Plan) -> None:
   config (its values, and the config stored in its workdir), the grid teacher's config, and the
   teacher each finished cell was distilled from (another --teacher, or a retrained one, in the
   same --out would otherwise mix two teachers' runs in one table)."""
-  from dnd_jax import config_check  # noqa: PLC0415
   if not plan.teacher_path:
     check_same_config(plan.teacher_dir, teacher_config(plan))
   digest = None
@@ -81,7 +80,8 @@ def _log(msg: str) -> None:
 
 
 def _train(config, workdir):
-  from dnd_jax.train import train_and_evaluate  # noqa: PLC0415 (keeps `--help` and tests light)
+  # orbax (checkpoints) is imported once a run or a teacher's weights need it, not for --help
+  from dnd_jax.train import train_and_evaluate  # noqa: PLC0415
   return train_and_evaluate(config, workdir)
 
 
@@ -92,7 +92,7 @@ def ensure_teacher(plan: Plan, train_fn=None) -> str:
       raise FileNotFoundError(f"--teacher {plan.teacher_path!r} holds no exported model "
                               "(model.json); give the <workdir>/model folder of a teacher run.")
     return plan.teacher_path
-  from dnd_jax import teacher  # noqa: PLC0415 (keeps `--help` and tests light)
+  from dnd_jax import teacher  # noqa: PLC0415 (orbax: see _train)
   config = teacher_config(plan)
   check_same_config(plan.teacher_dir, config)
   return teacher.train_into(

@@ -8,7 +8,7 @@ grid's seeds says how many it has. "Best" is the epoch with the highest evaluati
 paper's "best model", selected on the test set unless data.val_fraction > 0), "final" the last.
 
 Each `*_section(plan, rows, paper)` returns the markdown lines of one experiment kind's report
-body; an experiment lists its sections (`grids.Experiment.sections`).
+body; an experiment names its sections (`grids.Experiment.sections`, `report.SECTIONS`).
 """
 
 from __future__ import annotations
