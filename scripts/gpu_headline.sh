@@ -32,7 +32,10 @@ if [ ! -d "$FASHION_DIR" ] && [ -d /usr/share/datasets/fashion-mnist ]; then
 fi
 if [ "$GPU_TOY" = 1 ]; then
   FAKE_SIZE=(--train 256 --test 64)
+  # ResNet18 teachers, as the suite's other tiny runs (a ResNet34 compiles about 1.7x the
+  # convolutions, and the plumbing does not depend on the teacher's depth)
   SIZE=(--config.model.width=4 --config.teacher.width=4 --config.data.image_size=8
+        --config.model.depth=18 --config.teacher.depth=18
         --config.batch_size=32 --config.eval_batch_size=64 --config.log.progress_bar=False)
   FASHION_SIZE=(--config.data.fraction=0.005)
   # the runs that differ from the real ones only in size: no cached PDnD rerun (PDnD runs 1

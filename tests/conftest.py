@@ -1,12 +1,12 @@
 """Shared test settings: tiny models on CPU, strict shapes, fast compiles.
 
 On 2 CPU cores XLA's compile time dominates tests of tiny models, so the tests share one
-persistent compilation cache for the session, which the `scripts/` subprocesses that tests start
-also use, and XLA's backend runs at optimisation level 1 instead of 3 (through XLA_FLAGS, which
-those subprocesses inherit): the programs are the same, LLVM generates their code with fewer
-passes. Measured on 2026-11-27 with tests/test_reproduce.py and tests/test_dispatch.py in one
-process: 197 s of CPU time at level 3, 169 s at level 1. (Level 0 compiles faster still but runs
-convolutions ~7x slower, a net loss here.)
+persistent compilation cache for the session (every program, however quick to compile: the same
+small ones recur in many tests), which the `scripts/` subprocesses that tests start also use, and
+XLA's backend runs at optimisation level 1 instead of 3 (through XLA_FLAGS, which those
+subprocesses inherit): the programs are the same, LLVM generates their code with fewer passes.
+Level 0 compiles faster still but runs convolutions several times slower, a net loss here; the
+measurements are in docs/development.md.
 """
 
 import fcntl
@@ -27,12 +27,13 @@ if _run_id:
 else:
   _cache = tempfile.mkdtemp(prefix="dnd_jax_test_xla_cache_")
 os.environ["DND_JAX_COMPILATION_CACHE"] = _cache
+# every program into the cache, in this process and in the subprocesses that inherit this
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_compilation_cache_dir", os.environ["DND_JAX_COMPILATION_CACHE"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 import pytest  # noqa: E402
 
@@ -67,8 +68,8 @@ def tiny_config(method: str, **overrides):
   return c
 
 
-# The modules with the longest end-to-end tests, longest first (by `--durations` on this 2-core
-# machine, 2026-11-27). With `--dist loadscope` a module runs whole on one pytest-xdist worker,
+# The modules with the longest end-to-end tests, longest first (by the `--durations` list that
+# every run prints; docs/development.md has the latest). With `--dist loadscope` a module runs whole on one pytest-xdist worker,
 # and xdist's default order (the modules with the most tests first) drew these last;
 # `--no-loadscope-reorder` (pyproject.toml) keeps this order instead.
 LONGEST_FIRST = ("test_train.py", "test_gpu_scripts.py", "test_multiprocess.py",
