@@ -23,6 +23,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, Iterator
 
 import jax
@@ -180,6 +181,21 @@ def read_model_meta(path: str) -> dict:
     raise CheckpointError(f"{meta_file} is not valid JSON ({e}); re-export the model.") from e
 
 
+# How long a failed restore waits for TensorStore's other reads (local files: milliseconds).
+_FAILED_RESTORE_SETTLE_S = 0.5
+
+
+def _settle_failed_restore() -> None:
+  """Let the reads of a failed restore finish before its error goes on.
+
+  Orbax closes the restore's event loop as soon as one read fails, while TensorStore still
+  completes the others; each completion then meets the closed loop from a TensorStore thread and
+  prints a traceback (`dnd_jax.cli` drops those while the process lives). Waiting here keeps them
+  from landing during interpreter exit, after the command's one `error:` line.
+  """
+  time.sleep(_FAILED_RESTORE_SETTLE_S)
+
+
 def load_model(path: str, arch: dict, abstract_variables: Any) -> tuple[dict, dict]:
   """Variables saved by `save_model`, checked against the expected architecture and shapes."""
   meta = read_model_meta(path)
@@ -190,12 +206,14 @@ def load_model(path: str, arch: dict, abstract_variables: Any) -> tuple[dict, di
     raise CheckpointError(
         f"The model at {path!r} does not match the configured architecture ({'; '.join(diffs)}). "
         "Fix the config's model block, or point it at the right checkpoint.")
+  directory = os.path.join(os.path.abspath(path), "variables")
   try:
-    ckptr, directory = ocp.StandardCheckpointer(), os.path.join(os.path.abspath(path), "variables")
-    target, complete = _compatible_target(ckptr.metadata(directory).item_metadata,
-                                          abstract_variables)
-    variables = complete(ckptr.restore(directory, target))
+    with ocp.StandardCheckpointer() as ckptr:
+      target, complete = _compatible_target(ckptr.metadata(directory).item_metadata,
+                                            abstract_variables)
+      variables = complete(ckptr.restore(directory, target))
   except Exception as e:  # Orbax raises several types for unreadable or mismatched trees.
+    _settle_failed_restore()
     raise CheckpointError(f"Could not restore the model variables at {path!r}: {e}") from e
   return dict(variables), meta
 
@@ -321,6 +339,7 @@ class TrainCheckpoints:
       restored = self.state.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except Exception as e:
+      _settle_failed_restore()
       raise CheckpointError(
           f"Could not resume from the checkpoint at step {step} in {self.state.directory}: {e}. "
           "If the config changed since that run, use a new --workdir; to start over, delete "

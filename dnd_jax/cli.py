@@ -20,6 +20,7 @@ import difflib
 import functools
 import os
 import sys
+import traceback
 from typing import Callable, NoReturn
 
 from absl import app, flags
@@ -49,6 +50,27 @@ def fail(message: str, code: int = BAD_INPUT) -> NoReturn:
   sys.exit(code)
 
 
+def _is_closed_loop_callback(exc_type, exc, tb) -> bool:
+  """An asyncio callback scheduled on an event loop that was already closed, and nothing else.
+
+  When Orbax fails to restore (a damaged data file), it closes the event loop of that restore
+  while TensorStore still completes the other reads; each completion then schedules its callback
+  on the closed loop from a TensorStore thread, and Python printed a traceback for each (as an
+  unraisable exception) around the command's one `error:` line. Nothing is lost by dropping them: the
+  restore had already failed and been reported.
+  """
+  if exc_type is not RuntimeError or str(exc) != "Event loop is closed" or tb is None:
+    return False
+  frames = traceback.extract_tb(tb)
+  return all(os.path.join("asyncio", "") in frame.filename for frame in frames)
+
+
+def _unraisablehook(unraisable) -> None:
+  if not _is_closed_loop_callback(unraisable.exc_type, unraisable.exc_value,
+                                  unraisable.exc_traceback):
+    sys.__unraisablehook__(unraisable)
+
+
 def guarded(main: Callable, interrupted: str = INTERRUPTED_LINE) -> Callable:
   """`main` with bad input turned into `fail` and Ctrl-C into one line and exit code 130.
 
@@ -58,6 +80,7 @@ def guarded(main: Callable, interrupted: str = INTERRUPTED_LINE) -> Callable:
 
   @functools.wraps(main)
   def wrapper(*args, **kwargs):
+    sys.unraisablehook = _unraisablehook  # a command's error is its one line
     try:
       return main(*args, **kwargs)
     except KeyboardInterrupt as e:

@@ -113,3 +113,29 @@ def test_a_configs_argument_names_its_own_default_workdir(config, workdir):
   config_flags.DEFINE_config_file("config", None, "", flag_values=values)
   values(["x", "--config", os.path.join(REPO, config)])
   assert cli.default_workdir(values["config"]) == workdir
+
+
+def test_callbacks_on_a_closed_event_loop_print_nothing_and_everything_else_does(monkeypatch):
+  """A failed Orbax restore closes its event loop while TensorStore completes other reads, whose
+  callbacks then fail on the closed loop (printed as unraisable exceptions around the command's
+  `error:` line); a command drops exactly those."""
+  import asyncio  # noqa: PLC0415
+  import types  # noqa: PLC0415
+
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)
+  except RuntimeError as e:
+    closed = e.with_traceback(e.__traceback__.tb_next)  # asyncio's frames, as from a C callback
+  try:
+    raise RuntimeError("Event loop is closed")  # the same words, from somewhere else
+  except RuntimeError as e:
+    elsewhere = e
+  printed = []
+  monkeypatch.setattr(sys, "__unraisablehook__", printed.append)
+  for exc in (closed, elsewhere, ValueError("other")):
+    cli._unraisablehook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc,
+                                              exc_traceback=exc.__traceback__))
+  assert [u.exc_value for u in printed] == [elsewhere, printed[-1].exc_value]
+  assert isinstance(printed[-1].exc_value, ValueError)
