@@ -58,6 +58,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import logging
 import math
 import os
 import platform
@@ -79,6 +80,8 @@ from dnd_jax.data import augment, cifar100
 from dnd_jax.methods import get_method
 from dnd_jax.models import DTYPES, ResNet, build_model, init_variables
 from dnd_jax.optim import make_optimizer
+
+log = logging.getLogger(__name__)
 
 JSON_FILE, MARKDOWN_FILE = "benchmark.json", "benchmark.md"
 TEACHER_DEPTH = 34  # the paper's ResNet34 teacher; a student's depth comes from its config
@@ -171,9 +174,6 @@ def measured_peak_tflops(device_kind: str, dtype: str) -> float | None:
   """The dense peak recorded on this kind of lent machine (None: not measured)."""
   return _lookup(MEASURED_PEAK_TFLOPS, device_kind, dtype)
 
-
-def _log(msg: str) -> None:
-  print(msg, file=sys.stderr, flush=True)
 
 
 def _median_ms(seconds: list[float]) -> float:
@@ -402,7 +402,7 @@ class JaxBench:
       with open(hlo_path, "w") as f:
         f.write(hlo)
       summary["hlo"] = os.path.relpath(hlo_path, self.args.out)
-    _log(f"[benchmark] profile {label}: {profiling.describe(summary)}")
+    log.info(f"[benchmark] profile {label}: {profiling.describe(summary)}")
     return carry, summary
 
   def step_gflop(self, case_name: str, batch: int, dtype_name: str) -> float | None:
@@ -504,7 +504,7 @@ def _keep_memory_reports(dump_dir: str) -> list[str]:
       else:
         os.remove(path)
   if not kept:
-    _log(f"[benchmark] --xla-dump: XLA wrote no memory report for the step under {dump_dir}")
+    log.warning(f"[benchmark] --xla-dump: XLA wrote no memory report for the step under {dump_dir}")
   return kept
 
 
@@ -795,7 +795,7 @@ def recount_flops(out: str) -> dict:
   for r in result["rows"]:
     key = f"{r['case']}/{r['batch']}/{r['dtype']}"
     if r["case"] in CASES and key not in counted:
-      _log(f"[benchmark] counting {key} ...")
+      log.info(f"[benchmark] counting {key} ...")
       counted[key] = bench.step_gflop(r["case"], r["batch"], r["dtype"])
     if _is_jax(r) and r.get("steps_per_dispatch", 1) == 1 and "error" not in r:
       r["gflop_per_step"] = counted[key]
@@ -930,18 +930,18 @@ def run(args, command: str | None = None) -> dict:
   result = _start(args, command or _command(None))
   if args.measure_peak:
     n = args.measure_peak
-    _log(f"[benchmark] {n}^3 bf16 matrix product ...")
+    log.info(f"[benchmark] {n}^3 bf16 matrix product ...")
     result["meta"].update(measured_matmul_n=n, measured_matmul_tflops=measure_matmul_tflops(n))
-    _log(f"[benchmark] {result['meta']['measured_matmul_tflops']:,.0f} TFLOP/s")
+    log.info(f"[benchmark] {result['meta']['measured_matmul_tflops']:,.0f} TFLOP/s")
   bench = JaxBench(args)
   rows = result["rows"]
 
   def attempt(label: str, fn, base: dict):
-    _log(f"[benchmark] {label} ...")
+    log.info(f"[benchmark] {label} ...")
     try:
       row = fn()
-      _log(f"[benchmark] {label}: {row['ms_per_step']:.2f} ms/step, "
-           f"{row['images_per_s']:,.0f} images/s")
+      log.info(f"[benchmark] {label}: {row['ms_per_step']:.2f} ms/step, "
+               f"{row['images_per_s']:,.0f} images/s")
     except Exception as e:  # a failing row (out of memory, torch.compile) must not end the run
       traceback.print_exc()
       row = {**base, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
@@ -978,5 +978,5 @@ def main(argv=None) -> dict:
     return result
   result = run(args, _command(argv))
   print(markdown(result))
-  _log(f"[benchmark] wrote {args.out}/{JSON_FILE} and {MARKDOWN_FILE}")
+  log.info(f"[benchmark] wrote {args.out}/{JSON_FILE} and {MARKDOWN_FILE}")
   return result
