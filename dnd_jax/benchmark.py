@@ -143,10 +143,8 @@ PEAK_TFLOPS = [
     ("TPU v5", {"bfloat16": 459.0, "float32": 459.0}),  # v5p
     ("TPU v4", {"bfloat16": 275.0, "float32": 275.0}),
 ]
-# What the machines lent to this project really reach: an 8192^3 bf16 matrix product through
-# PyTorch on random data ran at 798 TFLOP/s on an H100 80GB HBM3 (2026-11-13) and 769-798 on
-# H200s (2026-10-28, 2026-11-04), recorded in the GPU machine's notes; about 790, 80% of the data
-# sheet. Only bf16 was measured there.
+# What the machines lent to this project really reach (bf16 only), the fallback when a run does not
+# time its own matrix product; where the figures come from: docs/benchmarks.md, "How to run".
 MEASURED_PEAK_TFLOPS = [("H100 80GB HBM3", {"bfloat16": 790.0}), ("H200", {"bfloat16": 790.0})]
 
 PRESETS = {
