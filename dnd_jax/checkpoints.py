@@ -17,11 +17,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -34,6 +34,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from dnd_jax import models, workdir as run_folder
+
+log = logging.getLogger(__name__)
 
 MODEL_META = run_folder.MODEL_META
 
@@ -369,8 +371,8 @@ class TrainCheckpoints:
         accept(state, meta)
       for bad, reason in failures:
         where = run_folder.skip_checkpoint(self.workdir, bad)
-        print(f"Skipped the checkpoint at step {bad}: it does not restore ({reason}); moved it to "
-              f"{where}.", file=sys.stderr, flush=True)
+        log.warning(f"Skipped the checkpoint at step {bad}: it does not restore ({reason}); "
+                    f"moved it to {where}.")
       if failures:
         self.state.reload()
       for later in [s for s in self.best.all_steps() if s > step]:

@@ -11,6 +11,7 @@ if need be), and records each epoch as it ends.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import sys
 import time
@@ -24,9 +25,7 @@ from dnd_jax import checkpoints, parallel, profiling, steps, tb
 from dnd_jax import workdir as run_folder
 from dnd_jax.timing import TimeSplit
 
-
-def _log(msg: str) -> None:
-  print(msg, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,9 +155,9 @@ def run_epochs(settings: LoopSettings, spec: steps.StepSpec, *, workdir: str, me
     history.append(row)
     run_folder.append_metrics(workdir, row)
     tb_writer.epoch(row["step"], row)
-    _log(f"epoch {epoch + 1}/{settings.num_epochs}  loss {train['loss']:.4f}  train acc "
-         f"{train['accuracy']:.4f}  {eval_split} acc {acc:.4f}  {epoch_time:.1f}s  "
-         f"{row['images_per_s']:.0f} img/s")
+    log.info(f"epoch {epoch + 1}/{settings.num_epochs}  loss {train['loss']:.4f}  train acc "
+             f"{train['accuracy']:.4f}  {eval_split} acc {acc:.4f}  {epoch_time:.1f}s  "
+             f"{row['images_per_s']:.0f} img/s")
     if acc > meta["best_accuracy"]:
       meta["best_accuracy"], meta["best_epoch"] = acc, epoch + 1
       with clock("checkpoint"):  # returns once copied to host; written while training goes on

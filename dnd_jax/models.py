@@ -265,9 +265,9 @@ def build_model(model_config, num_classes: int, dtype: Any = jnp.float32) -> Res
 def init_variables(model: ResNet, key: jax.Array, image_shape: Sequence[int]) -> dict:
   """Parameters and BatchNorm statistics for images of shape (H, W, C).
 
-  The initialisers draw from an "rbg" key derived from `key`: XLA compiles ~100 threefry draws
-  for a ResNet34 in ~15-30 s on a CPU and rbg draws in a few seconds, and initialisation needs
-  no more than a deterministic, well-mixed stream.
+  The initialisers draw from an "rbg" key derived from `key`: XLA compiles a ResNet's many
+  threefry draws far more slowly than rbg ones on a CPU (docs/benchmarks-log.md, the CPU
+  results), and initialisation needs no more than a deterministic, well-mixed stream.
   """
   data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
   rbg_key = jax.random.wrap_key_data(jnp.tile(data.astype(jnp.uint32).reshape(-1), 2)[:4],

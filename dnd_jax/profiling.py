@@ -16,14 +16,16 @@ import collections
 import glob
 import gzip
 import json
+import logging
 import os
 import re
-import sys
 import time
 
 import jax
 
 from dnd_jax import workdir as run_folder
+
+log = logging.getLogger(__name__)
 
 
 def parse_steps(spec: str) -> tuple[int, int] | None:
@@ -66,12 +68,10 @@ class StepTracer:
       t0 = time.perf_counter()
       jax.profiler.stop_trace()
       self.active = False
-      print(f"Profiler trace of steps {self.first}-{next_step} written to {self.dir}.",
-            file=sys.stderr, flush=True)
+      log.info(f"Profiler trace of steps {self.first}-{next_step} written to {self.dir}.")
       trace = find_trace(self.dir)
       if trace is not None:
-        print("Profile: " + describe(summarize_trace(trace, next_step - self.first)),
-              file=sys.stderr, flush=True)
+        log.info("Profile: " + describe(summarize_trace(trace, next_step - self.first)))
       self.range = None
       self.overhead_s += time.perf_counter() - t0
 

@@ -42,12 +42,11 @@ def enable_compilation_cache() -> str | None:
 
 # The trainer's CUDA-graph commands: XLA's own default list (its debug_options_flags.cc), set
 # explicitly so that it can be changed from the command line. XLA turns runs of these operations
-# into CUDA graphs; convolutions stay launches of their own (about 35 graph launches per ResNet
-# step). Adding CONVOLUTION (GPU_COMMAND_BUFFER_CONVOLUTION) makes one graph per step, and was
-# faster in the benchmark on an H200 (KD at batch 128 in bf16 from 4.72 to 3.73 ms per step), but
-# it is not the default: on the same H200 (2026-11-27, jax 0.11) the trainer's first distillation
-# step failed with it, cuDNN refusing to be captured into a graph ("Failed to trace command
-# buffer: <unknown cudnn status: 5003>"), which XLA's list never asks of it. docs/benchmarks-log.md.
+# into CUDA graphs; convolutions stay launches of their own. Adding CONVOLUTION
+# (GPU_COMMAND_BUFFER_CONVOLUTION) makes one graph per step, which the benchmark found faster, but
+# it is not the default: the trainer's first distillation step has failed with it, cuDNN refusing
+# to be captured into a graph ("Failed to trace command buffer: <unknown cudnn status: 5003>"),
+# which XLA's list never asks of it. Measurements and the failure: docs/benchmarks-log.md.
 GPU_COMMAND_BUFFER = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION"
 GPU_COMMAND_BUFFER_CONVOLUTION = GPU_COMMAND_BUFFER + ",CONVOLUTION"
 # Backends whose XLA knows the xla_gpu_* options: the GPU uses them; the CPU ignores them but

@@ -243,10 +243,9 @@ def repeat_steps(step_fn, n: int):
   augmentation key from `state.step`, so n steps here equal n single dispatches, provided they
   stay within one epoch (one permutation) and one partition, as the training loop arranges.
 
-  Not on a CPU: XLA:CPU (jax 0.10.2) runs this step inside a rolled loop about 7-10x slower than
-  on its own (docs/benchmarks-log.md), while there the host's ~0.5 ms per dispatch is hidden behind
-  a step of ~100 ms anyway. Unrolling restores the speed but grows compile time with n (x2.8
-  for n = 4).
+  Not on a CPU: XLA:CPU runs this step far slower inside a rolled loop than on its own, while
+  there the host's dispatch cost is hidden behind a long step anyway; unrolling restores the speed
+  but grows compile time with n (docs/benchmarks-log.md, the CPU results).
   """
   if n < 1:
     raise ValueError(f"config.steps_per_dispatch must be at least 1, got {n}.")

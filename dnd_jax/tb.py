@@ -14,11 +14,13 @@ Only process 0 of a multi-process run writes.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from dnd_jax import workdir as run_folder
 from dnd_jax.runtime import is_primary
 
+log = logging.getLogger(__name__)
 
 
 def _summary_writer_class():
@@ -52,8 +54,8 @@ class Writer:
     try:
       SummaryWriter = _summary_writer_class()  # noqa: N806
     except ImportError:
-      print("Warning: tensorboardX is not installed, so no TensorBoard event files are written "
-            "(pip install tensorboardX).", file=sys.stderr, flush=True)
+      log.warning("Warning: tensorboardX is not installed, so no TensorBoard event files are "
+                  "written (pip install tensorboardX).")
       return
     self._writer = SummaryWriter(run_folder.tensorboard_dir(workdir),
                                  purge_step=start_step if start_step > 0 else None)

@@ -15,8 +15,8 @@ it trains in its own workdir (the folder that `config.teacher.checkpoint` names 
 from __future__ import annotations
 
 import copy
+import logging
 import os
-import sys
 
 import ml_collections
 
@@ -25,11 +25,10 @@ from dnd_jax.configs import load_config_file
 from dnd_jax.methods import get_method
 from dnd_jax.models import ResNet, build_model, stage_output_shapes
 
+log = logging.getLogger(__name__)
+
 ARCH_FIELDS = ("depth", "width", "stem")
 
-
-def _log(msg: str) -> None:
-  print(msg, file=sys.stderr, flush=True)
 
 
 def requested_architecture(config) -> dict:
@@ -195,7 +194,7 @@ def train_into(teacher_config, teacher_workdir: str, train_fn, why: str = "Train
   if run_folder.is_finished(teacher_workdir) and run_folder.has_model(model_path):
     return model_path
   with_data = f", with the student's {', '.join(inherited)}" if inherited else ""
-  _log(f"{why} in {teacher_workdir}{with_data}.")
+  log.info(f"{why} in {teacher_workdir}{with_data}.")
   try:
     summary = train_fn(teacher_config, teacher_workdir)
   except ValueError as e:
@@ -207,7 +206,7 @@ def train_into(teacher_config, teacher_workdir: str, train_fn, why: str = "Train
                   f"epochs and optimiser are those of {recipe}; to train it with others,"
                   f"{command}.)") from e
   if summary and "final_accuracy" in summary:
-    _log(f"Teacher trained: final accuracy {summary['final_accuracy']:.4f}.")
+    log.info(f"Teacher trained: final accuracy {summary['final_accuracy']:.4f}.")
   return model_path
 
 
@@ -225,8 +224,8 @@ def check_inputs(config, meta: dict, dataset, field: str = "teacher.checkpoint")
   path = config[block][name]
   what = "teacher at" if field == "teacher.checkpoint" else f"network at {field}"
   if config.teacher.get("allow_other_inputs", False):
-    _log(f"The {what} {path!r} was trained on other inputs ({'; '.join(differences)}); "
-         "using it as config.teacher.allow_other_inputs asks.")
+    log.warning(f"The {what} {path!r} was trained on other inputs ({'; '.join(differences)}); "
+                "using it as config.teacher.allow_other_inputs asks.")
     return
   fix = ("Point --config.teacher.checkpoint at a new <folder>/model (with config.teacher.config "
          "set, the run trains a teacher for this data there)" if field == "teacher.checkpoint"

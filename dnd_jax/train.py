@@ -13,8 +13,8 @@ ends with the same metrics as an uninterrupted run. One process at a time trains
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import sys
 
 import jax
 import ml_collections
@@ -30,9 +30,7 @@ from dnd_jax.optim import make_optimizer, make_schedules, with_config_hyperparam
 from dnd_jax.timing import PARTS, TimeSplit
 from dnd_jax.workdir import read_metrics, write_metrics
 
-
-def _log(msg: str) -> None:
-  print(msg, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 # --- bookkeeping --------------------------------------------------------------------------------
@@ -59,15 +57,15 @@ def resume_or_start(ckpts: checkpoints.TrainCheckpoints, workdir: str, state, sh
     latest, state, meta = restored
     history = [row for row in read_metrics(workdir) if row["epoch"] <= meta["epoch"]]
     write_metrics(workdir, history)
-    _log(f"Resuming {workdir} from epoch {meta['epoch']} (step {latest}).")
+    log.info(f"Resuming {workdir} from epoch {meta['epoch']} (step {latest}).")
   elif run_folder.is_finished(workdir):  # a larger num_epochs, but nothing to extend from
     raise run_folder.WorkdirError(
         f"{workdir} holds a finished run without a checkpoint to extend it from (its "
         f"{run_folder.CHECKPOINTS_DIR}/ is gone): extended, it would start over and replace its "
         "records. Use another --workdir, or its own num_epochs to see its summary.")
   elif stray := read_metrics(workdir):  # epochs of a run killed before its first checkpoint
-    _log(f"No checkpoint in {workdir}: starting over (the {len(stray)} epoch(s) in "
-         f"{run_folder.METRICS_FILE} had none).")
+    log.info(f"No checkpoint in {workdir}: starting over (the {len(stray)} epoch(s) in "
+             f"{run_folder.METRICS_FILE} had none).")
     write_metrics(workdir, [])
   return state, meta, history
 
@@ -156,8 +154,8 @@ def _train_checked(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`train_and_evaluate` of a config checked as far as it can be without its data."""
   summary = finished_run(config, workdir)
   if summary is not None:
-    _log(f"{workdir} holds this run, finished; not training it again (use another --workdir "
-         "to train anew).")
+    log.info(f"{workdir} holds this run, finished; not training it again (use another --workdir "
+             "to train anew).")
     print(format_summary(summary), flush=True)
     return summary
   os.makedirs(workdir, exist_ok=True)
@@ -225,11 +223,11 @@ def _teacher_accuracy(config, dataset, teacher, teacher_vars, teacher_meta, eval
     with clock("eval"):
       correct, _ = t_eval(teacher_vars, eval_images, eval_labels)
       accuracy, source = float(correct) / len(dataset.eval_labels), "measured"
-  _log(f"Teacher {dataset.eval_split} accuracy: {accuracy:.4f} ({source})")
+  log.info(f"Teacher {dataset.eval_split} accuracy: {accuracy:.4f} ({source})")
   for warning in (teacher_lib.chance_warning(accuracy, dataset.num_classes),
                   teacher_lib.held_out_warning(config, teacher_meta, dataset)):
     if warning:
-      _log(warning)
+      log.warning(warning)
   return accuracy
 
 

@@ -27,9 +27,11 @@ import datetime
 import difflib
 import fcntl
 import json
+import logging
 import os
-import sys
 from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -53,9 +55,6 @@ RESULT_NEUTRAL = ("log", "checkpoint", "teacher.checkpoint", "teacher.config",
 class WorkdirError(ValueError):
   """A workdir that this run cannot use (locked by another run, holding another run, unwritable)."""
 
-
-def _log(msg: str) -> None:
-  print(msg, file=sys.stderr, flush=True)
 
 
 # --- paths ---------------------------------------------------------------------------------------
@@ -264,8 +263,8 @@ def record_config(config, workdir: str) -> list[str]:
   stored = read_config(workdir)
   changed = config_changes(stored, config) if stored and has_progress(workdir) else []
   if changed:
-    _log("Warning: the config differs from the one this workdir was started with: " +
-         ", ".join(changed))
+    log.warning("Warning: the config differs from the one this workdir was started with: " +
+                ", ".join(changed))
   if _primary():
     write_atomic(config_path(workdir), config.to_json_best_effort(indent=2))
   return changed
@@ -303,8 +302,8 @@ def lock(workdir: str) -> Iterator[None]:
   try:
     before = _holder(path)
     if before.get("pid") and not before.get("released"):
-      _log(f"Taking over the lock of an earlier run in {workdir} that ended without releasing it "
-           f"(pid {before['pid']}, started {before.get('started', '?')}).")
+      log.info(f"Taking over the lock of an earlier run in {workdir} that ended without releasing "
+               f"it (pid {before['pid']}, started {before.get('started', '?')}).")
     record = {"pid": os.getpid(), "host": os.uname().nodename,
               "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     os.ftruncate(fd, 0)

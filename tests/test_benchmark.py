@@ -1,4 +1,4 @@
-"""dnd_jax.benchmark at toy size: its rows, its files (written after every row), its peak tables
+"""dnd_jax.bench at toy size: its rows, its files (written after every row), its peak tables
 and its targets."""
 
 import json
@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dnd_jax import benchmark
+from dnd_jax.bench import cli, harness, report
 
 TOY = ["--width", "4", "--image-size", "8", "--batch-sizes", "8", "--dtypes", "float32",
        "--dataset-size", "16", "--steps", "2", "--warmup", "1"]
@@ -17,8 +17,8 @@ TOY = ["--width", "4", "--image-size", "8", "--batch-sizes", "8", "--dtypes", "f
 
 def test_one_method_runs_in_both_frameworks_and_writes_json_and_markdown(tmp_path):
   pytest.importorskip("torch")
-  result = benchmark.main(["--methods", "pdnd_p3", *TOY, "--torch", "eager",
-                           "--profile-steps", "2", "--out", str(tmp_path)])
+  result = cli.main(["--methods", "pdnd_p3", *TOY, "--torch", "eager",
+                     "--profile-steps", "2", "--out", str(tmp_path)])
   rows = {r["framework"]: r for r in result["rows"]}
   assert sorted(rows) == ["jax", "torch eager"]
   for r in rows.values():
@@ -49,8 +49,8 @@ def test_one_method_runs_in_both_frameworks_and_writes_json_and_markdown(tmp_pat
   assert (tmp_path / profile["hlo"]).read_text().startswith("HloModule jit_step")
   assert "| pdnd_p3 | 8 | float32 | jax | 2 |" in text  # the profile table
   # PyTorch rows alone, appended (the GPU script's part b): scored with the JAX row's FLOP count
-  result = benchmark.main(["--methods", "pdnd_p3", *TOY, "--torch", "eager", "--no-jax",
-                           "--append", "--out", str(tmp_path)])
+  result = cli.main(["--methods", "pdnd_p3", *TOY, "--torch", "eager", "--no-jax",
+                     "--append", "--out", str(tmp_path)])
   assert [r["framework"] for r in result["rows"]] == ["jax", "torch eager", "torch eager"]
   assert result["rows"][-1]["xla_gflop_per_step"] == jax_row["gflop_per_step"]
   assert len(result["meta"]["commands"]) == 2
@@ -73,53 +73,53 @@ def test_files_are_written_after_every_row_and_append_keeps_them(tmp_path, monke
             "peak_mib": 10.0, "temp_mib": 5.0, "gflop_per_step": 1.0, "mean_loss": 1.0,
             "loss_finite": True}
 
-  monkeypatch.setattr(benchmark.JaxBench, "row", fake_row)
+  monkeypatch.setattr(harness.JaxBench, "row", fake_row)
   args = [*TOY, "--torch", "none", "--out", str(tmp_path)]
-  benchmark.main(["--methods", "dnd,kd", *args])
-  result = benchmark.main(["--methods", "dnd_lean", *args, "--append"])
+  cli.main(["--methods", "dnd,kd", *args])
+  result = cli.main(["--methods", "dnd_lean", *args, "--append"])
   assert [r["case"] for r in result["rows"]] == ["dnd", "kd", "dnd_lean"]
   assert "out of memory" in result["rows"][1]["error"]
   assert len(result["meta"]["commands"]) == 2
   text = (tmp_path / "benchmark.md").read_text()
   assert "| kd | 8 | float32 | jax | error: MemoryError: out of memory" in text
   with pytest.raises(ValueError, match="width"):
-    benchmark.main(["--methods", "dnd", *args, "--append", "--width", "8"])
+    cli.main(["--methods", "dnd", *args, "--append", "--width", "8"])
   (tmp_path / "benchmark.json").write_text("{")  # cut off mid-write by hand, say
   with pytest.raises(ValueError, match="not a benchmark table"):
-    benchmark.main(["--methods", "dnd", *args, "--append"])
+    cli.main(["--methods", "dnd", *args, "--append"])
 
 
 def test_peak_tables_percent_of_peak_and_verdicts():
-  assert benchmark.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.0
-  assert benchmark.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756.0
-  assert benchmark.peak_tflops("NVIDIA H200", "float32") == 494.0
-  assert benchmark.peak_tflops("NVIDIA A100-SXM4-80GB", "bfloat16") == 312.0
-  assert benchmark.peak_tflops("NVIDIA A10", "bfloat16") == 125.0
-  assert benchmark.peak_tflops("cpu", "float32") is None
-  assert benchmark.measured_peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 790.0
-  assert benchmark.measured_peak_tflops("NVIDIA H100 PCIe", "bfloat16") is None
+  assert report.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.0
+  assert report.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756.0
+  assert report.peak_tflops("NVIDIA H200", "float32") == 494.0
+  assert report.peak_tflops("NVIDIA A100-SXM4-80GB", "bfloat16") == 312.0
+  assert report.peak_tflops("NVIDIA A10", "bfloat16") == 125.0
+  assert report.peak_tflops("cpu", "float32") is None
+  assert report.measured_peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 790.0
+  assert report.measured_peak_tflops("NVIDIA H100 PCIe", "bfloat16") is None
   rows = [{"framework": "jax", "case": "pdnd_p1", "batch": 128, "dtype": "bfloat16",
            "steps_per_dispatch": 1, "gflop_per_step": 989.0, "ms_per_step": 2000.0,
            "images_per_s": 64.0, "peak_mib": 1.0, "temp_mib": 1.0},
           {"framework": "torch eager", "case": "pdnd_p1", "batch": 128, "dtype": "bfloat16",
            "steps_per_dispatch": 1, "gflop_per_step": None, "ms_per_step": 1000.0,
            "images_per_s": 128.0}]
-  benchmark.add_flop_shares(rows, "NVIDIA H100 80GB HBM3")
+  report.add_flop_shares(rows, "NVIDIA H100 80GB HBM3")
   assert rows[0]["pct_of_peak"] == pytest.approx(0.05)  # 989 GFLOP in 2 s of a 989 TFLOP/s peak
   assert rows[0]["pct_of_measured_peak"] == pytest.approx(0.05 * 989 / 790)
   assert rows[1]["pct_of_peak"] == pytest.approx(0.1)
-  benchmark.add_flop_shares(rows, "NVIDIA H100 80GB HBM3", {"bfloat16": 494.5})  # this run's
+  report.add_flop_shares(rows, "NVIDIA H100 80GB HBM3", {"bfloat16": 494.5})  # this run's
   assert rows[0]["pct_of_measured_peak"] == pytest.approx(0.1)
-  benchmark.add_flop_shares(rows, "cpu")
+  report.add_flop_shares(rows, "cpu")
   assert rows[0]["pct_of_peak"] is None and not math.isnan(rows[0]["xla_gflop_per_step"])
-  lines = benchmark.targets(rows)
+  lines = report.targets(rows)
   assert "64 images/s (missed by 100%: >= 25,000)" in lines[0]
   assert "0.50x torch eager (missed by 67%: >= 1.5x)" in lines[0]
   # part c's memory rows: each DnD variant's peak against vanilla KD's (and default DnD's); a
   # verdict only where the target is (memory-lean DnD)
   memory = {"batch": 512, "dtype": "bfloat16", "steps_per_dispatch": 1, "ms_per_step": 1.0,
             "images_per_s": 512_000.0}
-  lines = benchmark.targets([
+  lines = report.targets([
       {"framework": "jax", "case": "kd", "peak_mib": 1000.0, "temp_mib": 800.0, **memory},
       {"framework": "jax", "case": "dnd", "peak_mib": 700.0, "temp_mib": 500.0, **memory},
       {"framework": "jax", "case": "dnd_lean", "peak_mib": 770.0, "temp_mib": 560.0, **memory},
@@ -139,16 +139,16 @@ def test_peak_tables_percent_of_peak_and_verdicts():
 
 def test_unknown_method_is_a_clear_error(capsys):
   with pytest.raises(SystemExit):
-    benchmark.parse_args(["--methods", "dnd,fitnet"])
+    cli.parse_args(["--methods", "dnd,fitnet"])
   assert "unknown --methods ['fitnet']" in capsys.readouterr().err
   with pytest.raises(SystemExit):
-    benchmark.parse_args(["--jax-label", "graphs"])
+    cli.parse_args(["--jax-label", "graphs"])
   assert "--jax-label must start with 'jax'" in capsys.readouterr().err
   with pytest.raises(SystemExit):
-    benchmark.parse_args(["--xla-option", "xla_gpu_enable_command_buffer"])
+    cli.parse_args(["--xla-option", "xla_gpu_enable_command_buffer"])
   assert "--xla-option takes NAME=VALUE" in capsys.readouterr().err
   with pytest.raises(SystemExit):
-    benchmark.parse_args(["--batch-sizes", "128,x"])
+    cli.parse_args(["--batch-sizes", "128,x"])
   assert "--batch-sizes takes a comma list of whole numbers" in capsys.readouterr().err
 
 
@@ -163,9 +163,9 @@ def test_a_labelled_variant_gets_its_own_verdicts():
            "ms_per_step": 4.0, "images_per_s": 32_000.0, **timing},
           {"framework": "torch.compile cudagraphs", "case": "pdnd_p1", "gflop_per_step": None,
            "ms_per_step": 4.0, "images_per_s": 32_000.0, **timing}]
-  benchmark.add_flop_shares(rows, "NVIDIA H200")
+  report.add_flop_shares(rows, "NVIDIA H200")
   assert rows[1]["pct_of_peak"] > rows[0]["pct_of_peak"] > 0
-  lines = benchmark.targets(rows)
+  lines = report.targets(rows)
   assert any(line.startswith("- pdnd_p1 batch 128 bfloat16: 25,600") and
              "0.80x torch.compile cudagraphs (missed by 20%" in line for line in lines)
   assert any(line.startswith("- pdnd_p1 (jax graphs) batch 128 bfloat16: 32,000 images/s (met")
@@ -180,8 +180,8 @@ def test_flop_count_comes_from_the_lowered_step_and_includes_its_convolutions():
   import argparse
 
   def gflop(width):
-    bench = benchmark.JaxBench(argparse.Namespace(width=width, image_size=8, num_classes=10,
-                                                  dataset_size=16))
+    bench = harness.JaxBench(argparse.Namespace(width=width, image_size=8, num_classes=10,
+                                                dataset_size=16))
     return bench.step_gflop("kd", 8, "float32")
 
   assert 3.5 < gflop(8) / gflop(4) < 4.0
@@ -201,7 +201,7 @@ def test_recount_flops_rewrites_an_old_tables_counts_and_shares(tmp_path):
           {"framework": "torch.compile cudagraphs", "case": "pdnd_p3", "compile_s": 20.0,
            "peak_mib": 1.0, "temp_mib": None, **timing}]
   (tmp_path / "benchmark.json").write_text(json.dumps({"meta": meta, "rows": rows}))
-  result = benchmark.main(["--recount-flops", "--out", str(tmp_path)])
+  result = cli.main(["--recount-flops", "--out", str(tmp_path)])
   kd, pdnd = result["rows"]
   assert kd["gflop_per_step"] > 1e-3 and pdnd["xla_gflop_per_step"] > 1e-3
   assert pdnd["pct_of_peak"] > 0 and pdnd["pct_of_measured_peak"] > 0  # H200: both peaks known
@@ -223,8 +223,8 @@ def test_pdnd_partition_1_and_dnd_lower_to_the_same_network_computation():
 
   from dnd_jax import steps
 
-  bench = benchmark.JaxBench(argparse.Namespace(width=4, image_size=8, num_classes=10,
-                                                dataset_size=16))
+  bench = harness.JaxBench(argparse.Namespace(width=4, image_size=8, num_classes=10,
+                                              dataset_size=16))
 
   def ops(case):
     step_fn, state, sums, data = bench._step(case, 8, "bfloat16", abstract=True)
@@ -257,7 +257,7 @@ def test_xla_dump_compiles_past_the_persistent_cache(tmp_path):
 
     lowered.compile(compiler_options={"xla_dump_to": str(tmp_path / "cached")})
     assert not reports(tmp_path / "cached")  # read from the cache: nothing compiled, no dump
-    with benchmark._without_persistent_cache():
+    with harness._without_persistent_cache():
       lowered.compile(compiler_options={"xla_dump_to": str(tmp_path / "bypass")})
     assert reports(tmp_path / "bypass")
     assert jax.config.jax_enable_compilation_cache
@@ -268,14 +268,14 @@ def test_xla_dump_compiles_past_the_persistent_cache(tmp_path):
 def test_timing_tells_a_waiting_dispatch_from_a_bounded_queue_and_a_free_run():
   """`dispatches_before_a_wait`: the host's view of why host ms/step can equal ms/step."""
   loop_s = 4e-3  # 4 ms per step, back to back, 6 steps
-  every_call_waits = benchmark._timing_fields(128, [4e-3], loop_s, [4e-3] * 6)
-  queue_of_3 = benchmark._timing_fields(128, [4e-3], loop_s, [1e-4] * 3 + [4e-3] * 3)
-  runs_ahead = benchmark._timing_fields(128, [4e-3], loop_s, [1e-4] * 6)
+  every_call_waits = harness.timing_fields(128, [4e-3], loop_s, [4e-3] * 6)
+  queue_of_3 = harness.timing_fields(128, [4e-3], loop_s, [1e-4] * 3 + [4e-3] * 3)
+  runs_ahead = harness.timing_fields(128, [4e-3], loop_s, [1e-4] * 6)
   assert every_call_waits["dispatches_before_a_wait"] == 0
   assert queue_of_3["dispatches_before_a_wait"] == 3
   assert runs_ahead["dispatches_before_a_wait"] == 6
   assert queue_of_3["host_ms_each"] == [0.1] * 3 + [4.0] * 3
   assert every_call_waits["host_ms_per_step"] == pytest.approx(4.0)
   # several steps per dispatch: per step, like the other fields
-  scanned = benchmark._timing_fields(128, [8e-3], 8e-3, [2e-4, 8e-3], per_dispatch=2)
+  scanned = harness.timing_fields(128, [8e-3], 8e-3, [2e-4, 8e-3], per_dispatch=2)
   assert scanned["host_ms_each"] == [0.1, 4.0] and scanned["dispatches_before_a_wait"] == 1

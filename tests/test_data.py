@@ -23,6 +23,14 @@ from dnd_jax.data import cifar100, fashion_mnist, files, imagewoof, sources
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
+@pytest.fixture
+def caplog(caplog, monkeypatch):
+  """pytest's caplog, reached by the package's records: the `dnd_jax` logger does not propagate
+  to the root logger, where caplog listens (dnd_jax/logs.py says why)."""
+  monkeypatch.setattr(logging.getLogger("dnd_jax"), "propagate", True)
+  return caplog
+
+
 def md5(raw: bytes) -> str:
   return hashlib.md5(raw).hexdigest()
 

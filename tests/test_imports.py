@@ -20,7 +20,7 @@ PACKAGE = "dnd_jax"
 # (a heavy or optional dependency kept off a path that does not need it) belong here, never a
 # cycle.
 LAZY = {
-    ("dnd_jax.benchmark", "dnd_jax.torch_reference"):
+    ("dnd_jax.bench.torch_rows", "dnd_jax.torch_reference"):
         "torch, a test and benchmark extra, for the PyTorch rows alone",
     ("dnd_jax.torch_reference", "dnd_jax.torch_bridge"):
         "the PyTorch reference imports no JAX code at its top: it is what that code is checked "

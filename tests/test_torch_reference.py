@@ -1,6 +1,6 @@
 """The PyTorch reference steps compute what dnd_jax computes: same loss, same updated parameters.
 
-dnd_jax.benchmark times dnd_jax against dnd_jax/torch_reference.py; that comparison means
+dnd_jax.bench times dnd_jax against dnd_jax/torch_reference.py; that comparison means
 something only if both run the same step. Here both get the same weights (through the converter)
 and the same normalised batches; PyTorch takes three SGD steps and dnd_jax takes each of them
 from PyTorch's state before it (the later ones exercise the momentum buffer and the schedule's

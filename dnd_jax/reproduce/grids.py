@@ -191,9 +191,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                title="Figure 3 (learning-rate tuning, OneCycle) on Fashion-MNIST"),
 ]}
 
-# The CPU scale: width-8 networks on 16 px images and 10% of the training set. On a 2-core CPU
-# a width-8 ResNet34 teacher trains at about 680 images/s and a width-8 student at 700-1000
-# (Jacobian+CE about a third of that), so an epoch of 6,000 images is 6-25 s.
+# The CPU scale: width-8 networks on 16 px images and 10% of the training set, so that an epoch
+# takes seconds on a small CPU (measured speeds: docs/benchmarks-log.md, the quickstart section).
 _CPU_OVERRIDES = {"model.width": 8, "data.image_size": 16, "data.fraction": 0.1,
                   "eval_batch_size": 1000, "log.progress_bar": False}
 _GRID_KEYS = ("table", "epochs", "fractions", "stagewise", "convergence", "lr")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
-import sys
 
 import ml_collections
 
@@ -21,6 +21,8 @@ from dnd_jax.methods import get_method
 from dnd_jax.reproduce.grids import RunSpec, expand
 from dnd_jax.reproduce.plan import Plan, run_config, start_spec, teacher_config
 from dnd_jax.reproduce.records import config_record_of, has_exported_model, summary_of
+
+log = logging.getLogger(__name__)
 
 
 def is_finished(workdir: str) -> bool:
@@ -75,9 +77,6 @@ def check_plan(plan: Plan) -> None:
 # --- running ------------------------------------------------------------------------------------
 
 
-def _log(msg: str) -> None:
-  print(msg, file=sys.stderr, flush=True)
-
 
 def _train(config, workdir):
   # orbax (checkpoints) is imported once a run or a teacher's weights need it, not for --help
@@ -117,7 +116,7 @@ def run_cell(plan: Plan, spec: RunSpec, train_fn=None) -> None:
   arm = plan.experiment.arm(spec.method)
   if arm.start_from:
     run_cell(plan, start_spec(spec, arm), train_fn)
-  _log(f"== {spec.name} -> {workdir}")
+  log.info(f"== {spec.name} -> {workdir}")
   (train_fn or _train)(config, workdir)
 
 
@@ -130,11 +129,11 @@ def run_plan(plan: Plan, train_fn=None, dry_run: bool = False) -> list[dict]:
   specs = expand(exp)
   check_plan(plan)  # before the teacher: a bad override would otherwise show after it trained
   todo = [s for s in specs if not is_finished(plan.run_dir(s))]
-  _log(f"== {exp.name} at scale {plan.scale.name!r} in {plan.out}: {len(specs)} runs, "
-       f"{len(specs) - len(todo)} already finished")
+  log.info(f"== {exp.name} at scale {plan.scale.name!r} in {plan.out}: {len(specs)} runs, "
+           f"{len(specs) - len(todo)} already finished")
   if dry_run:
     for s in specs:
-      _log(f"   {'done' if is_finished(plan.run_dir(s)) else 'todo'}  {plan.run_dir(s)}")
+      log.info(f"   {'done' if is_finished(plan.run_dir(s)) else 'todo'}  {plan.run_dir(s)}")
     return collect(plan)
   os.makedirs(plan.out, exist_ok=True)
   if any(needs_grid_teacher(exp.arm(s.method)) for s in todo):
