@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 ARCH_FIELDS = ("depth", "width", "stem")
 
 
-
 def requested_architecture(config) -> dict:
   """The teacher fields the config sets explicitly (None = take them from the teacher's record)."""
   block = config.get("teacher", {})
