@@ -11,8 +11,9 @@ import pytest
 
 from dnd_jax.bench import cli, harness, report
 
+# (a ResNet18 teacher, as the GPU scripts' toy runs: it compiles faster than the default ResNet34)
 TOY = ["--width", "4", "--image-size", "8", "--batch-sizes", "8", "--dtypes", "float32",
-       "--dataset-size", "16", "--steps", "2", "--warmup", "1"]
+       "--dataset-size", "16", "--steps", "2", "--warmup", "1", "--teacher-depth", "18"]
 
 
 def test_one_method_runs_in_both_frameworks_and_writes_json_and_markdown(tmp_path):
@@ -36,7 +37,9 @@ def test_one_method_runs_in_both_frameworks_and_writes_json_and_markdown(tmp_pat
   assert rows["torch eager"]["xla_gflop_per_step"] == jax_row["gflop_per_step"]
   saved = json.loads((tmp_path / "benchmark.json").read_text())
   assert saved["meta"]["width"] == 4 and len(saved["rows"]) == 2
+  assert saved["meta"]["teacher_depth"] == 18
   text = (tmp_path / "benchmark.md").read_text()
+  assert "Shapes: ResNet18 teacher -> ResNet18 student, width 4" in text
   assert "| pdnd_p3 | 8 | float32 | jax |" in text
   assert "| pdnd_p3 | 8 | float32 | torch eager |" in text
   assert "pdnd_p3 batch 8 float32" in text and "x torch eager" in text
@@ -84,6 +87,8 @@ def test_files_are_written_after_every_row_and_append_keeps_them(tmp_path, monke
   assert "| kd | 8 | float32 | jax | error: MemoryError: out of memory" in text
   with pytest.raises(ValueError, match="width"):
     cli.main(["--methods", "dnd", *args, "--append", "--width", "8"])
+  with pytest.raises(ValueError, match=r"teacher_depth \(18 there, 34 here\)"):
+    cli.main(["--methods", "dnd", *args, "--append", "--teacher-depth", "34"])
   (tmp_path / "benchmark.json").write_text("{")  # cut off mid-write by hand, say
   with pytest.raises(ValueError, match="not a benchmark table"):
     cli.main(["--methods", "dnd", *args, "--append"])
@@ -150,6 +155,9 @@ def test_unknown_method_is_a_clear_error(capsys):
   with pytest.raises(SystemExit):
     cli.parse_args(["--batch-sizes", "128,x"])
   assert "--batch-sizes takes a comma list of whole numbers" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    cli.parse_args(["--teacher-depth", "50"])
+  assert "--teacher-depth must be one of [18, 34] (got 50)" in capsys.readouterr().err
 
 
 def test_a_labelled_variant_gets_its_own_verdicts():
@@ -181,7 +189,8 @@ def test_flop_count_comes_from_the_lowered_step_and_includes_its_convolutions():
 
   def gflop(width):
     bench = harness.JaxBench(argparse.Namespace(width=width, image_size=8, num_classes=10,
-                                                dataset_size=16))
+                                                dataset_size=16,
+                                                teacher_depth=harness.TEACHER_DEPTH))
     return bench.step_gflop("kd", 8, "float32")
 
   assert 3.5 < gflop(8) / gflop(4) < 4.0
@@ -224,7 +233,8 @@ def test_pdnd_partition_1_and_dnd_lower_to_the_same_network_computation():
   from dnd_jax import steps
 
   bench = harness.JaxBench(argparse.Namespace(width=4, image_size=8, num_classes=10,
-                                              dataset_size=16))
+                                              dataset_size=16,
+                                              teacher_depth=harness.TEACHER_DEPTH))
 
   def ops(case):
     step_fn, state, sums, data = bench._step(case, 8, "bfloat16", abstract=True)

@@ -98,6 +98,7 @@ def test_gpu_all_runs_the_bench_parts_and_the_headline_into_eight_files(tmp_path
   assert all(r["dtype"] == "bfloat16" for r in result["rows"])
   assert [len(r.get("xla_dump", [])) for r in result["rows"]] == [0, 0, 2, 0, 0]
   assert len(result["meta"]["commands"]) == 4 and result["meta"]["measured_matmul_tflops"] > 0
+  assert result["meta"]["teacher_depth"] == 18  # the toy's
   profiled = result["rows"][-2:]
   assert all(r["profile"]["steps"] == 2 and r["profile"]["dispatches"] == 2 for r in profiled)
   # the trainer's options (XLA's own CUDA-graph list), then the convolutions added over them

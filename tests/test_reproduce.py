@@ -57,6 +57,11 @@ def test_scale_and_command_line_shrink_a_grid():
       "table2_fashion", "cpu").out
   with pytest.raises(ValueError, match="Unknown method"):
     ex.make_plan("table2_fashion", methods=["nope"])
+  # the tiny scale's teacher is a ResNet18 (it compiles faster), and its students distil from it
+  tiny = ex.make_plan("table2_fashion", "tiny")
+  assert ex.teacher_config(tiny).model.depth == 18
+  assert ex.run_config(tiny, grids.RunSpec("dnd", 1, 0)).teacher.depth == 18
+  assert ex.teacher_config(ex.make_plan("table2_fashion", "cpu")).model.depth == 34
 
 
 def test_parsing_of_seeds_lists_and_overrides():

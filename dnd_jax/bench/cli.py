@@ -16,10 +16,10 @@ import jax
 
 import dnd_jax.bench
 from dnd_jax import cli
-from dnd_jax.bench.harness import CASES, JaxBench, measure_matmul_tflops
+from dnd_jax.bench.harness import CASES, TEACHER_DEPTH, JaxBench, measure_matmul_tflops
 from dnd_jax.bench.report import JSON_FILE, MARKDOWN_FILE, is_jax, markdown, write_outputs
 from dnd_jax.bench.torch_rows import TORCH_MODES, torch_row, torch_supports
-from dnd_jax.models import DTYPES
+from dnd_jax.models import DTYPES, STAGE_SIZES
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def recount_flops(out: str) -> dict:
     result = json.load(f)
   meta = result["meta"]
   args = argparse.Namespace(width=meta["width"], image_size=meta["image_size"],
-                            num_classes=meta["num_classes"], dataset_size=meta["dataset_size"])
+                            num_classes=meta["num_classes"], dataset_size=meta["dataset_size"],
+                            teacher_depth=meta.get("teacher_depth", TEACHER_DEPTH))
   bench = JaxBench(args)
   counted = {}
   for r in result["rows"]:
@@ -94,6 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--dtypes", help="comma list of float32, bfloat16")
   p.add_argument("--width", type=int, help="ResNet base width (64 is the paper's; cpu default 8)")
   p.add_argument("--image-size", type=int, help="image side (32 is CIFAR's; cpu default 16)")
+  p.add_argument("--teacher-depth", type=int, default=TEACHER_DEPTH,
+                 help=f"ResNet depth of the teacher ({TEACHER_DEPTH} is the paper's; 18 compiles "
+                      "faster, for the scripts' toy runs)")
   p.add_argument("--num-classes", type=int, default=100)
   p.add_argument("--dataset-size", type=int, help="synthetic images resident on the device")
   p.add_argument("--steps", type=int, help="timed steps per row (synced, then back to back)")
@@ -156,6 +160,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   args.xla_options = dict(o.split("=", 1) for o in args.xla_option)
   if not args.jax_label.startswith("jax"):
     p.error(f"--jax-label must start with 'jax' (got {args.jax_label!r}), e.g. 'jax conv-graphs'")
+  if args.teacher_depth not in STAGE_SIZES:
+    p.error(f"--teacher-depth must be one of {sorted(STAGE_SIZES)} (got {args.teacher_depth})")
   if args.profile_steps < 0:
     p.error("--profile-steps must be 0 (no trace) or a number of steps")
   args.out = args.out or os.path.join("runs", f"benchmark_{jax.default_backend()}")
@@ -176,7 +182,7 @@ def _start(args, command: str) -> dict:
       "backend": jax.default_backend(), "device_kind": devices[0].device_kind,
       "device_count": len(devices), "host": _host(), "width": args.width,
       "image_size": args.image_size, "num_classes": args.num_classes,
-      "dataset_size": args.dataset_size, "steps": args.steps, "warmup": args.warmup,
+      "teacher_depth": args.teacher_depth, "dataset_size": args.dataset_size, "steps": args.steps, "warmup": args.warmup,
       "compilation_cache": jax.config.jax_compilation_cache_dir,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "cpu_affinity": len(os.sched_getaffinity(0)), **_versions(),
@@ -191,8 +197,9 @@ def _start(args, command: str) -> dict:
   except (ValueError, KeyError, TypeError) as e:
     raise ValueError(f"--append to {path}, which is not a benchmark table ({type(e).__name__}: "
                      f"{e}); use another --out, or move that file away.") from e
-  differs = [k for k in ("device_kind", "width", "image_size", "num_classes", "dataset_size")
-             if old.get(k) != meta[k]]
+  differs = [k for k in ("device_kind", "width", "image_size", "num_classes", "dataset_size",
+                         "teacher_depth") if old.get(k, TEACHER_DEPTH if k == "teacher_depth"
+                                                      else None) != meta[k]]
   if differs:
     raise ValueError(f"--append to {path}, whose rows differ in "
                      + ", ".join(f"{k} ({old.get(k)} there, {meta[k]} here)" for k in differs)

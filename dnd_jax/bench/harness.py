@@ -28,7 +28,7 @@ from dnd_jax.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 
-TEACHER_DEPTH = 34  # the paper's ResNet34 teacher; a student's depth comes from its config
+TEACHER_DEPTH = 34  # the paper's ResNet34 teacher (--teacher-depth); a student's depth comes from its config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,9 +181,11 @@ class JaxBench:
         {"depth": depth, "width": self.args.width, "stem": "cifar", "remat": remat}),
         self.args.num_classes, dtype)
 
-  def variables(self, depth: int) -> dict:
-    """fp32 variables (the same for either compute dtype), made once per depth and kept on the
-    host, so that every row's `device_put` makes fresh buffers for its step to donate.
+  def variables(self, depth: int, teacher: bool = False) -> dict:
+    """fp32 variables (the same for either compute dtype), made once per network and kept on the
+    host, so that every row's `device_put` makes fresh buffers for its step to donate. The draw
+    is the depth's (a teacher of another depth than the paper's gets its own, so that a teacher as
+    deep as the student differs from it).
 
     The BatchNorm running statistics are calibrated on augmented synthetic batches, the inputs
     the step feeds the teacher, as a trained network's are: with the initial ones (mean 0,
@@ -191,9 +193,10 @@ class JaxBench:
     are in the hundreds and climbing, and a step computing on overflowing values (or denormals,
     which are slow on CPUs) is not a representative timing.
     """
-    if depth not in self._vars:
+    seed = 1000 + depth if teacher and depth != TEACHER_DEPTH else depth
+    if seed not in self._vars:
       model = self.model(depth, jnp.float32)
-      variables = init_variables(model, jax.random.key(depth), self.image_shape)
+      variables = init_variables(model, jax.random.key(seed), self.image_shape)
       batch = self.images[:min(self.args.dataset_size, 128)]
       data_config = base_config("cifar100", "kd").data
 
@@ -205,8 +208,8 @@ class JaxBench:
 
       for i in range(CALIBRATION_PASSES):  # momentum 0.9: 0.9**40 of the initial value is left
         variables = calibrate(variables, jax.random.key(i))
-      self._vars[depth] = jax.device_get(variables)
-    return self._vars[depth]
+      self._vars[seed] = jax.device_get(variables)
+    return self._vars[seed]
 
   def _inputs(self, case_name: str, batch: int, dtype_name: str, abstract: bool = False):
     """What the case's steps are built from, as the training loop's (`steps.StepSpec`), its train
@@ -220,7 +223,8 @@ class JaxBench:
     config = base_config("cifar100", case.method)
     config.method.memory_lean = case.memory_lean
     model = self.model(config.model.depth, DTYPES[dtype_name], case.remat)
-    teacher = self.model(TEACHER_DEPTH, DTYPES[dtype_name]) if method.needs_teacher else None
+    teacher = (self.model(self.args.teacher_depth, DTYPES[dtype_name]) if method.needs_teacher
+               else None)
     tx = freeze.mask_optimizer(
         make_optimizer(config.optim, TOTAL_STEPS, TOTAL_STEPS / len(method.phases)), method)
     steps_per_epoch = self.args.dataset_size // batch
@@ -232,7 +236,7 @@ class JaxBench:
                           mean=cifar100.MEAN, std=cifar100.STD, batch_size=batch,
                           steps_per_epoch=steps_per_epoch)
     if abstract:
-      def variables(depth):
+      def variables(depth, teacher=False):
         return jax.eval_shape(lambda: init_variables(
             self.model(depth, jnp.float32), jax.random.key(0), self.image_shape))
       place = lambda tree: tree  # noqa: E731
@@ -242,7 +246,8 @@ class JaxBench:
       variables = self.variables
       place = lambda tree: jax.device_put(tree, self.repl)  # noqa: E731
       state = place(steps.create_train_state(variables(config.model.depth), tx))
-    teacher_vars = place(variables(TEACHER_DEPTH)) if teacher is not None else None
+    teacher_vars = (place(variables(self.args.teacher_depth, teacher=True)) if teacher is not None
+                    else None)
     return spec, state, (self.images, self.labels, self.perm, teacher_vars)
 
   def _step(self, case_name: str, batch: int, dtype_name: str, abstract: bool = False):

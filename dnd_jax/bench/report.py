@@ -6,7 +6,7 @@ import json
 import os
 
 from dnd_jax import profiling, workdir as run_folder
-from dnd_jax.bench.harness import CASES
+from dnd_jax.bench.harness import CASES, TEACHER_DEPTH
 
 JSON_FILE, MARKDOWN_FILE = "benchmark.json", "benchmark.md"
 
@@ -153,7 +153,8 @@ def markdown(result: dict) -> str:
   lines = [
       f"Device: {meta['device_count']} x {meta['device_kind']} ({meta['backend']}); "
       f"host {meta['host']} ({meta['cpu_affinity']} usable by this run); {meta['date']}",
-      f"Shapes: ResNet34 teacher -> ResNet18 student, width {meta['width']}, "
+      f"Shapes: ResNet{meta.get('teacher_depth', TEACHER_DEPTH)} teacher -> ResNet18 student, width "
+      f"{meta['width']}, "
       f"{meta['image_size']}x{meta['image_size']}x3 synthetic uint8 images, "
       f"{meta['num_classes']} classes, {meta['dataset_size']} resident images; "
       f"{meta['warmup']} warm-up + {meta['steps']} timed steps.",

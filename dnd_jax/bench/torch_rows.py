@@ -11,7 +11,7 @@ import time
 import jax
 import numpy as np
 
-from dnd_jax.bench.harness import (CASES, TEACHER_DEPTH, TOTAL_STEPS, JaxBench, Runner, time_loop,
+from dnd_jax.bench.harness import (CASES, TOTAL_STEPS, JaxBench, Runner, time_loop,
                                    timing_fields)
 from dnd_jax.configs import base_config
 from dnd_jax.data import augment, cifar100
@@ -46,7 +46,7 @@ def torch_row(bench: JaxBench, case_name: str, batch: int, dtype_name: str, mode
   device = torch.device("cuda" if cuda else "cpu")
   depth = base_config("cifar100", case.method).model.depth
   student = tr.from_variables(bench.variables(depth)).to(device)
-  teacher = (tr.from_variables(bench.variables(TEACHER_DEPTH)).to(device)
+  teacher = (tr.from_variables(bench.variables(args.teacher_depth, teacher=True)).to(device)
              if method.needs_teacher else None)
   step = tr.make_torch_step(case.method, student, teacher, batch, total_steps=TOTAL_STEPS,
                             phase=case.phase, bf16=dtype_name == "bfloat16",

@@ -224,7 +224,7 @@ def make_plan(name: str, scale: str = "paper", *, overrides: dict | None = None,
     extra["teacher:path"] = os.path.abspath(teacher_path)
   return Plan(experiment=exp, scale=sc, out=out or default_out(exp, sc, extra),
               overrides={**sc.overrides, **(overrides or {})},
-              teacher_overrides=dict(teacher_overrides or {}),
+              teacher_overrides={**sc.teacher_overrides, **(teacher_overrides or {})},
               teacher_epochs=teacher_epochs if teacher_epochs is not None else sc.teacher_epochs,
               teacher_path=teacher_path)
 
