@@ -38,19 +38,27 @@ def test_probe_sums_equal_a_direct_computation():
   sums = jax.jit(diagnose.make_probe(student, teacher, config.data, MEAN, STD, 16))(
       s_vars, t_vars, images, labels)
 
-  x = augment.eval_preprocess(images, config.data, MEAN, STD)
-  t = teacher.apply(t_vars, x, method="stages")
-  s = student.apply(s_vars, x, method="stages")
+  @jax.jit  # one program (run eagerly, each of its operations would compile on its own)
+  def direct(s_vars, t_vars, images):
+    x = augment.eval_preprocess(images, config.data, MEAN, STD)
+    t = teacher.apply(t_vars, x, method="stages")
+    s = student.apply(s_vars, x, method="stages")
+    hybrid = [s[-1]] + [student.apply(s_vars, t[k - 1], k + 1, 5, method="stages")[-1]
+                        for k in range(1, 5)]
+    fed = [s[0]] + [student.apply(s_vars, t[k - 1], k + 1, k + 1, method="stages")[0]
+                    for k in range(1, 5)]
+    return t, s, hybrid, fed
+
+  t, s, hybrid, fed = jax.device_get(direct(s_vars, t_vars, images))
+  labels = np.asarray(labels)
   for k in range(5):
-    logits = s[-1] if k == 0 else student.apply(s_vars, t[k - 1], k + 1, 5, method="stages")[-1]
-    assert int(sums["hybrid_correct"][k]) == int(jnp.sum(jnp.argmax(logits, -1) == labels)), k
-    fed = s[0] if k == 0 else student.apply(s_vars, t[k - 1], k + 1, k + 1, method="stages")[0]
-    np.testing.assert_allclose(sums["err_teacher_input"][k], jnp.sum(jnp.square(fed - t[k])),
+    assert int(sums["hybrid_correct"][k]) == int(np.sum(np.argmax(hybrid[k], -1) == labels)), k
+    np.testing.assert_allclose(sums["err_teacher_input"][k], np.sum(np.square(fed[k] - t[k])),
                                rtol=1e-4)
-    np.testing.assert_allclose(sums["err_end_to_end"][k], jnp.sum(jnp.square(s[k] - t[k])),
+    np.testing.assert_allclose(sums["err_end_to_end"][k], np.sum(np.square(s[k] - t[k])),
                                rtol=1e-4)
-    np.testing.assert_allclose(sums["teacher_sq"][k], jnp.sum(jnp.square(t[k])), rtol=1e-4)
-  assert int(sums["teacher_correct"]) == int(jnp.sum(jnp.argmax(t[-1], -1) == labels))
+    np.testing.assert_allclose(sums["teacher_sq"][k], np.sum(np.square(t[k])), rtol=1e-4)
+  assert int(sums["teacher_correct"]) == int(np.sum(np.argmax(t[-1], -1) == labels))
   # a random student fed end to end drifts further from the teacher than one fed teacher inputs
   assert float(sums["err_end_to_end"][3]) != float(sums["err_teacher_input"][3])
   # batch size 0 (the configs' default) is sized for the device: the same sums

@@ -27,7 +27,7 @@ def setup():
   t_vars = init_variables(teacher, jax.random.key(1), IMAGE)
   images = jax.random.normal(jax.random.key(2), (6, *IMAGE))
   labels = jnp.arange(6) % 10
-  feats = teacher.apply(t_vars, images, method="stages")
+  feats = jax.jit(functools.partial(teacher.apply, method="stages"))(t_vars, images)
   return student, teacher, s_vars, t_vars, images, labels, feats
 
 
@@ -49,20 +49,22 @@ def _grads(setup, groups, params=None, name="dnd"):
 
 
 def _perturb(params, stage):
-  return {**params, stage: jax.tree.map(lambda p: p + 0.3 * jnp.sign(p + 1e-3), params[stage])}
+  # numpy, here and in the comparisons: JAX would compile each operation for each shape
+  return {**params, stage: jax.tree.map(lambda p: p + 0.3 * np.sign(p + 1e-3),
+                                        jax.device_get(params[stage]))}
 
 
 @pytest.mark.parametrize("groups", [DND_GROUPS, ((1, 2), (3, 4), (5, 5)), ((1, 4), (5, 5))])
 def test_changing_one_group_leaves_every_other_groups_gradient_unchanged(setup, groups):
-  base = _grads(setup, groups)
+  base = jax.device_get(_grads(setup, groups))
   for first, last in groups:
     params = setup[2]["params"]
     for k in range(first, last + 1):
       params = _perturb(params, f"stage{k}")
-    changed = _grads(setup, groups, params)
+    changed = jax.device_get(_grads(setup, groups, params))
     for k in range(1, 6):
       inside = first <= k <= last
-      same = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.allclose(a, b, rtol=1e-6, atol=0)),
+      same = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.allclose(a, b, rtol=1e-6, atol=0)),
                                           base[f"stage{k}"], changed[f"stage{k}"]))
       if not inside:
         assert all(same), f"stage {k} gradient changed when group {first}-{last} was perturbed"
@@ -132,12 +134,17 @@ def test_progressive_dnd_keeps_optimizer_state_across_the_switch(setup):
   # mu * (buffer carried over from phase 0) + (g + wd * p), i.e. not reset at the switch.
   data_config = base_config("fashion_mnist", "pdnd").data
   data_config.crop_padding, data_config.flip = 0, False
-  x = augment.train_preprocess(images[8:12], jax.random.key(0), data_config, (0.5,), (0.25,))
-  feats = teacher.apply(t_vars, x, method="stages")
-  grads = jax.grad(lambda p: steps.group_losses(
-      p, before.batch_stats, model=student, groups=pdnd.partition(1), method=pdnd,
-      method_config=config.method, images=x, labels=labels[8:12], teacher_feats=feats,
-      teacher_logits_fn=None)[0])(before.params)
+
+  @jax.jit  # one program (run eagerly, each of its operations would compile on its own)
+  def reference_grads(params, batch_stats, t_vars, images, labels):
+    x = augment.train_preprocess(images, jax.random.key(0), data_config, (0.5,), (0.25,))
+    feats = teacher.apply(t_vars, x, method="stages")
+    return jax.grad(lambda p: steps.group_losses(
+        p, batch_stats, model=student, groups=pdnd.partition(1), method=pdnd,
+        method_config=config.method, images=x, labels=labels, teacher_feats=feats,
+        teacher_logits_fn=None)[0])(params)
+
+  grads = reference_grads(before.params, before.batch_stats, t_vars, images[8:12], labels[8:12])
   mu = float(state.opt_state.hyperparams["momentum"])
   wd = config.optim.weight_decay
   old_trace = before.opt_state.inner_state[1].trace

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,12 +22,17 @@ def test_stages_in_sequence_equal_the_whole_model(stem, size, train):
   variables = init_variables(model, jax.random.key(0), (size, size, 3))
   x = jax.random.normal(jax.random.key(1), (3, size, size, 3))
   mutable = ["batch_stats"] if train else False
-  whole = model.apply(variables, x, train=train, mutable=mutable)
-  whole = whole[0] if train else whole
-  h = x
-  for k in range(1, 6):
-    out = model.apply(variables, h, k, k, train, method="stages", mutable=mutable)
-    h = (out[0] if train else out)[0]
+
+  @jax.jit  # one program (run eagerly, each of its operations would compile on its own)
+  def whole_and_in_sequence(variables, x):
+    whole = model.apply(variables, x, train=train, mutable=mutable)
+    h = x
+    for k in range(1, 6):
+      out = model.apply(variables, h, k, k, train, method="stages", mutable=mutable)
+      h = (out[0] if train else out)[0]
+    return (whole[0] if train else whole), h
+
+  whole, h = whole_and_in_sequence(variables, x)
   np.testing.assert_allclose(h, whole, rtol=1e-5, atol=1e-5)
   assert whole.shape == (3, 7)
 
@@ -40,12 +47,19 @@ def test_stage_shapes_follow_the_design_table():
 def test_a_stage_range_touches_only_its_batch_stats():
   model = ResNet(depth=18, num_classes=10, width=4)
   variables = init_variables(model, jax.random.key(0), (16, 16, 1))
-  feats = model.apply(variables, jnp.ones((2, 16, 16, 1)), method="stages")
-  _, updated = model.apply(variables, feats[1], 3, 4, True, method="stages", mutable=["batch_stats"])
+
+  @jax.jit  # one program (run eagerly, each of its operations would compile on its own)
+  def stages_3_4_on_features(variables, x):
+    feats = model.apply(variables, x, method="stages")
+    return model.apply(variables, feats[1], 3, 4, True, method="stages",
+                       mutable=["batch_stats"])[1]
+
+  updated, variables = jax.device_get((stages_3_4_on_features(variables, jnp.ones((2, 16, 16, 1))),
+                                       variables))
   for name in ("stage1", "stage2"):
     jax.tree.map(np.testing.assert_array_equal, updated["batch_stats"][name],
                  variables["batch_stats"][name])
-  changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+  changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)),
                                          updated["batch_stats"]["stage3"],
                                          variables["batch_stats"]["stage3"]))
   assert any(changed)
@@ -66,7 +80,7 @@ def test_bfloat16_compute_keeps_float32_parameters():
   leaves = jax.tree_util.tree_leaves_with_path(variables)
   assert all(x.dtype == (jnp.int32 if p[-1].key == "num_batches_tracked" else jnp.float32)
              for p, x in leaves)
-  feats = model.apply(variables, jnp.ones((2, 8, 8, 3)), method="stages")
+  feats = jax.jit(functools.partial(model.apply, method="stages"))(variables, jnp.ones((2, 8, 8, 3)))
   assert feats[0].dtype == jnp.bfloat16 and feats[-1].dtype == jnp.float32
 
 
