@@ -1,24 +1,31 @@
-"""Layers that every architecture family shares: PyTorch's BatchNorm, torch-like initialisers, and
-the helpers for checkpoints written before BatchNorm counted its batches.
+"""What every architecture family shares: PyTorch's BatchNorm, torch-like initialisers, the
+stage-interface base class and classifier head, and the helpers for checkpoints written before
+BatchNorm counted its batches.
 
 The families (dnd_jax/models/*.py) mirror PyTorch models whose weights they import exactly, so
 their building blocks follow PyTorch rather than Flax where the two differ: BatchNorm's running
-variance and batch counter, and the initial weights' distributions.
+variance and batch counter, explicit (symmetric) padding, the initial weights' distributions.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+import functools
+from typing import Any, Callable, ClassVar, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") for convolutions.
+# torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") for convolutions. Flax counts
+# a grouped kernel's fan-out as PyTorch does (output channels x kernel area), so this holds for
+# depthwise convolutions too.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
 dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# torch.nn.Conv2d's default weight is the same distribution (fan-in: input channels per group x
+# kernel area); for networks whose authors left PyTorch's default in place.
+torch_default_conv_init = dense_init
 
 
 def torch_linear_bias_init(fan_in: int):
@@ -110,3 +117,95 @@ def with_batch_counters(tree, like):
     return tree.replace(**{f.name: with_batch_counters(getattr(tree, f.name), getattr(like, f.name))
                            for f in dataclasses.fields(like)})
   return tree
+
+
+def pad(p: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  """PyTorch's `padding=p` for a 2-D convolution or pool: p on every side. Flax's "SAME" pads a
+  strided convolution asymmetrically (flax issue 2993), which would shift imported features."""
+  return ((p, p), (p, p))
+
+
+def torch_conv(dtype: Any, kernel_init=conv_init, use_bias: bool = False):
+  """nn.Conv as the families use it: PyTorch's `padding=0` unless given (`pad`), no bias unless
+  asked, a torch-like initialiser, the compute dtype (parameters stay float32)."""
+  return functools.partial(nn.Conv, padding="VALID", use_bias=use_bias, kernel_init=kernel_init,
+                           bias_init=nn.initializers.zeros, dtype=dtype)
+
+
+def torch_norm(train: bool, momentum: float, dtype: Any):
+  """BatchNorm in training mode (batch statistics, updated running ones) or inference mode."""
+  return functools.partial(BatchNorm, use_running_average=not train, momentum=momentum,
+                           dtype=dtype)
+
+
+def channel_shuffle(x, groups: int):
+  """ShuffleNet's channel shuffle on NHWC: PyTorch's NCHW `view(N, g, C/g, H, W).permute(0, 2, 1,
+  3, 4)`, so that channel j of group i moves to position j * g + i in either layout."""
+  n, h, w, c = x.shape
+  return x.reshape(n, h, w, groups, c // groups).swapaxes(3, 4).reshape(n, h, w, c)
+
+
+def linear_classifier(x, num_classes: int, dtype: Any, name: str, kernel_init=None,
+                      zero_bias: bool = False):
+  """A torch.nn.Linear (inside a compact module): PyTorch's default initialisation unless the
+  family's authors replaced it (`kernel_init`, a zero bias). Returns float32 logits."""
+  fan_in = x.shape[-1]
+  bias_init = nn.initializers.zeros if zero_bias else torch_linear_bias_init(fan_in)
+  y = nn.Dense(num_classes, dtype=dtype, kernel_init=kernel_init or dense_init,
+               bias_init=bias_init, name=name)(x)
+  return y.astype(jnp.float32)
+
+
+class ClassifierHead(nn.Module):
+  """The last stage of a family: global average pool, then the linear classifier (float32 logits).
+
+  The published CIFAR networks pool with a fixed window (AvgPool2d(8), avg_pool2d(4), ...) that
+  covers the whole final feature map at their 32x32 input, the only size at which their forward
+  runs; a global mean is the same there and lets the network take other image sizes.
+  """
+
+  num_classes: int
+  dtype: Any
+  dense_name: str = "fc"
+  kernel_init: Callable | None = None
+  zero_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.mean(x, axis=(1, 2))
+    return linear_classifier(x, self.num_classes, self.dtype, self.dense_name, self.kernel_init,
+                             self.zero_bias)
+
+
+class StagedNetwork(nn.Module):
+  """The stage interface (dnd_jax/models/__init__.py) for a family that defines `make_stage`.
+
+  Subclasses set `num_stages`, define `make_stage(k, train)` (the module of stage k, named
+  `stage{k}`, so that parameters live under params/stage{k}) and `torch_name(path)`: the PyTorch
+  module name (e.g. "layer2.0.conv1") of the Flax module at `path` (e.g. ("stage2", "block0",
+  "conv1")), which is all `torch_bridge` needs to read and write the family's state_dicts.
+  """
+
+  num_stages: ClassVar[int] = 0
+
+  def make_stage(self, k: int, train: bool) -> nn.Module:
+    raise NotImplementedError
+
+  @nn.compact
+  def stages(self, x, first: int = 1, last: int | None = None, train: bool = False):
+    """Outputs of stages first..last (last None: the head), given the input of stage `first`."""
+    last = self.num_stages if last is None else last
+    if not 1 <= first <= last <= self.num_stages:
+      raise ValueError(f"Stage range {first}..{last} is not within 1..{self.num_stages}.")
+    outputs = []
+    for k in range(first, last + 1):
+      x = self.make_stage(k, train)(x)
+      outputs.append(x)
+    return tuple(outputs)
+
+  def __call__(self, x, train: bool = False):
+    return self.stages(x, 1, None, train)[-1]
+
+  @nn.nowrap
+  def torch_name(self, path: tuple[str, ...]) -> str:
+    raise NotImplementedError

@@ -27,6 +27,7 @@ from dnd_jax.models.layers import BatchNorm, conv_init, dense_init, torch_linear
 NUM_STAGES = 5
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 STEMS = ("cifar", "imagenet")
+_TORCHVISION_DOWNSAMPLE = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
 
 class BasicBlock(nn.Module):
   """The ResNet basic block; a 1x1 strided projection when the shape changes."""
@@ -151,3 +152,13 @@ class ResNet(nn.Module):
 
   def __call__(self, x, train: bool = False):
     return self.stages(x, 1, NUM_STAGES, train)[-1]
+
+  @nn.nowrap
+  def torch_name(self, path: tuple[str, ...]) -> str:
+    """The torchvision module name of the Flax module at `path` (the generic converter's naming;
+    `torch_bridge.layout` lists the same names for the torchvision-specific path)."""
+    stage, module, *rest = path
+    if module.startswith("block"):
+      layer = _TORCHVISION_DOWNSAMPLE.get(rest[0], rest[0])
+      return f"layer{stage[len('stage'):]}.{module[len('block'):]}.{layer}"
+    return {"stem_conv": "conv1", "stem_bn": "bn1"}.get(module, module)   # fc: the head
