@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch_archs as ta  # noqa: E402
+from torch_archs import assert_close_rel, to_nhwc  # noqa: E402
 
 from dnd_jax import checkpoints, models, torch_bridge  # noqa: E402
 from dnd_jax import torch_reference as tr  # noqa: E402
@@ -66,37 +67,12 @@ STAGE_COUNTS = {
 }
 
 
-def randomised(net, seed=0):
-  """`net` in eval mode with random BatchNorm parameters and statistics."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    for module in net.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.normal_(0.0, 0.2)
-        module.running_mean.normal_(0.0, 0.2)
-        module.running_var.uniform_(0.5, 2.0)
-        module.num_batches_tracked.fill_(123)
-  return net.eval()
-
-
-def to_nhwc(t):
-  a = t.detach().numpy()
-  return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
-
-
-def assert_close_rel(actual, expected, rtol=1e-4, what=""):
-  actual, expected = np.asarray(actual), np.asarray(expected)
-  assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-  err = np.max(np.abs(actual - expected)) / np.max(np.abs(expected))
-  assert err <= rtol, f"{what}: max error {err:.3g} of the largest value (tolerance {rtol})"
-
-
 @pytest.fixture(scope="module", params=sorted(SMALL))
 def family(request):
   """(name, Flax model, its imported variables, PyTorch twin) of a small network."""
   make_flax, make_torch = SMALL[request.param]
-  twin = randomised(make_torch())
+  torch.manual_seed(0)
+  twin = ta.randomise_batchnorm(make_torch())
   model = make_flax()
   return request.param, model, torch_bridge.model_state_dict_to_variables(
       model, twin.state_dict()), twin
@@ -164,7 +140,8 @@ def test_train_and_bn_momentum_reach_every_batchnorm_and_dtype_every_stage(name)
 def test_training_mode_equals_pytorch_with_its_running_statistics():
   """One step of training-mode BatchNorm in a whole network: logits and every updated running
   mean, variance (unbiased) and counter, as PyTorch's train() forward leaves them."""
-  model, twin = SMALL["wrn"][0](), randomised(SMALL["wrn"][1]())
+  torch.manual_seed(0)
+  model, twin = SMALL["wrn"][0](), ta.randomise_batchnorm(SMALL["wrn"][1]())
   variables = torch_bridge.model_state_dict_to_variables(model, twin.state_dict())
   x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
   logits, updated = jax.jit(lambda v, image: model.apply(v, image, train=True,

@@ -1,4 +1,5 @@
-"""PyTorch twins of the CIFAR-100 benchmark's networks, for tests/test_archs.py.
+"""PyTorch twins of the CIFAR-100 benchmark's networks, for tests/test_archs.py, and the helpers
+that compare PyTorch networks with dnd_jax's (tests/test_torch_bridge.py uses them too).
 
 Each class is the network of HobbitLong/RepDistiller `models/*.py` and megvii-research/mdistiller
 `mdistiller/models/cifar/*.py` (the two agree layer for layer), written here from reading them so
@@ -16,9 +17,36 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def randomise_batchnorm(net):
+  """`net` in eval mode with random BatchNorm parameters and statistics (identity statistics
+  would hide a mean/var or scale/bias swap) and counters at 123, drawn from torch's generator."""
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0.0, 0.2)
+        module.running_mean.normal_(0.0, 0.2)
+        module.running_var.uniform_(0.5, 2.0)
+        module.num_batches_tracked.fill_(123)
+  return net.eval()
+
+
+def to_nhwc(t):
+  a = t.detach().numpy()
+  return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
+
+
+def assert_close_rel(actual, expected, rtol=1e-4, what=""):
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+  err = np.max(np.abs(actual - expected)) / np.max(np.abs(expected))
+  assert err <= rtol, f"{what}: max error {err:.3g} of the largest value (tolerance {rtol})"
 
 
 def _kaiming_fan_out(model):
@@ -47,7 +75,7 @@ def _normal_fan_out(model, linear_std=None):
       m.bias.data.zero_()
 
 
-# --- CIFAR ResNets (resnet.py) ---------------------------------------------------------------------
+# --- CIFAR ResNets (resnet.py) --------------------------------------------------------------------
 
 
 class CifarBasicBlock(nn.Module):
@@ -102,7 +130,7 @@ class CifarResNet(nn.Module):
     return self.stages(x)[-1]
 
 
-# --- WRN (wrn.py) ------------------------------------------------------------------------------------
+# --- WRN (wrn.py) ---------------------------------------------------------------------------------
 
 
 class WRNBlock(nn.Module):
@@ -164,7 +192,7 @@ class WideResNet(nn.Module):
     return self.stages(x)[-1]
 
 
-# --- VGG (vgg.py) ------------------------------------------------------------------------------------
+# --- VGG (vgg.py) ---------------------------------------------------------------------------------
 
 VGG_CFG = {
     8: [[1], [2], [4], [8], [8]],
@@ -215,7 +243,7 @@ class VGG(nn.Module):
     return self.stages(x)[-1]
 
 
-# --- CIFAR ResNet50 (resnetv2.py) ---------------------------------------------------------------------
+# --- CIFAR ResNet50 (resnetv2.py) -----------------------------------------------------------------
 
 
 class Bottleneck(nn.Module):
@@ -273,7 +301,7 @@ class BottleneckResNet(nn.Module):
     return self.stages(x)[-1]
 
 
-# --- MobileNetV2 (mobilenetv2.py) -----------------------------------------------------------------------
+# --- MobileNetV2 (mobilenetv2.py) -----------------------------------------------------------------
 
 
 def conv_bn(inp, oup, stride):
@@ -334,7 +362,7 @@ class MobileNetV2(nn.Module):
     return self.stages(x)[-1]
 
 
-# --- ShuffleNetV1 (ShuffleNetv1.py) ----------------------------------------------------------------------
+# --- ShuffleNetV1 (ShuffleNetv1.py) ---------------------------------------------------------------
 
 
 def shuffle(x, groups):
@@ -395,7 +423,7 @@ class ShuffleNetV1(nn.Module):
     return self.stages(x)[-1]
 
 
-# --- ShuffleNetV2 (ShuffleNetv2.py) ----------------------------------------------------------------------
+# --- ShuffleNetV2 (ShuffleNetv2.py) ---------------------------------------------------------------
 
 
 class ShuffleV2Block(nn.Module):

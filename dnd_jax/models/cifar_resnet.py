@@ -1,11 +1,12 @@
-"""The CIFAR ResNets of the distillation benchmarks: resnet8/14/20/32/44/56/110, resnet8x4, resnet32x4.
+"""The CIFAR ResNets of the distillation benchmarks: resnet8 ... resnet110, resnet8x4, resnet32x4.
 
-Layer for layer `models/resnet.py` of HobbitLong/RepDistiller and `mdistiller/models/cifar/resnet.py`
-of megvii-research/mdistiller (the two define the same network and the same state_dict; they
-differ only in what forward() returns besides the logits): a 3x3 stem convolution, three groups of
-n = (depth - 2) / 6 basic blocks (3x3 convolutions, a 1x1 strided projection where the shape
-changes), an 8x8 average pool and a linear classifier. resnet8x4 and resnet32x4 have four times
-the channels: (32, 64, 128, 256) for stem and groups instead of (16, 16, 32, 64).
+Layer for layer `models/resnet.py` of HobbitLong/RepDistiller and
+`mdistiller/models/cifar/resnet.py` of megvii-research/mdistiller (the two define the same network
+and the same state_dict; they differ only in what forward() returns besides the logits): a 3x3
+stem convolution, three groups of n = (depth - 2) / 6 basic blocks (3x3 convolutions, a 1x1
+strided projection where the shape changes), an 8x8 average pool and a linear classifier.
+resnet8x4 and resnet32x4 have four times the channels: (32, 64, 128, 256) for stem and groups
+instead of (16, 16, 32, 64).
 
 Stages (4):
   1: conv1 + bn1 + ReLU and layer1 (32x32 at a 32x32 input)     2: layer2 (16x16)
@@ -21,10 +22,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax.numpy as jnp
 import flax.linen as nn
+import jax.numpy as jnp
 
-from dnd_jax.models.layers import (ClassifierHead, StagedNetwork, pad, torch_conv, torch_norm)
+from dnd_jax.models.layers import ClassifierHead, GroupStage, StagedNetwork
 from dnd_jax.models.resnet import BasicBlock
 
 WIDTHS = (16, 16, 32, 64)
@@ -33,31 +34,6 @@ WIDTHS_X4 = (32, 64, 128, 256)
 PUBLISHED = {**{f"resnet{d}": (d, WIDTHS) for d in (8, 14, 20, 32, 44, 56, 110)},
              "resnet8x4": (8, WIDTHS_X4), "resnet32x4": (32, WIDTHS_X4)}
 _DOWNSAMPLE = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
-
-
-class CifarResNetStage(nn.Module):
-  """Stages 1-3: (the stem, for stage 1, then) one group of basic blocks."""
-
-  num_blocks: int
-  features: int
-  strides: int
-  stem_features: int | None
-  dtype: Any
-  train: bool
-  bn_momentum: float
-
-  @nn.compact
-  def __call__(self, x):
-    conv = torch_conv(self.dtype)
-    norm = torch_norm(self.train, self.bn_momentum, self.dtype)
-    x = x.astype(self.dtype)
-    if self.stem_features is not None:
-      x = conv(self.stem_features, (3, 3), padding=pad(1), name="conv1")(x)
-      x = nn.relu(norm(name="bn1")(x))
-    for i in range(self.num_blocks):
-      x = BasicBlock(self.features, self.strides if i == 0 else 1, conv, norm,
-                     name=f"block{i}")(x)
-    return x
 
 
 class CifarResNet(StagedNetwork):
@@ -76,9 +52,9 @@ class CifarResNet(StagedNetwork):
       raise ValueError(f"A CIFAR ResNet's depth is 6n + 2 (8, 14, 20, ...), not {self.depth}.")
     if k == self.num_stages:
       return ClassifierHead(self.num_classes, self.dtype, "fc", name=f"stage{k}")
-    return CifarResNetStage((self.depth - 2) // 6, self.widths[k], 1 if k == 1 else 2,
-                            self.widths[0] if k == 1 else None, self.dtype, train,
-                            self.bn_momentum, name=f"stage{k}")
+    return GroupStage(BasicBlock, (self.depth - 2) // 6, self.widths[k], 1 if k == 1 else 2,
+                      self.widths[0] if k == 1 else None, True, self.dtype, train,
+                      self.bn_momentum, name=f"stage{k}")
 
   @nn.nowrap
   def torch_name(self, path: tuple[str, ...]) -> str:

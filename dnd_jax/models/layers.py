@@ -156,6 +156,37 @@ def linear_classifier(x, num_classes: int, dtype: Any, name: str, kernel_init=No
   return y.astype(jnp.float32)
 
 
+class GroupStage(nn.Module):
+  """A body stage of the residual families: (for the first stage, their stem: a 3x3 convolution
+  `conv1` to `stem_features` channels, with `bn1` and ReLU where `stem_norm`) a group of
+  `num_blocks` blocks of one kind, the first strided. `block(features, strides, conv, norm,
+  name=...)` is the family's block module."""
+
+  block: Any
+  num_blocks: int
+  features: int
+  strides: int
+  stem_features: int | None
+  stem_norm: bool
+  dtype: Any
+  train: bool
+  bn_momentum: float
+
+  @nn.compact
+  def __call__(self, x):
+    conv = torch_conv(self.dtype)
+    norm = torch_norm(self.train, self.bn_momentum, self.dtype)
+    x = x.astype(self.dtype)
+    if self.stem_features is not None:
+      x = conv(self.stem_features, (3, 3), padding=pad(1), name="conv1")(x)
+      if self.stem_norm:
+        x = nn.relu(norm(name="bn1")(x))
+    for i in range(self.num_blocks):
+      x = self.block(self.features, self.strides if i == 0 else 1, conv, norm,
+                     name=f"block{i}")(x)
+    return x
+
+
 class ClassifierHead(nn.Module):
   """The last stage of a family: global average pool, then the linear classifier (float32 logits).
 

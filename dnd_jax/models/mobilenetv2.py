@@ -1,4 +1,4 @@
-"""The CIFAR MobileNetV2 of the distillation benchmarks (`mobile_half`: width multiplier 0.5, T = 6).
+"""The CIFAR MobileNetV2 of the distillation benchmarks (`mobile_half`: width 0.5, T = 6).
 
 Layer for layer `models/mobilenetv2.py` of HobbitLong/RepDistiller and
 `mdistiller/models/cifar/mobilenetv2.py` of megvii-research/mdistiller (from "Knowledge

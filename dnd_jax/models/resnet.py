@@ -22,7 +22,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dnd_jax.models.layers import BatchNorm, conv_init, dense_init, torch_linear_bias_init
+from dnd_jax.models.layers import (BatchNorm, StagedNetwork, conv_init, dense_init,
+                                   torch_linear_bias_init)
 
 NUM_STAGES = 5
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -99,12 +100,13 @@ class Head(nn.Module):
     return x.astype(jnp.float32)
 
 
-class ResNet(nn.Module):
+class ResNet(StagedNetwork):
   """A ResNet whose five stages can be applied one range at a time.
 
-  `__call__` runs the whole network and returns logits; `stages` runs stages `first..last`
-  and returns the tuple of their outputs. BatchNorm uses batch statistics (and updates the
-  `batch_stats` collection) when `train` is true, running statistics otherwise. `bn_momentum` is
+  `__call__` runs the whole network and returns logits; `stages` (`layers.StagedNetwork`) runs
+  stages `first..last` and returns the tuple of their outputs. BatchNorm uses batch statistics
+  (and updates the `batch_stats` collection) when `train` is true, running statistics otherwise.
+  `bn_momentum` is
   PyTorch's BatchNorm momentum (0.1); 1.0 makes the updated statistics the batch's own, which
   is how `diagnose` re-estimates them.
 
@@ -123,35 +125,18 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.1
   remat: bool = False
 
-  # The stage interface's count (dnd_jax/models/__init__.py); a class attribute, not a field.
   num_stages = NUM_STAGES
 
-  def _stage(self, k: int, train: bool) -> nn.Module:
-    sizes = STAGE_SIZES[self.depth]
-    if k == NUM_STAGES:
-      return Head(self.num_classes, self.dtype, name="stage5")
-    return ResidualStage(sizes[k - 1], self.width * 2 ** (k - 1), 1 if k == 1 else 2,
-                         self.stem if k == 1 else None, self.dtype, train, self.bn_momentum,
-                         self.remat, name=f"stage{k}")
-
-  @nn.compact
-  def stages(self, x, first: int = 1, last: int | None = None, train: bool = False):
-    """Outputs of stages first..last (last None: the head), given the input of stage `first`."""
-    last = NUM_STAGES if last is None else last
+  def make_stage(self, k: int, train: bool) -> nn.Module:
     if self.depth not in STAGE_SIZES:
       raise ValueError(f"ResNet depth {self.depth} is not supported; use one of {sorted(STAGE_SIZES)}.")
     if self.stem not in STEMS:
       raise ValueError(f"Unknown stem {self.stem!r}; use one of {STEMS}.")
-    if not 1 <= first <= last <= NUM_STAGES:
-      raise ValueError(f"Stage range {first}..{last} is not within 1..{NUM_STAGES}.")
-    outputs = []
-    for k in range(first, last + 1):
-      x = self._stage(k, train)(x)
-      outputs.append(x)
-    return tuple(outputs)
-
-  def __call__(self, x, train: bool = False):
-    return self.stages(x, 1, NUM_STAGES, train)[-1]
+    if k == NUM_STAGES:
+      return Head(self.num_classes, self.dtype, name="stage5")
+    return ResidualStage(STAGE_SIZES[self.depth][k - 1], self.width * 2 ** (k - 1),
+                         1 if k == 1 else 2, self.stem if k == 1 else None, self.dtype, train,
+                         self.bn_momentum, self.remat, name=f"stage{k}")
 
   @nn.nowrap
   def torch_name(self, path: tuple[str, ...]) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dnd_jax.models.layers import (ClassifierHead, StagedNetwork, pad, torch_conv, torch_norm)
+from dnd_jax.models.layers import ClassifierHead, GroupStage, StagedNetwork, pad
 
 EXPANSION = 4
 PUBLISHED = {"resnet50_cifar": ((3, 4, 6, 3),)}
@@ -56,30 +56,6 @@ class Bottleneck(nn.Module):
     return nn.relu(y + shortcut)
 
 
-class BottleneckStage(nn.Module):
-  """Stages 1-4: (the stem, for stage 1, then) one group of bottleneck blocks."""
-
-  num_blocks: int
-  planes: int
-  strides: int
-  stem_features: int | None
-  dtype: Any
-  train: bool
-  bn_momentum: float
-
-  @nn.compact
-  def __call__(self, x):
-    conv = torch_conv(self.dtype)
-    norm = torch_norm(self.train, self.bn_momentum, self.dtype)
-    x = x.astype(self.dtype)
-    if self.stem_features is not None:
-      x = conv(self.stem_features, (3, 3), padding=pad(1), name="conv1")(x)
-      x = nn.relu(norm(name="bn1")(x))
-    for i in range(self.num_blocks):
-      x = Bottleneck(self.planes, self.strides if i == 0 else 1, conv, norm, name=f"block{i}")(x)
-    return x
-
-
 class BottleneckResNet(StagedNetwork):
   """Their CIFAR bottleneck ResNet; `width` (64) scales every width, for small test networks."""
 
@@ -94,9 +70,9 @@ class BottleneckResNet(StagedNetwork):
   def make_stage(self, k: int, train: bool) -> nn.Module:
     if k == self.num_stages:
       return ClassifierHead(self.num_classes, self.dtype, "linear", name=f"stage{k}")
-    return BottleneckStage(self.num_blocks[k - 1], self.width * 2 ** (k - 1), 1 if k == 1 else 2,
-                           self.width if k == 1 else None, self.dtype, train, self.bn_momentum,
-                           name=f"stage{k}")
+    return GroupStage(Bottleneck, self.num_blocks[k - 1], self.width * 2 ** (k - 1),
+                      1 if k == 1 else 2, self.width if k == 1 else None, True, self.dtype, train,
+                      self.bn_momentum, name=f"stage{k}")
 
   @nn.nowrap
   def torch_name(self, path: tuple[str, ...]) -> str:

@@ -1,4 +1,4 @@
-"""The CIFAR ShuffleNetV1 of the distillation benchmarks (`ShuffleV1`: groups 3, widths 240/480/960).
+"""The CIFAR ShuffleNetV1 of the distillation benchmarks (`ShuffleV1`: 3 groups, widths 240..960).
 
 Layer for layer `models/ShuffleNetv1.py` of HobbitLong/RepDistiller and
 `mdistiller/models/cifar/ShuffleNetv1.py` of megvii-research/mdistiller (the same network and

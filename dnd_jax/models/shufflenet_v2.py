@@ -1,4 +1,4 @@
-"""The CIFAR ShuffleNetV2 of the distillation benchmarks (`ShuffleV2`: net_size 1, widths 116/232/464).
+"""The CIFAR ShuffleNetV2 of the distillation benchmarks (`ShuffleV2`: net_size 1, widths 116..464).
 
 Layer for layer `models/ShuffleNetv2.py` of HobbitLong/RepDistiller and
 `mdistiller/models/cifar/ShuffleNetv2.py` of megvii-research/mdistiller (the same network and

@@ -29,7 +29,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dnd_jax.models.layers import (StagedNetwork, linear_classifier, pad, torch_conv, torch_norm)
+from dnd_jax.models.layers import (GroupStage, StagedNetwork, linear_classifier, pad, torch_norm)
 
 # registry name -> (depth, widen_factor) as their constructors wrn_16_1() ... wrn_40_2() build them
 PUBLISHED = {"wrn16_1": (16, 1), "wrn16_2": (16, 2), "wrn40_1": (40, 1), "wrn40_2": (40, 2)}
@@ -58,31 +58,8 @@ class WRNBlock(nn.Module):
     return shortcut + out
 
 
-class WRNStage(nn.Module):
-  """Stages 1-3: (conv1, for stage 1, then) one group of blocks."""
-
-  num_blocks: int
-  features: int
-  strides: int
-  stem_features: int | None
-  dtype: Any
-  train: bool
-  bn_momentum: float
-
-  @nn.compact
-  def __call__(self, x):
-    conv = torch_conv(self.dtype)
-    norm = torch_norm(self.train, self.bn_momentum, self.dtype)
-    x = x.astype(self.dtype)
-    if self.stem_features is not None:
-      x = conv(self.stem_features, (3, 3), padding=pad(1), name="conv1")(x)
-    for i in range(self.num_blocks):
-      x = WRNBlock(self.features, self.strides if i == 0 else 1, conv, norm, name=f"block{i}")(x)
-    return x
-
-
 class WRNHead(nn.Module):
-  """Stage 4: the final BatchNorm and ReLU, global average pool, fc (their zero-initialised bias)."""
+  """Stage 4: the last BatchNorm and ReLU, global average pool, fc (their zero-initialised bias)."""
 
   num_classes: int
   dtype: Any
@@ -115,9 +92,9 @@ class WideResNet(StagedNetwork):
     if k == self.num_stages:
       return WRNHead(self.num_classes, self.dtype, train, self.bn_momentum, name=f"stage{k}")
     features = self.base_width * 2 ** (k - 1) * self.widen_factor
-    return WRNStage((self.depth - 4) // 6, features, 1 if k == 1 else 2,
-                    self.base_width if k == 1 else None, self.dtype, train, self.bn_momentum,
-                    name=f"stage{k}")
+    return GroupStage(WRNBlock, (self.depth - 4) // 6, features, 1 if k == 1 else 2,
+                      self.base_width if k == 1 else None, False, self.dtype, train,
+                      self.bn_momentum, name=f"stage{k}")
 
   @nn.nowrap
   def torch_name(self, path: tuple[str, ...]) -> str:
