@@ -1,4 +1,5 @@
-"""Exact conversion between PyTorch (torchvision-layout) ResNet18/34 weights and dnd_jax variables.
+"""Exact conversion between PyTorch weights and dnd_jax variables: torchvision-layout ResNet18/34,
+and every network of `dnd_jax.models.ARCHS` in the layout of its published PyTorch definition.
 
 Users bring teachers trained in PyTorch and take their students back to PyTorch (docs/design.md section 5:
 "export the student alone; import PyTorch weights exactly"). The two layouts hold the same numbers:
@@ -20,6 +21,15 @@ Every mismatch (a missing or unexpected key, a wrong shape, a ResNet18 checkpoin
 ResNet34 is configured, the other stem) is an error that names the key and both shapes: a teacher
 that loads silently wrong would spoil every student trained from it.
 
+The other families (the CIFAR-100 distillation benchmark's networks, whose published teachers
+are RepDistiller's and mdistiller's `{"model": state_dict, ...}` files) go through one generic
+converter, `model_state_dict_to_variables` / `model_variables_to_state_dict`: it reads the layout
+off the Flax variables tree (an abstract `init`) and each family's `torch_name(module_path)`, the
+PyTorch module name of a Flax module, which the family module defines; the leaf names (kernel ->
+weight, scale -> weight, mean -> running_mean, ...) and the transpositions are the same for every
+family (grouped and depthwise kernels included: HWIO with I the input channels per group is OIHW
+transposed). Its errors name the key and both shapes as the ResNet path's do.
+
 torch is imported lazily and only here in the package, so training never needs it.
 """
 
@@ -30,6 +40,9 @@ import os
 import re
 from typing import Any, Iterable, Mapping
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dnd_jax import checkpoints, workdir as run_folder
@@ -252,14 +265,7 @@ def torch_state_dict_to_variables(state_dict: Mapping[str, Any], depth: int | No
   entries = layout(arch["depth"], arch["stem"], arch["width"], arch["num_classes"],
                    arch["in_channels"])
 
-  expected = {e.torch_key for e in entries}
-  missing = [f"missing key {e.torch_key!r} (expected shape {e.torch_shape})" for e in entries
-             if e.kind != "counter" and e.torch_key not in state_dict]
-  unexpected = [f"unexpected key {k!r} {_what(v)}" for k, v in state_dict.items()
-                if k not in expected]
-  wrong = [f"key {e.torch_key!r}: checkpoint shape {_shape(state_dict[e.torch_key])} vs "
-           f"expected shape {e.torch_shape}" for e in entries if e.torch_key in state_dict
-           and _shape(state_dict[e.torch_key]) != e.torch_shape]
+  wrong, missing, unexpected = _state_dict_problems(entries, state_dict)
   if missing or unexpected or wrong:
     hints = [f"The state_dict looks like {_describe(inferred)}." if inferred["width"] else
              "The state_dict does not look like a torchvision ResNet.",
@@ -272,7 +278,26 @@ def torch_state_dict_to_variables(state_dict: Mapping[str, Any], depth: int | No
                    f"another name than {STATE_DICT_ENTRIES}, save `model.state_dict()` itself.")
     _raise_problems([wrong, missing, unexpected], hints,
                     "The PyTorch weights do not fit the configured ResNet")
+  return _variables_from_state_dict(entries, state_dict)
 
+
+def _state_dict_problems(entries: list[Entry], state_dict: Mapping[str, Any]
+                         ) -> tuple[list[str], list[str], list[str]]:
+  """(wrong shapes, missing keys, unexpected keys) of a state_dict against a layout, each line
+  naming the key and the shapes. A missing batch counter is no problem (PyTorch < 0.4.1)."""
+  expected = {e.torch_key for e in entries}
+  missing = [f"missing key {e.torch_key!r} (expected shape {e.torch_shape})" for e in entries
+             if e.kind != "counter" and e.torch_key not in state_dict]
+  unexpected = [f"unexpected key {k!r} {_what(v)}" for k, v in state_dict.items()
+                if k not in expected]
+  wrong = [f"key {e.torch_key!r}: checkpoint shape {_shape(state_dict[e.torch_key])} vs "
+           f"expected shape {e.torch_shape}" for e in entries if e.torch_key in state_dict
+           and _shape(state_dict[e.torch_key]) != e.torch_shape]
+  return wrong, missing, unexpected
+
+
+def _variables_from_state_dict(entries: list[Entry], state_dict: Mapping[str, Any]) -> dict:
+  """Flax variables (float32 numpy arrays, int32 counters) of a checked state_dict."""
   variables: dict = {"params": {}, "batch_stats": {}}
   for e in entries:
     if e.kind == "counter":
@@ -334,32 +359,52 @@ def variables_to_torch_state_dict(variables: Mapping) -> dict:
   `load_state_dict(..., strict=True)` accepts it once the model's stem, input channels and
   classifier match (see docs/torch_bridge.md).
   """
-  import torch  # noqa: PLC0415 (lazy: training never imports torch)
-
   arch = variables_architecture(variables)
   entries = layout(arch["depth"], arch["stem"], arch["width"], arch["num_classes"],
                    arch["in_channels"])
+  found = _found_variables(variables)
+  wrong, missing, unexpected = _variables_problems(entries, found)
+  if missing or unexpected or wrong:
+    _raise_problems([wrong, missing, unexpected], [f"Expected the variables of {arch}."],
+                    "The variables are not a complete dnd_jax ResNet")
+  return _state_dict_from_variables(entries, found)
+
+
+def _found_variables(variables: Mapping) -> dict[tuple[str, tuple[str, ...]], Any]:
+  """(collection, path) -> leaf, for the params and batch_stats of a variables tree."""
   trees = {"params": variables.get("params", {}), "batch_stats": variables.get("batch_stats", {})}
-  found = {(c, path): value for c, tree in trees.items() for path, value in _leaves(tree)}
+  return {(c, path): value for c, tree in trees.items() for path, value in _leaves(tree)}
+
+
+def _flax_shape(e: Entry) -> tuple[int, ...]:
+  """The shape the Flax variable of a layout entry has."""
+  want = e.torch_shape
+  if e.kind == "conv":
+    return (want[2], want[3], want[1], want[0])
+  if e.kind == "linear_weight":
+    return want[::-1]
+  return want
+
+
+def _variables_problems(entries: list[Entry], found: Mapping
+                        ) -> tuple[list[str], list[str], list[str]]:
+  """(wrong shapes, missing variables, unexpected variables) of variables against a layout."""
   expected = {(e.collection, e.flax_path): e for e in entries}
   missing = [f"missing variable {'/'.join((c, *p))!r} (for {e.torch_key!r})"
              for (c, p), e in expected.items() if (c, p) not in found and e.kind != "counter"]
   unexpected = [f"unexpected variable {'/'.join((c, *p))!r} {_what(v)}"
                 for (c, p), v in found.items() if (c, p) not in expected]
-  wrong = []
-  for (c, p), e in expected.items():
-    if (c, p) in found:
-      want = e.torch_shape
-      if e.kind == "conv":
-        want = (want[2], want[3], want[1], want[0])
-      elif e.kind == "linear_weight":
-        want = want[::-1]
-      if _shape(found[(c, p)]) != want:
-        wrong.append(f"variable {'/'.join((c, *p))!r} (for {e.torch_key!r}): shape "
-                     f"{_shape(found[(c, p)])} vs expected {want}")
-  if missing or unexpected or wrong:
-    _raise_problems([wrong, missing, unexpected], [f"Expected the variables of {arch}."],
-                    "The variables are not a complete dnd_jax ResNet")
+  wrong = [f"variable {'/'.join((c, *p))!r} (for {e.torch_key!r}): shape "
+           f"{_shape(found[(c, p)])} vs expected {_flax_shape(e)}"
+           for (c, p), e in expected.items()
+           if (c, p) in found and _shape(found[(c, p)]) != _flax_shape(e)]
+  return wrong, missing, unexpected
+
+
+def _state_dict_from_variables(entries: list[Entry], found: Mapping) -> dict:
+  """A state_dict (torch.Tensor values, float32; long batch counters, 0 where the variables
+  predate them) in the layout's order, of checked variables."""
+  import torch  # noqa: PLC0415 (lazy: training never imports torch)
 
   state_dict = {}
   for e in entries:
@@ -374,6 +419,131 @@ def variables_to_torch_state_dict(variables: Mapping) -> dict:
       value = value.T                       # (in, out) -> (out, in)
     state_dict[e.torch_key] = torch.from_numpy(np.array(value, dtype=np.float32, order="C"))
   return state_dict
+
+
+# --- any registered network (dnd_jax.models.ARCHS): the layout read off the Flax variables -------
+
+# Flax leaf -> PyTorch tensor name: nn.Conv's and nn.Dense's kernel and bias, models.BatchNorm's
+# scale, bias and statistics. The order is PyTorch's within a module (weight, bias, buffers).
+TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+              "var": "running_var", BATCH_COUNTER: BATCH_COUNTER}
+_LEAF_ORDER = {name: i for i, name in enumerate(TORCH_LEAF)}
+
+
+def _entry(model, collection: str, path: tuple[str, ...], shape: tuple[int, ...]) -> Entry:
+  """The layout entry of one Flax variable: its PyTorch key (the family's module name and the
+  leaf's) and PyTorch shape."""
+  module, leaf = path[:-1], path[-1]
+  if leaf not in TORCH_LEAF:
+    raise TorchBridgeError(f"Variable {'/'.join((collection, *path))!r} has no PyTorch "
+                           f"counterpart (known leaves: {sorted(TORCH_LEAF)}).")
+  key = f"{model.torch_name(module)}.{TORCH_LEAF[leaf]}"
+  if leaf == BATCH_COUNTER:
+    return Entry(key, collection, path, shape, "counter")
+  if leaf == "kernel" and len(shape) == 4:     # HWIO (I: input channels per group) -> OIHW
+    return Entry(key, collection, path, (shape[3], shape[2], shape[0], shape[1]), "conv")
+  if leaf == "kernel" and len(shape) == 2:     # (in, out) -> (out, in)
+    return Entry(key, collection, path, (shape[1], shape[0]), "linear_weight")
+  return Entry(key, collection, path, shape, "vector")
+
+
+def model_layout(model, in_channels: int = 3) -> list[Entry]:
+  """Every tensor of `model`'s PyTorch state_dict, module by module in the order of the forward
+  pass (PyTorch's own order where the definition registers modules in the order it calls them,
+  as the families' do), for images with `in_channels` channels.
+
+  Driven by the variables tree that `model.init` makes (found by abstract evaluation, nothing is
+  computed) and the family's `model.torch_name(module_path)`, so that a family defines its
+  PyTorch names in one place (its own module) and this converter knows no family. The variables'
+  shapes do not depend on the image size (every head pools globally).
+  """
+  if not hasattr(model, "torch_name"):
+    raise TorchBridgeError(f"{type(model).__name__} defines no torch_name: it has no PyTorch "
+                           "layout to convert to or from.")
+  calls: dict[tuple[str, ...], int] = {}
+
+  def record(next_fun, args, kwargs, context):
+    calls.setdefault(tuple(context.module.path), len(calls))
+    return next_fun(*args, **kwargs)
+
+  image = jax.ShapeDtypeStruct((1, 32, 32, in_channels), jnp.float32)
+  with nn.intercept_methods(record):   # the modules' first calls: the forward pass's order
+    abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), image)
+  modules: dict[tuple[str, ...], list[tuple[str, tuple[str, ...], tuple[int, ...]]]] = {}
+  for collection in ("params", "batch_stats"):   # pytrees sort their keys: the order is lost
+    for path, leaf in _leaves(abstract.get(collection, {})):
+      modules.setdefault(path[:-1], []).append((collection, path, tuple(leaf.shape)))
+  entries = [_entry(model, c, path, shape)
+             for module in sorted(modules, key=lambda m: calls.get(m, len(calls)))
+             for c, path, shape in sorted(modules[module],
+                                          key=lambda v: _LEAF_ORDER.get(v[1][-1], 0))]
+  seen: dict[str, Entry] = {}
+  for e in entries:
+    if e.torch_key in seen:
+      raise TorchBridgeError(
+          f"{type(model).__name__}.torch_name gives {e.torch_key!r} to both "
+          f"{'/'.join(seen[e.torch_key].flax_path)} and {'/'.join(e.flax_path)}.")
+    seen[e.torch_key] = e
+  return entries
+
+
+def _first_conv(entries: list[Entry]) -> Entry:
+  """The first convolution: the tensor whose shape tells the image's channels."""
+  return next(e for e in entries if e.kind == "conv")
+
+
+def model_state_dict_to_variables(model, state_dict: Mapping[str, Any],
+                                  in_channels: int | None = None) -> dict:
+  """Flax variables {"params", "batch_stats"} (float32 numpy arrays) of `model` (any network of
+  `dnd_jax.models.ARCHS`) from its PyTorch state_dict, with every key and shape checked.
+
+  `state_dict` may also be a checkpoint dict holding one (RepDistiller's and mdistiller's
+  `{"model": state_dict, "epoch": ..., ...}`; see `unwrap_state_dict`). `in_channels` None reads
+  the input channels off the first convolution's weight.
+  """
+  state_dict = unwrap_state_dict(state_dict)
+  entries = model_layout(model, 3 if in_channels is None else in_channels)
+  stem = _shape(state_dict.get(_first_conv(entries).torch_key))
+  if in_channels is None and stem is not None and len(stem) == 4 and stem[1] != 3:   # OIHW
+    entries = model_layout(model, stem[1])
+  wrong, missing, unexpected = _state_dict_problems(entries, state_dict)
+  if missing or unexpected or wrong:
+    hints = [f"Expected the state_dict of {_model_repr(model)} (PyTorch names: "
+             f"{_first_keys(entries)}, ...)."]
+    if state_dict and all(k.startswith(("student.", "teacher.")) for k in state_dict):
+      hints.append("Its keys start with 'student.' and 'teacher.': a whole mdistiller distiller "
+                   "(its best/latest files); its student_best or student_latest file holds the "
+                   "student alone, and a teacher is the file it was loaded from.")
+    _raise_problems([wrong, missing, unexpected], hints,
+                    f"The PyTorch weights do not fit {type(model).__name__}")
+  return _variables_from_state_dict(entries, state_dict)
+
+
+def model_variables_to_state_dict(model, variables: Mapping) -> dict:
+  """The PyTorch state_dict (torch.Tensor values, float32; long batch counters) of `model`'s
+  variables, which its PyTorch definition loads with `load_state_dict(..., strict=True)`."""
+  found = _found_variables(variables)
+  entries = model_layout(model)
+  stem = _first_conv(entries)
+  kernel = _shape(found.get((stem.collection, stem.flax_path)))
+  if kernel is not None and len(kernel) == 4 and kernel[2] != 3:   # HWIO: I is the image's
+    entries = model_layout(model, kernel[2])
+  wrong, missing, unexpected = _variables_problems(entries, found)
+  if missing or unexpected or wrong:
+    _raise_problems([wrong, missing, unexpected],
+                    [f"Expected the variables of {_model_repr(model)}."],
+                    f"The variables are not a complete {type(model).__name__}")
+  return _state_dict_from_variables(entries, found)
+
+
+def _model_repr(model) -> str:
+  fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+            if f.name not in ("parent", "name", "dtype")}
+  return f"{type(model).__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
+
+
+def _first_keys(entries: list[Entry], n: int = 4) -> str:
+  return ", ".join(repr(e.torch_key) for e in entries[:n])
 
 
 # --- the jobs behind scripts/import_torch_teacher.py and scripts/export_torch_student.py ---------

@@ -17,6 +17,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from torch_archs import assert_close_rel, randomise_batchnorm, to_nhwc  # noqa: E402
 
 from dnd_jax import torch_reference as tr  # noqa: E402
 from dnd_jax import checkpoints, torch_bridge  # noqa: E402
@@ -29,27 +32,7 @@ def randomised_model(depth, num_classes, *, width=4, stem="cifar", in_channels=3
   """A PyTorch ResNet in eval mode with random weights and random BatchNorm parameters/statistics."""
   torch.manual_seed(seed)
   model = tr.build_resnet(depth, num_classes, width=width, stem=stem, in_channels=in_channels)
-  with torch.no_grad():
-    for module in model.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.normal_(0.0, 0.2)
-        module.running_mean.normal_(0.0, 0.2)
-        module.running_var.uniform_(0.5, 2.0)
-        module.num_batches_tracked.fill_(123)
-  return model.eval()
-
-
-def to_nhwc(t):
-  a = t.detach().numpy()
-  return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
-
-
-def assert_close_rel(actual, expected, rtol=1e-4, what=""):
-  actual, expected = np.asarray(actual), np.asarray(expected)
-  assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-  err = np.max(np.abs(actual - expected)) / np.max(np.abs(expected))
-  assert err <= rtol, f"{what}: max error {err:.3g} of the largest value (tolerance {rtol})"
+  return randomise_batchnorm(model)
 
 
 def random_flax_variables(model, image_shape, seed=0):
