@@ -77,6 +77,21 @@ LONGEST_FIRST = ("test_train.py", "test_gpu_scripts.py", "test_multiprocess.py",
                  "test_methods.py")
 
 
+if os.environ.get("DND_JAX_COMPILE_LOG"):  # which test compiles what: tests/compile_log.py
+  import compile_log
+
+  compile_log.start(os.environ["DND_JAX_COMPILE_LOG"])
+
+  def pytest_runtest_setup(item):
+    compile_log.set_test(f"{item.nodeid} (setup)")
+
+  def pytest_runtest_call(item):
+    compile_log.set_test(item.nodeid)
+
+  def pytest_runtest_teardown(item):
+    compile_log.set_test(f"{item.nodeid} (teardown)")
+
+
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep order
