@@ -39,9 +39,16 @@ def hinton_kl(student_logits, teacher_logits, tau: float):
   return tau ** 2 * jnp.mean(kl)
 
 
-def attention_map(features):
-  """Zagoruyko & Komodakis (2016): the L2-normalised mean over channels of squared activations."""
-  a = jnp.mean(jnp.square(_f32(features)), axis=-1).reshape(features.shape[0], -1)
+def attention_map(features, size: tuple[int, int] | None = None):
+  """Zagoruyko & Komodakis (2016): the L2-normalised mean over channels of squared activations.
+
+  `size` (H, W) resizes the map before it is normalised (a bilinear resize, antialiased when it
+  shrinks: the average over each new pixel's area), where two networks' stages differ in size.
+  """
+  a = jnp.mean(jnp.square(_f32(features)), axis=-1)
+  if size is not None and tuple(a.shape[1:]) != tuple(size):
+    a = jax.image.resize(a, (a.shape[0], *size), "linear")
+  a = a.reshape(features.shape[0], -1)
   return a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
@@ -49,9 +56,12 @@ def attention_transfer(student_features, teacher_features):
   """One stage's AT term as the authors' code computes it: `(at(s) - at(t)).pow(2).mean()`.
 
   The paper writes the (unsquared) L2 distance; its beta = 1000 belongs to the code's squared,
-  element-averaged form, which is what is used here.
+  element-averaged form, which is what is used here. Where the teacher's map has another size
+  than the student's (a pair of other architectures), the teacher's attention map is taken at the
+  student's size; the channel counts never matter (a map averages over channels).
   """
-  d = attention_map(student_features) - attention_map(teacher_features)
+  d = (attention_map(student_features)
+       - attention_map(teacher_features, student_features.shape[1:3]))
   return jnp.mean(d * d)
 
 

@@ -126,6 +126,6 @@ def test_kd_with_alpha_zero_is_cross_entropy():
   rng = np.random.default_rng(1)
   s, t = jnp.asarray(rng.normal(size=(2, 6, 10)), jnp.float32)
   labels = jnp.arange(6) % 10
-  g = GroupOutputs(1, 5, (s,), (None, None, None, None, t), labels, None)
+  g = GroupOutputs(1, 5, 5, (s,), (None, None, None, None, t), labels, None)
   loss, _ = kd_loss(g, cfg)
   assert float(loss) == pytest.approx(float(losses.cross_entropy(s, labels)), rel=1e-6)
