@@ -42,13 +42,19 @@ def hinton_kl(student_logits, teacher_logits, tau: float):
 def attention_map(features, size: tuple[int, int] | None = None):
   """Zagoruyko & Komodakis (2016): the L2-normalised mean over channels of squared activations.
 
-  `size` (H, W) resizes the map before it is normalised (a bilinear resize, antialiased when it
-  shrinks: the average over each new pixel's area), where two networks' stages differ in size.
+  `size` (H, W) resizes the map before it is normalised, where two networks' stages differ in
+  size: each new pixel the mean of its block where the size divides the map's (adaptive average
+  pooling, as mdistiller's AT pools the larger map), else a bilinear resize.
   """
   a = jnp.mean(jnp.square(_f32(features)), axis=-1)
-  if size is not None and tuple(a.shape[1:]) != tuple(size):
-    a = jax.image.resize(a, (a.shape[0], *size), "linear")
-  a = a.reshape(features.shape[0], -1)
+  n, h, w = a.shape
+  if size is not None and (h, w) != tuple(size):
+    height, width = size
+    if h % height == 0 and w % width == 0:
+      a = a.reshape(n, height, h // height, width, w // width).mean(axis=(2, 4))
+    else:
+      a = jax.image.resize(a, (n, height, width), "linear")
+  a = a.reshape(n, -1)
   return a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
