@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -45,10 +46,27 @@ class CheckpointError(ValueError):
 
 
 def architecture(model_config, num_classes: int, image_shape) -> dict:
-  """What must agree between a saved model and the config that loads it."""
-  return {"depth": int(model_config.depth), "width": int(model_config.width),
-          "stem": str(model_config.stem), "num_classes": int(num_classes),
-          "in_channels": int(image_shape[-1])}
+  """What must agree between a saved model and the config that loads it: a network of
+  `models.ARCHS` by its name and family keyword arguments (`arch`, `arch_kwargs`, as JSON holds
+  them), or the paper's ResNet by depth, width and stem (the record of every model exported
+  before `arch` existed, so those load as they did); the classes and input channels."""
+  arch = model_config.get("arch") or ""
+  if arch:
+    kwargs = models.family_kwargs(model_config.get("arch_kwargs"))
+    family = {"arch": str(arch), "arch_kwargs": json.loads(json.dumps(kwargs))}
+  else:
+    family = {"depth": int(model_config.depth), "width": int(model_config.width),
+              "stem": str(model_config.stem)}
+  return {**family, "num_classes": int(num_classes), "in_channels": int(image_shape[-1])}
+
+
+def describe(arch: dict) -> str:
+  """A network's architecture record in a few words, for messages: "resnet32x4",
+  "shufflev2 (out_channels=[8, 16, 32, 64])", "ResNet18 (width 64, cifar stem)"."""
+  if arch.get("arch"):
+    kwargs = ", ".join(f"{k}={v}" for k, v in (arch.get("arch_kwargs") or {}).items())
+    return f"{arch['arch']} ({kwargs})" if kwargs else str(arch["arch"])
+  return f"ResNet{arch.get('depth')} (width {arch.get('width')}, {arch.get('stem')} stem)"
 
 
 def input_record(dataset) -> dict:
@@ -220,14 +238,14 @@ def load_model(path: str, arch: dict, abstract_variables: Any) -> tuple[dict, di
   return dict(variables), meta
 
 
-def network(arch: dict, dtype=jnp.float32) -> models.ResNet:
+def network(arch: dict, dtype=jnp.float32) -> nn.Module:
   """The network of an architecture record (`architecture`'s fields, as a model.json or a
   PyTorch state_dict gives them), computing in `dtype` (parameters stay float32)."""
   return models.build_model(ml_collections.ConfigDict(arch), arch["num_classes"], dtype)
 
 
 def load_model_as(path: str, arch: dict, image_shape,
-                  dtype=jnp.float32) -> tuple[models.ResNet, dict, dict]:
+                  dtype=jnp.float32) -> tuple[nn.Module, dict, dict]:
   """(network, variables, model.json) of the exported model at `path`, which must have the
   architecture `arch` (`architecture`'s fields). Every command that loads a saved network builds
   it here, so what "this folder's network" means is decided once."""

@@ -22,10 +22,11 @@ from typing import Any
 
 import jax
 
-from dnd_jax import parallel, profiling, runtime, workdir as run_folder
+from dnd_jax import parallel, profiling, runtime, teacher as teacher_lib, workdir as run_folder
 from dnd_jax.data.sources import READERS, SOURCES
 from dnd_jax.methods import get_method
-from dnd_jax.models import STAGE_SIZES, STEMS, resolve_dtype
+from dnd_jax.models import (ARCHS, STAGE_SIZES, STEMS, build_arch, build_model, family_kwargs,
+                            resolve_dtype)
 from dnd_jax.optim import SCHEDULES, make_schedules
 
 
@@ -34,11 +35,12 @@ class ConfigError(ValueError):
 
 
 def field_names(config: Any, prefix: str = "") -> list[str]:
-  """Every leaf field of a ConfigDict, dotted ("optim.lr")."""
+  """Every leaf field of a ConfigDict, dotted ("optim.lr"); an empty block is a leaf too (one set
+  whole, as `model.arch_kwargs`)."""
   names = []
   for key in config.keys():
     value = config[key]
-    if hasattr(value, "keys") and not isinstance(value, (str, bytes)):
+    if hasattr(value, "keys") and not isinstance(value, (str, bytes)) and len(value.keys()):
       names += field_names(value, f"{prefix}{key}.")
     else:
       names.append(f"{prefix}{key}")
@@ -143,6 +145,7 @@ def check(config, workdir: str | None = None) -> None:
     resolve_dtype(config.model.dtype)  # its own message
   except ValueError as e:
     problems.append(str(e))
+  problems += architecture_problems(config)
   for block in ("model", "teacher"):
     if block not in config:
       continue
@@ -200,6 +203,67 @@ def check(config, workdir: str | None = None) -> None:
       run_folder.check_writable(workdir)
     except run_folder.WorkdirError as e:
       raise ConfigError(str(e)) from None
+
+
+def _network(block_name: str, block, problems: list[str]):
+  """The network of `config.<block_name>` (its `arch` or its ResNet fields), or None with the
+  reason in `problems`: an unknown name, family keyword arguments it does not take, `remat` of a
+  family without it. Only the module is made (no JAX computation), so this runs before JAX."""
+  arch = block.get("arch") or ""
+  if not arch:
+    return build_model(block, 10) if block.get("depth") in STAGE_SIZES else None
+  if arch not in ARCHS:
+    near = difflib.get_close_matches(arch, list(ARCHS), n=2)
+    hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+    problems.append(f"config.{block_name}.arch={arch!r} is no known network{hint}: use one of "
+                    f"{', '.join(ARCHS)}, or '' for the ResNet of config.{block_name}.depth.")
+    return None
+  try:
+    model = build_arch(arch, 10, **family_kwargs(block.get("arch_kwargs")))
+  except TypeError as e:
+    problems.append(f"config.{block_name}.arch_kwargs={family_kwargs(block.get('arch_kwargs'))}: "
+                    f"{arch!r} does not take them ({e}).")
+    return None
+  if block.get("remat", False) and not hasattr(model, "remat"):
+    problems.append(f"config.{block_name}.remat=True: {arch!r} does not rematerialise (the ResNet "
+                    "family does); set --config.model.remat=False.")
+  return model
+
+
+def architecture_problems(config) -> list[str]:
+  """The student's and the teacher's architectures: known names, and, for a method with a
+  teacher, the same number of stages, which is what makes them a pair (their stage shapes may
+  differ: stage adapters connect them). The teacher's is `config.teacher.arch` when set, else
+  its model.json's, else that of the teacher the run would train (`teacher.planned_architecture`)."""
+  problems: list[str] = []
+  if "model" not in config:
+    return problems
+  student = _network("model", config.model, problems)
+  try:
+    if not get_method(config.method.name).needs_teacher:
+      return problems
+  except ValueError:  # reported by `check`
+    return problems
+  teacher_block = config.get("teacher") or {}
+  own = _network("teacher", teacher_block, problems) if teacher_block.get("arch") else None
+  if student is None or (teacher_block.get("arch") and own is None):
+    return problems
+  if own is not None:
+    where, record = f"config.teacher.arch={teacher_block.arch!r}", teacher_block
+  else:
+    record = teacher_lib.planned_architecture(config)
+    if record is None:
+      return problems
+    path = config.teacher.checkpoint
+    where = (f"the teacher at {path!r} (its model.json)" if run_folder.has_model(path) else
+             f"the teacher that {config.teacher.config} would train at {path!r}")
+  try:
+    problem = teacher_lib.stage_count_problem(config.model, record, where)
+  except (TypeError, ValueError) as e:  # a record naming no network this version knows
+    problem = f"The teacher's architecture ({record}) cannot be built: {e}"
+  if problem:
+    problems.append(problem)
+  return problems
 
 
 def check_devices(config) -> None:

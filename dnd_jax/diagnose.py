@@ -5,11 +5,12 @@ but the student is evaluated end to end, every stage fed by the student's own pr
 measures the difference between the two, on the run's evaluation split (the test split unless
 `data.val_fraction` holds out a validation split):
 
-- hybrid k, k = 0..4: teacher stages 1..k, then student stages k+1..5 (k = 0: the student alone).
+- hybrid k, k = 0..N-1: teacher stages 1..k, then student stages k+1..N (k = 0: the student
+  alone; N = 5 for the paper's ResNets).
   Accuracy that climbs with k says the early student stages' errors compound downstream.
 - the relative feature error of each student stage, ||s - t|| / ||t|| over the whole split (sums
   of squares over every example and element), once with the stage fed end to end and once fed the
-  teacher's feature, what it was trained on; stage 5 compares logits.
+  teacher's feature, what it was trained on; the head (stage N) compares logits.
 - both again after re-estimating the student's BatchNorm statistics end to end (the student run
   in training mode on training batches, each stage on its own previous stage's output, as
   `torch.optim.swa_utils.update_bn` does): the statistics DnD learns are those of teacher
@@ -26,16 +27,14 @@ import datetime
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dnd_jax import checkpoints, steps, teacher as teacher_lib, workdir as run_folder
 from dnd_jax.data import augment, load_dataset
-from dnd_jax.methods import get_method
-from dnd_jax.models import BATCH_COUNTER, NUM_STAGES, ResNet, build_model, resolve_dtype
-
-HYBRIDS = range(NUM_STAGES)  # k = number of teacher stages in front of the student's
+from dnd_jax.models import BATCH_COUNTER, build_model, resolve_dtype
 
 
 def _per_example_sq(a, b=None):
@@ -44,11 +43,12 @@ def _per_example_sq(a, b=None):
   return jnp.sum(jnp.square(d).reshape(d.shape[0], -1), axis=1)
 
 
-def make_probe(student: ResNet, teacher: ResNet, data_config, mean, std, batch_size: int):
+def make_probe(student: nn.Module, teacher: nn.Module, data_config, mean, std, batch_size: int):
   """(student_vars, teacher_vars, images_u8, labels) -> sums over the split, on the device.
 
-  Returns a dict of arrays: `hybrid_correct` (5,) for k = 0..4, `teacher_correct`, and per stage
-  (5,) `err_end_to_end`, `err_teacher_input` (sums of ||s - t||^2) and `teacher_sq` (||t||^2).
+  Returns a dict of arrays: `hybrid_correct` (N,) for k = 0..N-1, `teacher_correct`, and per
+  stage (N,) `err_end_to_end`, `err_teacher_input` (sums of ||s - t||^2) and `teacher_sq`
+  (||t||^2), N the networks' stage count.
   The split is padded to whole batches with label -1, masked out of every sum; `batch_size` 0
   sizes the batches for the device.
   """
@@ -61,8 +61,8 @@ def make_probe(student: ResNet, teacher: ResNet, data_config, mean, std, batch_s
       t = teacher.apply(t_vars, x, method="stages")
       end_to_end = student.apply(s_vars, x, method="stages")
       logits, fed = [end_to_end[-1]], [end_to_end[0]]  # stage 1's input is the image either way
-      for k in range(1, NUM_STAGES):
-        outs = student.apply(s_vars, t[k - 1], k + 1, NUM_STAGES, method="stages")
+      for k in range(1, student.num_stages):
+        outs = student.apply(s_vars, t[k - 1], k + 1, student.num_stages, method="stages")
         fed.append(outs[0])
         logits.append(outs[-1])
 
@@ -89,7 +89,7 @@ def make_probe(student: ResNet, teacher: ResNet, data_config, mean, std, batch_s
   return probe
 
 
-def reestimate_batch_stats(model: ResNet, variables: dict, num_batches: int, batch_fn) -> dict:
+def reestimate_batch_stats(model: nn.Module, variables: dict, num_batches: int, batch_fn) -> dict:
   """The variables with BatchNorm statistics re-estimated end to end (traced; call under jit).
 
   Each of `num_batches` batches (`batch_fn(i)`: normalised inputs) runs through the whole model in
@@ -124,12 +124,11 @@ def _load(path: str, model_config, dataset) -> dict:
 def _summarise(sums: dict, n: int) -> dict:
   sums = jax.device_get(sums)
   rel = lambda err: [float(np.sqrt(e / t)) for e, t in zip(err, sums["teacher_sq"])]  # noqa: E731
+  stages = [str(k) for k in range(1, len(sums["teacher_sq"]) + 1)]
   return {
-      "hybrid_accuracy": {str(k): float(c) / n for k, c in zip(HYBRIDS, sums["hybrid_correct"])},
-      "relative_error_end_to_end": dict(zip(map(str, range(1, NUM_STAGES + 1)),
-                                            rel(sums["err_end_to_end"]))),
-      "relative_error_teacher_input": dict(zip(map(str, range(1, NUM_STAGES + 1)),
-                                               rel(sums["err_teacher_input"]))),
+      "hybrid_accuracy": {str(k): float(c) / n for k, c in enumerate(sums["hybrid_correct"])},
+      "relative_error_end_to_end": dict(zip(stages, rel(sums["err_end_to_end"]))),
+      "relative_error_teacher_input": dict(zip(stages, rel(sums["err_teacher_input"]))),
   }
 
 
@@ -161,9 +160,9 @@ def diagnose(config, student_path: str, *, bn_batches: int = 0, seed: int = 0) -
   # the teacher's architecture is its model.json's (dnd_jax.teacher)
   teacher, t_vars, _ = teacher_lib.load(config, dataset, dtype)
   _check_same_teacher(student_path, config.teacher.checkpoint, t_vars)
-  # DnD's partition crosses every stage boundary, which is what the hybrids need
-  teacher_lib.check_stage_shapes(student, teacher, get_method("dnd"), dataset.image_shape,
-                                 config.teacher.checkpoint)
+  # the hybrids splice teacher stages onto student stages: the exported student has no adapters
+  teacher_lib.check_same_stage_shapes(student, teacher, dataset.image_shape,
+                                      config.teacher.checkpoint)
   s_vars = _load(student_path, config.model, dataset)
 
   batch = int(config.batch_size)
@@ -214,22 +213,23 @@ def _pct(x: float) -> str:
 def format_markdown(d: dict) -> str:
   """The two tables of a diagnosis: hybrid accuracies, and relative errors per stage."""
   trained, re_est = d["trained_statistics"], d["re_estimated_statistics"]
+  n = len(trained["relative_error_end_to_end"])  # the networks' stage count
   lines = [f"Student `{d['student']}`, teacher `{d['teacher']}`: {d['split']} split, "
            f"{d['num_examples']} images; teacher accuracy {_pct(d['teacher_accuracy'])}. BatchNorm "
            f"re-estimated on {d['bn_reestimation']['batches']} augmented training batches of "
            f"{d['bn_reestimation']['batch_size']}.", "",
-           "| hybrid k: teacher stages 1..k, then student stages k+1..5 | accuracy | after BN "
+           f"| hybrid k: teacher stages 1..k, then student stages k+1..{n} | accuracy | after BN "
            "re-estimation |", "|---|---|---|"]
-  for k in HYBRIDS:
+  for k in range(n):
     name = ("student alone" if k == 0 else
             f"teacher 1{'-' + str(k) if k > 1 else ''}, student {k + 1}"
-            f"{'-' + str(NUM_STAGES) if k + 1 < NUM_STAGES else ''}")
+            f"{'-' + str(n) if k + 1 < n else ''}")
     lines.append(f"| k = {k}: {name} | {_pct(trained['hybrid_accuracy'][str(k)])} | "
                  f"{_pct(re_est['hybrid_accuracy'][str(k)])} |")
   lines += ["", "| stage | relative error, end to end | on teacher inputs | end to end after BN "
                 "re-estimation |", "|---|---|---|---|"]
-  for k in range(1, NUM_STAGES + 1):
-    name = f"{k} (logits)" if k == NUM_STAGES else str(k)
+  for k in range(1, n + 1):
+    name = f"{k} (logits)" if k == n else str(k)
     lines.append(f"| {name} | {trained['relative_error_end_to_end'][str(k)]:.4f} | "
                  f"{trained['relative_error_teacher_input'][str(k)]:.4f} | "
                  f"{re_est['relative_error_end_to_end'][str(k)]:.4f} |")

@@ -23,13 +23,15 @@ import optax
 
 from dnd_jax import checkpoints
 from dnd_jax.methods import Method
-from dnd_jax.models import NUM_STAGES
 
 
 def frozen_stage_names(method: Method) -> frozenset[str]:
+  """The stages (`stage{k}` entries of the variables) that `method`, resolved for the network's
+  stage count (`Method.for_stages`), keeps frozen."""
   if method.trained_stages is None:
     return frozenset()
-  return frozenset(f"stage{k}" for k in range(1, NUM_STAGES + 1) if k not in method.trained_stages)
+  return frozenset(f"stage{k}" for k in range(1, method.num_stages + 1)
+                   if k not in method.trained_stages)
 
 
 def mask_optimizer(tx: optax.GradientTransformation,

@@ -39,9 +39,22 @@ def hinton_kl(student_logits, teacher_logits, tau: float):
   return tau ** 2 * jnp.mean(kl)
 
 
-def attention_map(features):
-  """Zagoruyko & Komodakis (2016): the L2-normalised mean over channels of squared activations."""
-  a = jnp.mean(jnp.square(_f32(features)), axis=-1).reshape(features.shape[0], -1)
+def attention_map(features, size: tuple[int, int] | None = None):
+  """Zagoruyko & Komodakis (2016): the L2-normalised mean over channels of squared activations.
+
+  `size` (H, W) resizes the map before it is normalised, where two networks' stages differ in
+  size: each new pixel the mean of its block where the size divides the map's (adaptive average
+  pooling, as mdistiller's AT pools the larger map), else a bilinear resize.
+  """
+  a = jnp.mean(jnp.square(_f32(features)), axis=-1)
+  n, h, w = a.shape
+  if size is not None and (h, w) != tuple(size):
+    height, width = size
+    if h % height == 0 and w % width == 0:
+      a = a.reshape(n, height, h // height, width, w // width).mean(axis=(2, 4))
+    else:
+      a = jax.image.resize(a, (n, height, width), "linear")
+  a = a.reshape(n, -1)
   return a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
@@ -49,9 +62,12 @@ def attention_transfer(student_features, teacher_features):
   """One stage's AT term as the authors' code computes it: `(at(s) - at(t)).pow(2).mean()`.
 
   The paper writes the (unsquared) L2 distance; its beta = 1000 belongs to the code's squared,
-  element-averaged form, which is what is used here.
+  element-averaged form, which is what is used here. Where the teacher's map has another size
+  than the student's (a pair of other architectures), the teacher's attention map is taken at the
+  student's size; the channel counts never matter (a map averages over channels).
   """
-  d = attention_map(student_features) - attention_map(teacher_features)
+  d = (attention_map(student_features)
+       - attention_map(teacher_features, student_features.shape[1:3]))
   return jnp.mean(d * d)
 
 

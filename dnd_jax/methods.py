@@ -1,9 +1,13 @@
 """Training methods as data: a stage partition per phase, and one loss per group of stages.
 
 docs/design.md section 1: every method (DnD, Progressive DnD, vanilla KD, AT+CE, Jacobian+CE, teacher
-training) is a partition of the five stages into contiguous groups plus a loss for each group. The
-trainer runs each group's student stages on the *stopped teacher feature* at the group's input,
-sums the group losses, and so every student parameter gets its gradient from its own group alone.
+training) is a partition of the network's N stages (five for the paper's ResNets, four or five for
+the other families) into contiguous groups plus a loss for each group. The trainer runs each
+group's student stages on the *stopped teacher feature* at the group's input, sums the group
+losses, and so every student parameter gets its gradient from its own group alone.
+
+A method's partitions are a function of N (`Method.partitions`); a run resolves them once for
+its networks (`Method.for_stages`), and everything downstream reads the resolved `phases`.
 
 A `Method` also carries everything else that differs between methods, so that no other module
 tests a method's name: its defaults (base learning rate, schedule and momentum range of paper
@@ -26,30 +30,35 @@ import jax
 import jax.numpy as jnp
 
 from dnd_jax import losses
-from dnd_jax.models import NUM_STAGES
 
 Group = tuple[int, int]  # (first stage, last stage), both inclusive
+Phases = tuple[tuple[float, tuple[Group, ...]], ...]  # (start as a fraction of training, partition)
+PAPER_STAGES = 5  # the paper's ResNets': what a method not resolved for a network describes
 
 
 @dataclasses.dataclass(frozen=True)
 class GroupOutputs:
   """What a group loss can see. `student` holds this group's stage outputs (stages first..last);
-  `teacher` the five teacher stage outputs, of which a loss may read only stages up to `last`:
-  the memory-lean step computes the teacher stage by stage and leaves the later entries None
-  (`teacher` is None when there is no teacher)."""
+  `teacher` the N teacher stage outputs, of which a loss may read only stages up to `last`: the
+  memory-lean step computes the teacher stage by stage and leaves the later entries None
+  (`teacher` is None when there is no teacher). `teacher_out`, the group's target, is teacher
+  stage `last`'s output, or where the two networks' shapes differ after it, that output in the
+  student's space (`adapted_target`: through the next stage's adapter, dnd_jax.adapters)."""
 
   first: int
   last: int
+  num_stages: int  # N, the networks' stage count: stage N is the head (the logits)
   student: tuple
   teacher: tuple | None
   labels: jax.Array
   images: jax.Array
   student_logits_fn: Callable | None = None  # images -> logits, the whole student (training mode)
   teacher_logits_fn: Callable | None = None  # images -> logits, the frozen teacher
+  adapted_target: jax.Array | None = None  # teacher_out in the student's shape, where they differ
 
   @property
   def is_head(self) -> bool:
-    return self.last == NUM_STAGES
+    return self.last == self.num_stages
 
   @property
   def student_out(self):
@@ -57,7 +66,7 @@ class GroupOutputs:
 
   @property
   def teacher_out(self):
-    return self.teacher[self.last - 1]
+    return self.teacher[self.last - 1] if self.adapted_target is None else self.adapted_target
 
 
 GroupLoss = Callable[[GroupOutputs, "ml_collections.ConfigDict"], tuple[jax.Array, dict]]
@@ -65,8 +74,11 @@ GroupLoss = Callable[[GroupOutputs, "ml_collections.ConfigDict"], tuple[jax.Arra
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A named method: its phases (start as a fraction of training, partition), its group loss,
-  and its defaults and needs.
+  """A named method: its phases (start as a fraction of training, partition) as a function of
+  the stage count N (`partitions`), its group loss, and its defaults and needs.
+
+  `num_stages` is the N that `phases`, `partition` and the rest describe: the paper's 5 as
+  registered, a run's networks' once resolved with `for_stages`.
 
   `config` holds the method's own fields of `config.method` with their defaults (every method
   also has `name` and `memory_lean`). `trained_stages` (None: all) are the stages it updates;
@@ -76,7 +88,7 @@ class Method:
   """
 
   name: str
-  phases: tuple[tuple[float, tuple[Group, ...]], ...]
+  partitions: Callable[[int], Phases]  # N -> phases, each partition tiling stages 1..N
   group_loss: GroupLoss
   label: str = ""                  # in reports; the name when empty
   config: dict = dataclasses.field(default_factory=dict)
@@ -90,6 +102,21 @@ class Method:
   trained_stages: tuple[int, ...] | None = None
   choices: dict = dataclasses.field(default_factory=dict)  # field -> the values it may take
   positive: tuple[str, ...] = ()   # number fields that must be above 0 (a temperature divides)
+  num_stages: int = PAPER_STAGES
+
+  def for_stages(self, num_stages: int) -> "Method":
+    """This method for networks of `num_stages` stages (a ValueError when its partitions do not
+    tile them); the registry's entry is resolved once per run."""
+    resolved = dataclasses.replace(self, num_stages=int(num_stages))
+    for _, groups in resolved.phases:
+      if not tiles_all_stages(groups, resolved.num_stages):
+        raise ValueError(f"Method {self.name!r}: groups {groups} do not tile stages "
+                         f"1..{resolved.num_stages} in order.")
+    return resolved
+
+  @property
+  def phases(self) -> Phases:
+    return self.partitions(self.num_stages)
 
   def phase_starts(self, total_steps: int) -> list[int]:
     """First step of each phase; `round` keeps 1/3 of 300 at 100, not 99."""
@@ -193,10 +220,11 @@ def kd_loss(g: GroupOutputs, cfg) -> tuple[jax.Array, dict]:
 
 
 def at_loss(g: GroupOutputs, cfg) -> tuple[jax.Array, dict]:
-  """Zagoruyko & Komodakis (2016): CE + beta / 2 * sum of the AT terms after stages 1-4."""
+  """Zagoruyko & Komodakis (2016): CE + beta / 2 * sum of the AT terms after the body stages
+  1..N-1 (1-4 in the paper's ResNets), each at the student's spatial size."""
   ce = losses.cross_entropy(g.student_out, g.labels)
   at_terms = [losses.attention_transfer(g.student[k - g.first], g.teacher[k - 1])
-              for k in range(max(g.first, 1), min(g.last, 4) + 1)]
+              for k in range(max(g.first, 1), min(g.last, g.num_stages - 1) + 1)]
   at = sum(at_terms)
   return ce + cfg.beta / 2.0 * at, {"ce": ce, "at": at}
 
@@ -232,8 +260,39 @@ def reinit_feature_loss(g: GroupOutputs, cfg) -> tuple[jax.Array, dict]:
 
 # --- the registry -------------------------------------------------------------------------------
 
-ALL_STAGES: tuple[Group, ...] = ((1, NUM_STAGES),)
-DND_GROUPS: tuple[Group, ...] = ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5))
+
+def one_group(n: int) -> Phases:
+  """The whole network as one group {1..N}: teacher training, KD, AT+CE, Jacobian+CE."""
+  return ((0.0, ((1, n),)),)
+
+
+def every_stage(n: int) -> Phases:
+  """DnD: every stage its own group {1}{2}..{N}."""
+  return ((0.0, tuple((k, k) for k in range(1, n + 1))),)
+
+
+def progressive(n: int) -> Phases:
+  """Progressive DnD: the body stages 1..N-1 start as groups of one; each phase merges the
+  previous phase's body groups in neighbouring pairs, until one group holds them all; the head
+  stays its own group throughout, and the phases start at equal fractions of training. For the
+  paper's N = 5: {1}{2}{3}{4}{5}, {1,2}{3,4}{5} at 1/3, {1-4}{5} at 2/3; for N = 4: {1}{2}{3}{4},
+  {1,2}{3}{4} at 1/3, {1-3}{4} at 2/3."""
+  body, size, partitions = n - 1, 1, []
+  while True:
+    groups = tuple((first, min(first + size - 1, body)) for first in range(1, body + 1, size))
+    partitions.append(groups + ((n, n),))
+    if len(groups) <= 1:
+      break
+    size *= 2
+  return tuple((i / len(partitions), groups) for i, groups in enumerate(partitions))
+
+
+def reinit_split(n: int) -> Phases:
+  """Figure 2a "feature": the trained stages before the re-initialised one, and it with the
+  rest (frozen) after it."""
+  return ((0.0, ((1, REINIT_STAGE - 1), (REINIT_STAGE, n))),)
+
+
 REINIT_STAGE = 3  # Figure 2a re-initialises the third stage
 _DND_CONFIG = {
     "head_mse_on": "probs",  # head MSE on softmax probabilities (Table 4) or "logits"
@@ -247,21 +306,20 @@ _REINIT_CONFIG = {"init_from": ""}  # the trained network's exported model folde
 METHODS: dict[str, Method] = {}
 
 
-def tiles_all_stages(groups: tuple[Group, ...]) -> bool:
-  """True when the groups tile stages 1..5 in order, which every method must."""
+def tiles_all_stages(groups: tuple[Group, ...], num_stages: int) -> bool:
+  """True when the groups tile stages 1..num_stages in order, which every method must."""
   expected = 1
   for first, last in groups:
     if first != expected or last < first:
       return False
     expected = last + 1
-  return expected == NUM_STAGES + 1
+  return expected == num_stages + 1
 
 
 def register(method: Method) -> Method:
-  """Add a method to the registry (checked: every phase's groups tile the five stages)."""
-  for _, groups in method.phases:
-    if not tiles_all_stages(groups):
-      raise ValueError(f"Method {method.name!r}: groups {groups} do not tile stages 1..5 in order.")
+  """Add a method to the registry, checked for the paper's five stages (every phase's groups
+  tile them; `Method.for_stages` checks a run's stage count)."""
+  method.for_stages(PAPER_STAGES)
   METHODS[method.name] = method
   return method
 
@@ -272,15 +330,15 @@ def get_method(name: str) -> Method:
   return METHODS[name]
 
 
-register(Method("teacher", ((0.0, ALL_STAGES),), ce_loss, label="Teacher (cross-entropy)",
+register(Method("teacher", one_group, ce_loss, label="Teacher (cross-entropy)",
                 needs_teacher=False, student_depth=34))
-register(Method("kd", ((0.0, ALL_STAGES),), kd_loss, label="Vanilla KD",
+register(Method("kd", one_group, kd_loss, label="Vanilla KD",
                 config={"tau": 4.0, "alpha": 0.9},  # (1 - alpha) * CE + alpha * tau^2 * KL
                 positive=("tau",), paper_name="vanilla_kd"))
-register(Method("at", ((0.0, ALL_STAGES),), at_loss, label="AT+CE",
+register(Method("at", one_group, at_loss, label="AT+CE",
                 config={"beta": 1000.0},  # CE + beta / 2 * sum of AT terms
                 paper_name="at_ce"))
-register(Method("jacobian", ((0.0, ALL_STAGES),), jacobian_loss, label="Jacobian+CE",
+register(Method("jacobian", one_group, jacobian_loss, label="Jacobian+CE",
                 # lambda, and the squared difference of normalised input gradients summed ("sum")
                 # or averaged ("mean") over the input's elements: lambda 20 on the mean is the one
                 # public implementation's (docs/running.md, "Jacobian matching", says where it
@@ -288,20 +346,18 @@ register(Method("jacobian", ((0.0, ALL_STAGES),), jacobian_loss, label="Jacobian
                 config={"jacobian_weight": 20.0, "jacobian_reduction": "mean"},
                 choices={"jacobian_reduction": losses.JACOBIAN_REDUCTIONS},
                 needs_whole_student=True, paper_name="jacobian_ce"))
-register(Method("dnd", ((0.0, DND_GROUPS),), dnd_loss, label="DnD", config=_DND_CONFIG,
+register(Method("dnd", every_stage, dnd_loss, label="DnD", config=_DND_CONFIG,
                 choices=_DND_CHOICES, positive=("tau",), base_lr=0.05, paper_name="dnd"))
-register(Method("pdnd", ((0.0, DND_GROUPS),
-                         (1.0 / 3.0, ((1, 2), (3, 4), (5, 5))),
-                         (2.0 / 3.0, ((1, 4), (5, 5)))), dnd_loss, label="Progressive DnD",
+register(Method("pdnd", progressive, dnd_loss, label="Progressive DnD",
                 config=_DND_CONFIG, choices=_DND_CHOICES, positive=("tau",), base_lr=0.05,
                 schedule="cyclic",
                 momentum_range=(0.8, 0.9),  # PyTorch's CyclicLR
                 paper_name="pdnd"))
 # Figure 2a: a trained ResNet18 with stage 3 re-initialised, trained alone (the rest frozen)
 # on the trained stage's output ("feature") or on the labels through the whole network ("end2end").
-register(Method("reinit_feature", ((0.0, ((1, REINIT_STAGE - 1), (REINIT_STAGE, NUM_STAGES))),),
-                reinit_feature_loss, label=f"R{REINIT_STAGE}-ResNet18 (feature)",
-                config=_REINIT_CONFIG, trained_stages=(REINIT_STAGE,)))
-register(Method("reinit_end2end", ((0.0, ALL_STAGES),), ce_loss,
+register(Method("reinit_feature", reinit_split, reinit_feature_loss,
+                label=f"R{REINIT_STAGE}-ResNet18 (feature)", config=_REINIT_CONFIG,
+                trained_stages=(REINIT_STAGE,)))
+register(Method("reinit_end2end", one_group, ce_loss,
                 label=f"R{REINIT_STAGE}-ResNet18 (end2end)", config=_REINIT_CONFIG,
                 needs_teacher=False, trained_stages=(REINIT_STAGE,)))

@@ -5,7 +5,9 @@ with the epoch's permutation, augments it from a key derived from the step numbe
 teacher once (inference mode) for every stage output, and then, for each group of the partition,
 runs the student's stages on the stopped teacher feature at the group's input. The group losses
 are summed and differentiated once; since no group sees another group's student output, each
-parameter's gradient comes from its own group (docs/design.md section 1). The host only dispatches.
+parameter's gradient comes from its own group (docs/design.md section 1). Where the teacher's and
+the student's stage shapes differ, each group's input and last output pass through its stage
+adapters (`dnd_jax.adapters`), which are the group's own parameters too. The host only dispatches.
 
 With `method.memory_lean` the groups are instead differentiated one after another
 (`sequential_group_grads`), so only one group's activations are alive at a time; `repeat_steps`
@@ -19,15 +21,17 @@ import functools
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dnd_jax import freeze, losses, parallel
+from dnd_jax import adapters as adapters_lib, freeze, losses, parallel
+from dnd_jax.adapters import StageAdapters
 from dnd_jax.data import augment
 from dnd_jax.methods import Group, GroupOutputs, Method
-from dnd_jax.models import NUM_STAGES, ResNet
+from dnd_jax.models import stage_output_shapes
 
 
 @flax.struct.dataclass
@@ -43,7 +47,10 @@ class TrainState:
 
   @property
   def variables(self) -> dict:
-    return {"params": self.params, "batch_stats": self.batch_stats}
+    """The student's variables alone: any stage adapters are left out (evaluation, the best and
+    the exported models run the student end to end without them; `dnd_jax.adapters`)."""
+    return {"params": adapters_lib.split(self.params)[0],
+            "batch_stats": adapters_lib.split(self.batch_stats)[0]}
 
 
 def create_train_state(variables: dict, tx: optax.GradientTransformation,
@@ -54,31 +61,51 @@ def create_train_state(variables: dict, tx: optax.GradientTransformation,
                     rng=jax.random.key_data(jax.random.key(seed)))
 
 
-def group_losses(params, batch_stats, *, model: ResNet, groups: tuple[Group, ...], method: Method,
-                 method_config, images, labels, teacher_feats, teacher_logits_fn):
-  """Sum of the group losses, the student's updated BatchNorm statistics, and named metrics."""
+def group_losses(params, batch_stats, *, model: nn.Module, groups: tuple[Group, ...],
+                 method: Method, method_config, images, labels, teacher_feats, teacher_logits_fn,
+                 adapters: StageAdapters = adapters_lib.NONE):
+  """Sum of the group losses, the student's (and its adapters') updated BatchNorm statistics,
+  and named metrics. Where the pair has a stage adapter at a group's start, the group runs on the
+  teacher feature through it, and the group before it is trained towards that same adapted
+  feature, its gradient stopped (`dnd_jax.adapters`)."""
+  student_params, adapter_params = adapters_lib.split(params)
+  student_stats, adapter_stats = adapters_lib.split(batch_stats)
+  student_vars = {"params": student_params, "batch_stats": student_stats}
+  adapter_vars = {"params": adapter_params, "batch_stats": adapter_stats}
   new_stats = dict(batch_stats)
   total = jnp.zeros((), jnp.float32)
   metrics = {}
   head_logits = None
 
   def student_logits_fn(x):
-    return model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                       mutable=["batch_stats"])[0]
+    return model.apply(student_vars, x, train=True, mutable=["batch_stats"])[0]
+
+  # each group's input: the image, or the teacher feature (through the group's adapter, if any)
+  inputs = {}
+  for first, _ in groups:
+    if first == 1:
+      inputs[first] = images
+      continue
+    inputs[first], updated = adapters.to_student(adapter_vars, first, teacher_feats[first - 2])
+    if updated:
+      new_stats = adapters_lib.merge(new_stats, {adapters_lib.ADAPTERS: updated})
 
   for first, last in groups:
-    inputs = images if first == 1 else teacher_feats[first - 2]
-    outs, updated = model.apply({"params": params, "batch_stats": batch_stats}, inputs, first,
-                                last, True, method="stages", mutable=["batch_stats"])
+    outs, updated = model.apply(student_vars, inputs[first], first, last, True, method="stages",
+                                mutable=["batch_stats"])
     for k in range(first, last + 1):
       if f"stage{k}" in updated["batch_stats"]:
         new_stats[f"stage{k}"] = updated["batch_stats"][f"stage{k}"]
+    # the target in the student's space where the next stage's adapter makes it (its gradient
+    # stopped: that adapter is the next group's to train)
+    adapted = (adapters.target(adapter_vars, last, teacher_feats[last - 1])
+               if adapters and last < model.num_stages else None)
     loss, group_metrics = method.group_loss(
-        GroupOutputs(first, last, outs, teacher_feats, labels, images, student_logits_fn,
-                     teacher_logits_fn), method_config)
+        GroupOutputs(first, last, model.num_stages, outs, teacher_feats, labels, images,
+                     student_logits_fn, teacher_logits_fn, adapted), method_config)
     total = total + loss
     metrics.update(group_metrics)
-    if last == NUM_STAGES:
+    if last == model.num_stages:
       head_logits = outs[-1]
   metrics["loss"] = total
   if head_logits is not None:
@@ -86,9 +113,12 @@ def group_losses(params, batch_stats, *, model: ResNet, groups: tuple[Group, ...
   return total, (new_stats, metrics)
 
 
-def _stage_subtree(tree: dict, first: int, last: int) -> dict:
-  """The entries of stages first..last (stage 5 has no BatchNorm statistics)."""
-  return {f"stage{k}": tree[f"stage{k}"] for k in range(first, last + 1) if f"stage{k}" in tree}
+def _stage_subtree(tree: dict, first: int, last: int,
+                   adapters: StageAdapters = adapters_lib.NONE) -> dict:
+  """The entries of stages first..last (a head has no BatchNorm statistics) and of the adapter
+  that group trains."""
+  return {**{f"stage{k}": tree[f"stage{k}"] for k in range(first, last + 1) if f"stage{k}" in tree},
+          **adapters_lib.group_share(tree, adapters, first)}
 
 
 def _whole_student_unavailable(images):
@@ -97,9 +127,10 @@ def _whole_student_unavailable(images):
       "group: set config.method.memory_lean=False for it.")
 
 
-def sequential_group_grads(params, batch_stats, *, model: ResNet, teacher: ResNet, teacher_vars,
-                           groups: tuple[Group, ...], method: Method, method_config, images,
-                           labels, teacher_logits_fn):
+def sequential_group_grads(params, batch_stats, *, model: nn.Module, teacher: nn.Module,
+                           teacher_vars, groups: tuple[Group, ...], method: Method, method_config,
+                           images, labels, teacher_logits_fn,
+                           adapters: StageAdapters = adapters_lib.NONE):
   """`jax.grad(group_losses)`, computed one group at a time to bound peak memory.
 
   The paper's conclusion: since each group's gradient stays inside the group, the groups can be
@@ -117,7 +148,7 @@ def sequential_group_grads(params, batch_stats, *, model: ResNet, teacher: ResNe
   Each group's loss sees the teacher's outputs up to its last stage (later entries are None):
   every loss in `methods` reads only those.
   """
-  teacher_feats: list = [None] * NUM_STAGES
+  teacher_feats: list = [None] * teacher.num_stages
   done = 0  # teacher stages computed so far
   grads, new_stats, metrics = {}, dict(batch_stats), {}
   total = jnp.zeros((), jnp.float32)
@@ -130,38 +161,59 @@ def sequential_group_grads(params, batch_stats, *, model: ResNet, teacher: ResNe
       done += 1
     inputs = images if first == 1 else teacher_feats[first - 2]
     feats = tuple(teacher_feats)
-    stats = _stage_subtree(batch_stats, first, last)
+    stats = _stage_subtree(batch_stats, first, last, adapters)
+    # the target in the student's space, where the next stage's adapter makes it: that adapter is
+    # the next group's to train, so its variables are constants here
+    adapted = None
+    if adapters and last < model.num_stages:
+      adapted = adapters.target({"params": adapters_lib.split(params)[1],
+                                 "batch_stats": adapters_lib.split(batch_stats)[1]},
+                                last, teacher_feats[last - 1])
 
-    def loss_fn(sub_params, inputs=inputs, feats=feats, stats=stats, first=first, last=last):
-      outs, updated = model.apply({"params": sub_params, "batch_stats": stats}, inputs, first,
-                                  last, True, method="stages", mutable=["batch_stats"])
+    def loss_fn(sub_params, inputs=inputs, feats=feats, stats=stats, first=first, last=last,
+                adapted=adapted):
+      student_params, adapter_params = adapters_lib.split(sub_params)
+      student_stats, adapter_stats = adapters_lib.split(stats)
+      updated = {}
+      if first > 1:
+        inputs, updated = adapters.to_student(
+            {"params": adapter_params, "batch_stats": adapter_stats}, first, inputs)
+      outs, new = model.apply({"params": student_params, "batch_stats": student_stats},
+                              inputs, first, last, True, method="stages", mutable=["batch_stats"])
+      new = dict(new["batch_stats"])
+      if updated:
+        new[adapters_lib.ADAPTERS] = updated
       loss, group_metrics = method.group_loss(
-          GroupOutputs(first, last, outs, feats, labels, images, _whole_student_unavailable,
-                       teacher_logits_fn), method_config)
-      return loss, (updated["batch_stats"], group_metrics, outs[-1])
+          GroupOutputs(first, last, model.num_stages, outs, feats, labels, images,
+                       _whole_student_unavailable, teacher_logits_fn, adapted), method_config)
+      return loss, (new, group_metrics, outs[-1])
 
     (loss, (updated, group_metrics, out)), group_grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(_stage_subtree(params, first, last))
+        loss_fn, has_aux=True)(_stage_subtree(params, first, last, adapters))
     # What comes next (the next teacher stage, the next group) starts from teacher_feats[last-1]:
     # tie it to this group's gradient so that it cannot start before this group is finished.
     group_grads, teacher_feats[last - 1] = jax.lax.optimization_barrier(
         (group_grads, teacher_feats[last - 1]))
-    grads.update(group_grads)
-    new_stats.update(updated)
+    grads = adapters_lib.merge(grads, group_grads)
+    new_stats = adapters_lib.merge(new_stats, updated)
     metrics.update(group_metrics)
     total = total + loss
-    if last == NUM_STAGES:
+    if last == model.num_stages:
       head_logits = out
   metrics["loss"] = total
   if head_logits is not None:
     metrics["accuracy"] = losses.accuracy(head_logits, labels)
-  return grads, (new_stats, metrics)
+  return adapters_lib.fill_unused(grads, params), (new_stats, metrics)
 
 
-def make_train_step(*, model: ResNet, teacher: ResNet | None, method: Method,
+def make_train_step(*, model: nn.Module, teacher: nn.Module | None, method: Method,
                     groups: tuple[Group, ...], method_config, data_config, tx, mean, std,
-                    batch_size: int, steps_per_epoch: int, batch_sharding=None):
+                    batch_size: int, steps_per_epoch: int, batch_sharding=None,
+                    adapters: StageAdapters = adapters_lib.NONE):
   """A pure function (state, images, labels, perm, teacher_vars) -> (new state, metrics).
+
+  `adapters` are the pair's stage adapters (`dnd_jax.adapters.for_pair`), whose variables the
+  state holds beside the student's; none for a pair of equal stage shapes.
 
   `method_config.memory_lean` (when the partition has several groups) differentiates the groups
   one after another (`sequential_group_grads`): the same update, a lower peak memory.
@@ -197,7 +249,7 @@ def make_train_step(*, model: ResNet, teacher: ResNet | None, method: Method,
       grads, (new_stats, metrics) = sequential_group_grads(
           state.params, state.batch_stats, model=model, teacher=teacher,
           teacher_vars=teacher_vars, groups=groups, method=method, method_config=method_config,
-          images=images, labels=labels, teacher_logits_fn=teacher_logits_fn)
+          images=images, labels=labels, teacher_logits_fn=teacher_logits_fn, adapters=adapters)
     else:
       if teacher is not None:
         teacher_feats = jax.lax.stop_gradient(
@@ -206,7 +258,7 @@ def make_train_step(*, model: ResNet, teacher: ResNet | None, method: Method,
       grads, (new_stats, metrics) = grad_fn(
           state.params, state.batch_stats, model=model, groups=groups, method=method,
           method_config=method_config, images=images, labels=labels,
-          teacher_feats=teacher_feats, teacher_logits_fn=teacher_logits_fn)
+          teacher_feats=teacher_feats, teacher_logits_fn=teacher_logits_fn, adapters=adapters)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               batch_stats=new_stats, opt_state=opt_state)
@@ -284,9 +336,9 @@ class StepSpec:
   training loop and the benchmark both build theirs from one (`compile_partition_step`), so the
   benchmark times the program that trains."""
 
-  model: ResNet
-  teacher: ResNet | None
-  method: Method
+  model: nn.Module
+  teacher: nn.Module | None
+  method: Method  # resolved for the networks' stage count (`Method.for_stages`)
   method_config: Any  # config.method
   data_config: Any  # config.data: the augmentation
   tx: optax.GradientTransformation
@@ -294,6 +346,7 @@ class StepSpec:
   std: Any
   batch_size: int
   steps_per_epoch: int
+  adapters: StageAdapters = adapters_lib.NONE  # the pair's stage adapters
 
 
 def partition_step(spec: StepSpec, phase: int, mesh):
@@ -304,7 +357,7 @@ def partition_step(spec: StepSpec, phase: int, mesh):
       groups=spec.method.partition(phase), method_config=spec.method_config,
       data_config=spec.data_config, tx=spec.tx, mean=spec.mean, std=spec.std,
       batch_size=spec.batch_size, steps_per_epoch=spec.steps_per_epoch,
-      batch_sharding=parallel.batch_sharded(mesh))
+      batch_sharding=parallel.batch_sharded(mesh), adapters=spec.adapters)
   return freeze.keep_frozen_statistics(step_fn, spec.method)
 
 
@@ -334,12 +387,12 @@ def compile_partition_step(spec: StepSpec, phase: int, n: int, mesh, state, *arg
 AUTO_EVAL_BATCH_WITHOUT_MEMORY_STATS = 500
 
 
-def eval_batch_size(num_images: int, image_shape, model: ResNet, device=None) -> int:
+def eval_batch_size(num_images: int, image_shape, model: nn.Module, device=None) -> int:
   """An evaluation batch sized for the device: what `config.eval_batch_size = 0` means.
 
-  An inference pass keeps few activations alive at once; the largest per image is at most
-  H x W x width values (stage 1 at the input's resolution). The batch gives each image eight of
-  those, within an eighth of the device's memory (its `bytes_limit`, fixed per device kind, so
+  An inference pass keeps few activations alive at once; the largest per image is about
+  H x W x C values, C the channels of stage 1's output (its width for a ResNet), at the input's
+  resolution (found by an abstract evaluation). The batch gives each image eight of those, within an eighth of the device's memory (its `bytes_limit`, fixed per device kind, so
   the size and hence the compiled evaluation do not change from run to run); a device that
   reports no limit (a CPU) gets 500. The evaluation set is then cut into equal batches, so that
   padding the last one costs less than one image per batch.
@@ -349,13 +402,15 @@ def eval_batch_size(num_images: int, image_shape, model: ResNet, device=None) ->
   cap = AUTO_EVAL_BATCH_WITHOUT_MEMORY_STATS
   if stats.get("bytes_limit"):
     h, w, c = image_shape
-    per_image = 8 * h * w * max(model.width, c) * np.dtype(model.dtype).itemsize
+    stage1_channels = stage_output_shapes(model, image_shape)[0][-1]
+    per_image = 8 * h * w * max(stage1_channels, c) * np.dtype(model.dtype).itemsize
     cap = max(int(stats["bytes_limit"] / 8 // per_image), 8)
   batches = max(-(-num_images // cap), 1)
   return max(-(-num_images // batches), 1)
 
 
-def resolve_eval_batch_size(batch_size: int, num_images: int, image_shape, model: ResNet) -> int:
+def resolve_eval_batch_size(batch_size: int, num_images: int, image_shape,
+                            model: nn.Module) -> int:
   """`batch_size`, or for 0 (the configs' default) a batch sized for the device
   (`eval_batch_size`): what every evaluation over a split (training's, scripts/evaluate.py's,
   the diagnosis's) takes from `config.eval_batch_size`. Never more than the split: a larger batch
@@ -380,7 +435,7 @@ def padded_batches(images_u8, labels, batch_size: int):
           labels.reshape(nb, batch_size))
 
 
-def make_evaluate(model: ResNet, data_config, mean, std, batch_size: int = 0):
+def make_evaluate(model: nn.Module, data_config, mean, std, batch_size: int = 0):
   """(variables, images_u8, labels) -> (number correct, summed CE) over padded batches.
 
   The evaluation set is padded to whole batches with label -1, which never counts as correct and

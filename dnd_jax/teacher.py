@@ -7,8 +7,8 @@ exists. This module sits below the run: the trainer of a missing teacher is pass
 the run's `train_and_evaluate`). A teacher that a student run trains for itself gets the student's
 data (name, folder, source, checksums, image size, normalisation, the rows held out for validation)
 and every data override of the command line (a share of the data, say), the student's width and stem
-(which stage-for-stage distillation needs), and any `config.teacher.{depth,width,stem}` that is set;
-it trains in its own workdir (the folder that `config.teacher.checkpoint` names as
+(so that a ResNet pair meets stage for stage without adapters), and any `config.teacher.{arch,
+arch_kwargs}` or `{depth,width,stem}` that is set; it trains in its own workdir (the folder that `config.teacher.checkpoint` names as
 `<workdir>/model`), and never writes into a folder that holds another run.
 """
 
@@ -18,40 +18,91 @@ import copy
 import logging
 import os
 
+import flax.linen as nn
 import ml_collections
 
 from dnd_jax import checkpoints, workdir as run_folder
 from dnd_jax.configs import load_config_file
 from dnd_jax.methods import get_method
-from dnd_jax.models import ResNet, build_model, stage_output_shapes
+from dnd_jax.models import build_model, family_kwargs, stage_output_shapes
 
 log = logging.getLogger(__name__)
 
-ARCH_FIELDS = ("depth", "width", "stem")
+ARCH_FIELDS = ("depth", "width", "stem")  # the paper's ResNet's; `arch` names any other network
 
 
 def requested_architecture(config) -> dict:
-  """The teacher fields the config sets explicitly (None = take them from the teacher's record)."""
+  """The teacher's architecture as `config.teacher` sets it explicitly (what it leaves unset is
+  taken from the teacher's record): its `arch` and `arch_kwargs` when `arch` is set, else the
+  ResNet fields that are set."""
   block = config.get("teacher", {})
+  if block.get("arch"):
+    return {"arch": str(block.arch), "arch_kwargs": family_kwargs(block.get("arch_kwargs"))}
   return {k: block.get(k) for k in ARCH_FIELDS if block.get(k) is not None}
 
 
 def architecture_to_build(config) -> ml_collections.ConfigDict:
-  """depth, width and stem of a teacher that is about to be made (trained or imported): the
-  fields `config.teacher` sets, else those a teacher trained for this run gets
-  (`config_for_training`): the student's width and stem, and the depth of the model block of
-  `config.teacher.config`."""
+  """The architecture of a teacher that is about to be made (trained or imported): the fields
+  `config.teacher` sets, else those a teacher trained for this run gets (`config_for_training`):
+  the `arch` of the model block of `config.teacher.config` when it has one, else a ResNet with
+  the student's width and stem and the depth of that model block."""
+  requested = requested_architecture(config)
+  if "arch" in requested:
+    return ml_collections.ConfigDict(requested)
+  own = load_config_file(config.teacher.config).model if config.teacher.get("config") else None
+  if own is not None and own.get("arch"):
+    return ml_collections.ConfigDict({"arch": own.arch,
+                                      "arch_kwargs": family_kwargs(own.get("arch_kwargs"))})
   student = config.get("model") or {}
   arch = {k: student.get(k) for k in ("width", "stem") if student.get(k) is not None}
-  if config.teacher.get("config") and "depth" not in requested_architecture(config):
-    arch["depth"] = load_config_file(config.teacher.config).model.depth
-  arch.update(requested_architecture(config))
+  if own is not None and "depth" not in requested:
+    arch["depth"] = own.depth
+  arch.update(requested)
   missing = [k for k in ARCH_FIELDS if k not in arch]
   if missing:
     raise checkpoints.CheckpointError(
         f"The teacher's {', '.join(missing)} are not known: set config.teacher.config to the "
-        f"teacher's config file, or set {', '.join('config.teacher.' + k for k in missing)}.")
+        f"teacher's config file, or set {', '.join('config.teacher.' + k for k in missing)} (or "
+        "config.teacher.arch).")
   return ml_collections.ConfigDict(arch)
+
+
+def recorded_architecture(config, saved: dict, path: str) -> dict:
+  """The architecture a teacher whose model.json records `saved` is loaded as: `saved`, checked
+  against what `config.teacher` sets (`requested_architecture`; a difference is an error when
+  the model is loaded). A ResNet's fields set in config.teacher do not describe a teacher of
+  another architecture, which is said here rather than as a list of fields it lacks."""
+  requested = requested_architecture(config)
+  if "arch" in requested:
+    return requested
+  if saved.get("arch"):
+    if requested:
+      raise checkpoints.CheckpointError(
+          f"The teacher at {path!r} is {checkpoints.describe(saved)} (its model.json), which "
+          f"config.teacher.{', .'.join(requested)} (the ResNet's fields) do not describe: unset "
+          f"them, or set --config.teacher.arch={saved['arch']}.")
+    return {"arch": saved["arch"], "arch_kwargs": saved.get("arch_kwargs") or {}}
+  arch = {**{k: saved.get(k) for k in ARCH_FIELDS}, **requested}
+  if any(arch[k] is None for k in ARCH_FIELDS):
+    raise checkpoints.CheckpointError(
+        f"{run_folder.model_meta_path(path)} records no architecture ({saved}); re-export the "
+        "teacher, or set config.teacher.depth, .width and .stem (or config.teacher.arch).")
+  return arch
+
+
+def planned_architecture(config) -> dict | None:
+  """The architecture the run's teacher will have, as far as it is known before any work: that
+  of the teacher at `config.teacher.checkpoint` (`recorded_architecture`), or else of the one the
+  run would train (`architecture_to_build`). None when neither can be known yet: the missing or
+  unreadable teacher is reported where it is loaded or trained."""
+  path = config.teacher.checkpoint
+  try:
+    if run_folder.has_model(path):
+      saved = checkpoints.read_model_meta(path).get("architecture", {})
+      return recorded_architecture(config, saved, path)
+    return architecture_to_build(config).to_dict() if config.teacher.get("config") else None
+  except (checkpoints.CheckpointError, FileNotFoundError):
+    return None
 
 
 # What the data is, where and how it is read, the input the networks see, and the rows held out
@@ -66,8 +117,9 @@ DATA_ALWAYS_INHERITED = ("name", "source", "dir", "cache_dir", "mirror", "verify
 def config_for_training(config, overrides=()) -> tuple[ml_collections.ConfigDict, list[str]]:
   """The teacher's own config (`config.teacher.config`), with what the student run imposes on it:
   the data fields of `DATA_ALWAYS_INHERITED`, every `data.*` field among `overrides` (the names
-  the command line set, e.g. "data.fraction"), the student's width and stem (which stage-for-stage
-  methods need) and any `config.teacher.{depth,width,stem}` that is set.
+  the command line set, e.g. "data.fraction"), the student's width and stem (with which a ResNet
+  pair needs no stage adapters) and any `config.teacher.{arch,arch_kwargs}` or
+  `{depth,width,stem}` that is set.
 
   Returns the config and the inherited settings that differ from the teacher config's own, as
   "field=value" strings for the message that says so.
@@ -81,7 +133,10 @@ def config_for_training(config, overrides=()) -> tuple[ml_collections.ConfigDict
   inherited = []
   for name, value in wanted.items():
     block, field = name.split(".")
-    if teacher_config[block].get(field) != value:
+    current = teacher_config[block].get(field)
+    if field == "arch_kwargs":  # a ConfigDict, equal to no dict
+      current = family_kwargs(current)
+    if current != value:
       inherited.append(f"{name}={value!r}")
       with teacher_config.unlocked():
         teacher_config[block][field] = copy.deepcopy(value)
@@ -131,45 +186,49 @@ def provision(config, train_fn, overrides=(), resuming: bool = False) -> str | N
         _missing(config) + f" To train it here, point config.teacher.checkpoint at <a new "
         f"workdir>/{run_folder.MODEL_DIR}.")
   teacher_config, inherited = config_for_training(config, overrides)
-  _check_stages_match(config, teacher_config.model, path)  # before training it, not after
+  problem = stage_count_problem(config.model, teacher_config.model,
+                                f"the teacher to be trained at {path}")
+  if problem:  # before training it, not after (config_check says it first for a command)
+    raise ValueError(problem)
   return train_into(teacher_config, teacher_workdir, train_fn,
                     why=f"Teacher checkpoint {path!r} not found: training the teacher first with "
                         f"{config.teacher.config}", inherited=inherited,
                     config_file=config.teacher.config)
 
 
-def check_stage_shapes(student: ResNet, teacher: ResNet, method, image_shape,
-                       teacher_path: str = "the teacher", to_be_trained: bool = False) -> None:
-  """Every stage boundary that a group of `method` crosses (`Method.stage_boundaries`) must have
-  the same shape in both networks.
+def stage_count_problem(student_block, teacher_block, teacher_where: str) -> str | None:
+  """Why a student and a teacher (config blocks or architecture records) cannot make a pair,
+  or None: DnD pairs stage k of one with stage k of the other, so both need as many stages
+  (their shapes may differ: `dnd_jax.adapters` connects them). `teacher_where` names the
+  teacher in the message ("config.teacher.arch='vgg13'", "the teacher at runs/t/model")."""
+  student_block, teacher_block = (ml_collections.ConfigDict(b) if isinstance(b, dict) else b
+                                  for b in (student_block, teacher_block))
+  student, teacher = build_model(student_block, 10), build_model(teacher_block, 10)
+  if student.num_stages == teacher.num_stages:
+    return None
+  describe = lambda block: checkpoints.describe(checkpoints.architecture(block, 10, (1,)))  # noqa: E731
+  return (f"The student, {describe(student_block)}, has {student.num_stages} stages and "
+          f"{teacher_where}, {describe(teacher_block)}, has {teacher.num_stages}: distillation "
+          f"pairs stage k of one with stage k of the other. Set --config.model.arch to a network "
+          f"of {teacher.num_stages} stages or --config.teacher.arch to one of "
+          f"{student.num_stages} (docs/models.md lists each network's stages).")
 
-  A trained teacher's architecture is its `model.json`'s, so the fix is on the student's side
-  (config.model) or a different teacher; one `to_be_trained` takes config.teacher's fields too."""
+
+def check_same_stage_shapes(student, teacher, image_shape, teacher_path: str) -> None:
+  """Every stage output of the two networks has the same shape, else a ValueError: what splices
+  one network's stages onto the other's without adapters needs (the diagnosis's hybrids; a
+  run's adapters are dropped when its student is exported)."""
   s_shapes = stage_output_shapes(student, image_shape)
   t_shapes = stage_output_shapes(teacher, image_shape)
-  for k in method.stage_boundaries():
-    if s_shapes[k - 1][1:] != t_shapes[k - 1][1:]:
-      if to_be_trained:
-        where = (f"the teacher to be trained at {teacher_path} would have width {teacher.width} "
-                 f"and stem {teacher.stem!r}: set --config.teacher.width={student.width} "
-                 f"--config.teacher.stem={student.stem}, or ")
-      else:
-        where = (f"the teacher at {teacher_path} has width {teacher.width} and stem "
-                 f"{teacher.stem!r} (its model.json): ")
+  if len(s_shapes) != len(t_shapes):
+    raise ValueError(f"The student has {len(s_shapes)} stages and the teacher at {teacher_path} "
+                     f"{len(t_shapes)}: they cannot be spliced stage for stage.")
+  for k, (s, t) in enumerate(zip(s_shapes, t_shapes), start=1):
+    if s[1:] != t[1:]:
       raise ValueError(
-          f"Stage {k} output shapes differ: student {s_shapes[k - 1][1:]} vs teacher "
-          f"{t_shapes[k - 1][1:]} (per example). Method {method.name!r} matches the student to the "
-          f"teacher at this stage, and {where}set --config.model.width={teacher.width} "
-          f"--config.model.stem={teacher.stem}, or use a teacher of width {student.width}.")
-
-
-def _check_stages_match(config, teacher_model_config, path: str) -> None:
-  """The teacher about to be trained must meet the student at every stage boundary the method
-  matches (`check_stage_shapes`), else it would be refused once trained. Whether
-  shapes match depends on widths and stems only, not on the images or classes, so nominal ones
-  stand in for the data (not loaded yet)."""
-  check_stage_shapes(build_model(config.model, 10), build_model(teacher_model_config, 10),
-                     get_method(config.method.name), (32, 32, 3), path, to_be_trained=True)
+          f"Stage {k} output shapes differ: student {s[1:]} vs teacher {t[1:]} (per example), "
+          f"for the teacher at {teacher_path}. Splicing the two networks' stages needs equal "
+          "shapes at every stage (a run's stage adapters are not exported with its student).")
 
 
 def train_into(teacher_config, teacher_workdir: str, train_fn, why: str = "Training the teacher",
@@ -280,11 +339,11 @@ def held_out_warning(config, meta: dict, dataset) -> str | None:
           f"--config.data.subset_seed={ours['subset_seed']} for one that is.")
 
 
-def load(config, dataset, dtype) -> tuple[ResNet, dict, dict]:
+def load(config, dataset, dtype) -> tuple[nn.Module, dict, dict]:
   """The frozen teacher at `config.teacher.checkpoint` for a run on `dataset`: the model built
-  from its `model.json` architecture (checked against any `config.teacher.{depth,width,stem}`
-  that is set, and its inputs against `dataset`'s: `check_inputs`), its variables, and its
-  `model.json`."""
+  from its `model.json` architecture (checked against any `config.teacher.{arch,arch_kwargs}` or
+  `{depth,width,stem}` that is set, and its inputs against `dataset`'s: `check_inputs`), its
+  variables, and its `model.json`."""
   num_classes, image_shape = dataset.num_classes, dataset.image_shape
   path = config.teacher.checkpoint
   if not run_folder.has_model(path):
@@ -294,11 +353,6 @@ def load(config, dataset, dtype) -> tuple[ResNet, dict, dict]:
     raise checkpoints.CheckpointError(_missing(config) + hint)
   saved_meta = checkpoints.read_model_meta(path)
   check_inputs(config, saved_meta, dataset)
-  saved = saved_meta.get("architecture", {})
-  arch = {**{k: saved.get(k) for k in ARCH_FIELDS}, **requested_architecture(config)}
-  if any(arch[k] is None for k in ARCH_FIELDS):
-    raise checkpoints.CheckpointError(
-        f"{run_folder.model_meta_path(path)} records no architecture ({saved}); re-export the "
-        "teacher, or set config.teacher.depth, .width and .stem.")
+  arch = recorded_architecture(config, saved_meta.get("architecture", {}), path)
   expected = checkpoints.architecture(ml_collections.ConfigDict(arch), num_classes, image_shape)
   return checkpoints.load_model_as(path, expected, image_shape, dtype)

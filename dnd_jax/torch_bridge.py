@@ -47,7 +47,7 @@ import numpy as np
 
 from dnd_jax import checkpoints, workdir as run_folder
 from dnd_jax.data import sources
-from dnd_jax.models import BATCH_COUNTER, NUM_STAGES, STAGE_SIZES, STEMS
+from dnd_jax.models import BATCH_COUNTER, STAGE_SIZES, STEMS, ResNet
 from dnd_jax.teacher import architecture_to_build
 
 STEM_KERNEL = {"cifar": 3, "imagenet": 7}
@@ -111,10 +111,10 @@ def layout(depth: int, stem: str, width: int, num_classes: int, in_channels: int
         entries += _conv_entries(f"{t}.downsample.0", (*f, "downsample_conv"), planes, inplanes, 1)
         entries += _bn_entries(f"{t}.downsample.1", (*f, "downsample_bn"), planes)
       inplanes = planes
-  entries.append(Entry("fc.weight", "params", (f"stage{NUM_STAGES}", "fc", "kernel"),
-                       (num_classes, inplanes), "linear_weight"))
-  entries.append(Entry("fc.bias", "params", (f"stage{NUM_STAGES}", "fc", "bias"), (num_classes,),
-                       "vector"))
+  head = f"stage{ResNet.num_stages}"
+  entries.append(Entry("fc.weight", "params", (head, "fc", "kernel"), (num_classes, inplanes),
+                       "linear_weight"))
+  entries.append(Entry("fc.bias", "params", (head, "fc", "bias"), (num_classes,), "vector"))
   return entries
 
 
@@ -331,13 +331,13 @@ def variables_architecture(variables: Mapping) -> dict:
   params = variables.get("params")
   try:
     stem_kernel = params["stage1"]["stem_conv"]["kernel"]
-    fc_kernel = params[f"stage{NUM_STAGES}"]["fc"]["kernel"]
+    fc_kernel = params[f"stage{ResNet.num_stages}"]["fc"]["kernel"]
   except (KeyError, TypeError) as e:
     raise TorchBridgeError(
         f"These are not dnd_jax ResNet variables (no params/stage1/stem_conv/kernel or "
-        f"params/stage{NUM_STAGES}/fc/kernel: {e!r}).") from e
+        f"params/stage{ResNet.num_stages}/fc/kernel: {e!r}).") from e
   counts = tuple(sum(1 for name in params.get(f"stage{k}", {}) if name.startswith("block"))
-                 for k in range(1, NUM_STAGES))
+                 for k in range(1, ResNet.num_stages))
   depth = next((d for d, sizes in STAGE_SIZES.items() if counts == sizes), None)
   if depth is None:
     raise TorchBridgeError(f"The variables have {counts} blocks in stages 1-4, which is neither "
@@ -596,10 +596,13 @@ def import_teacher(checkpoint: str, config, output: str | None = None,
   num_classes, channels = dataset_facts(config.data)
   state_dict = load_torch_checkpoint(checkpoint)
   wanted = architecture_to_build(config)
-  variables = torch_state_dict_to_variables(
-      state_dict, int(wanted.depth), str(wanted.stem),
-      width=int(wanted.width), num_classes=num_classes, in_channels=channels)
   arch = checkpoints.architecture(wanted, num_classes, (channels,))
+  if arch.get("arch"):  # a network of models.ARCHS, in its published definition's layout
+    variables = model_state_dict_to_variables(checkpoints.network(arch), state_dict, channels)
+  else:
+    variables = torch_state_dict_to_variables(
+        state_dict, int(wanted.depth), str(wanted.stem),
+        width=int(wanted.width), num_classes=num_classes, in_channels=channels)
   checkpoints.save_model(path, variables, arch, {
       "source": "pytorch", "torch_checkpoint": os.path.abspath(checkpoint),
       "dataset": config.data.get("name")})
@@ -611,11 +614,15 @@ def load_exported_variables(workdir: str, best: bool = False) -> tuple[dict, dic
   with their architecture."""
   import jax  # noqa: PLC0415
 
+  path = run_folder.model_dir(workdir)
   if best:
     variables, meta, step = checkpoints.read_best_model(workdir)
     variables = jax.device_get(variables)
-    return variables, {**variables_architecture(variables), "step": step, **meta}
-  path = run_folder.model_dir(workdir)
+    # a network of models.ARCHS is told by the run's exported model (its variables do not say)
+    final = checkpoints.read_model_meta(path) if run_folder.has_model(path) else {}
+    arch = final.get("architecture") or {}
+    return variables, {**(arch if arch.get("arch") else variables_architecture(variables)),
+                       "step": step, **meta}
   meta = checkpoints.read_model_meta(path)
   arch = meta.get("architecture", {})
   # the variables' shapes do not depend on the image size (the head follows a global pool)
@@ -628,7 +635,10 @@ def export_student(workdir: str, output: str | None = None, best: bool = False) 
   import torch  # noqa: PLC0415
 
   variables, info = load_exported_variables(workdir, best)
-  state_dict = variables_to_torch_state_dict(variables)
+  if info.get("arch"):  # in the layout of the network's published PyTorch definition
+    state_dict = model_variables_to_state_dict(checkpoints.network(info), variables)
+  else:
+    state_dict = variables_to_torch_state_dict(variables)
   path = output or run_folder.torch_student_path(workdir, best)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   # through a Python file: an unwritable place is then an OSError (a command's one `error:` line),

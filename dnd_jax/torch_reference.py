@@ -79,6 +79,8 @@ class ResNet(nn.Module):
   """torchvision's ResNet (BasicBlock only) plus width, input channels, the CIFAR stem, and
   `stages` for stage-wise distillation. Parameter names and initialisation are torchvision's."""
 
+  num_stages = NUM_STAGES  # the stage interface's count, as dnd_jax's networks have it
+
   def __init__(self, layers: Sequence[int], num_classes: int = 1000, *, width: int = 64,
                in_channels: int = 3, cifar_stem: bool = False):
     super().__init__()
@@ -250,11 +252,13 @@ def optim_kwargs(optim_config: Mapping[str, Any]) -> dict:
 # --- training steps -----------------------------------------------------------------------------
 
 
-def method_partitions(method: str) -> list[tuple[float, tuple[tuple[int, int], ...]]]:
-  """(start fraction, partition) of each phase: the same data as dnd_jax.methods."""
+def method_partitions(method: str, num_stages: int = NUM_STAGES,
+                      ) -> list[tuple[float, tuple[tuple[int, int], ...]]]:
+  """(start fraction, partition) of each phase for networks of `num_stages` stages: the same data
+  as dnd_jax.methods."""
   from dnd_jax.methods import get_method  # noqa: PLC0415 (no JAX code at the reference's top)
 
-  return list(get_method(method).phases)
+  return list(get_method(method).for_stages(num_stages).phases)
 
 
 class TorchStep:
@@ -286,7 +290,7 @@ class TorchStep:
     self.method, self.student, self.teacher = method, student, teacher
     self.batch_size = int(batch_size)
     self.total_steps = int(total_steps)
-    self.phases = method_partitions(method)
+    self.phases = method_partitions(method, student.num_stages)
     self.phase = phase
     self.groups = tuple(tuple(g) for g in groups) if groups is not None else None
     self.cfg = {**METHOD_DEFAULTS, **{k: method_config[k] for k in METHOD_DEFAULTS
@@ -342,7 +346,7 @@ class TorchStep:
           inputs = images if first == 1 else teacher_feats[first - 2].detach()
           out = student.stages(inputs, first, last)[-1]
           total = total + dnd_group_loss(out, teacher_feats[last - 1], labels,
-                                         last == NUM_STAGES, cfg)
+                                         last == student.num_stages, cfg)
         return total
 
     if self.compile:

@@ -20,7 +20,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from dnd_jax import checkpoints, config_check, freeze, loop, parallel, profiling, runtime, steps
+from dnd_jax import adapters, checkpoints, config_check, freeze, loop, parallel, profiling, runtime
+from dnd_jax import steps
 from dnd_jax import tb, teacher as teacher_lib, workdir as run_folder
 from dnd_jax.data import load_dataset
 from dnd_jax.runtime import is_primary
@@ -237,11 +238,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   clock = TimeSplit()
   runtime.enable_compilation_cache()
 
-  method = get_method(config.method.name)  # its config checked by check_before_start
   dtype = resolve_dtype(config.model.dtype)
   dataset = load_dataset(config.data)
   image_shape = dataset.image_shape
   model = build_model(config.model, dataset.num_classes, dtype)
+  # its config checked by check_before_start; its partitions for the networks' stage count
+  method = get_method(config.method.name).for_stages(model.num_stages)
 
   mesh = parallel.make_mesh()  # the batch divides over it (check_before_start)
   repl = parallel.replicated(mesh)
@@ -257,9 +259,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tx = freeze.mask_optimizer(make_optimizer(config.optim, total_steps, phase_steps), method)
 
   teacher, teacher_vars, teacher_meta = None, None, {}
+  stage_adapters = adapters.NONE
   if method.needs_teacher:
     teacher, teacher_vars, teacher_meta = teacher_lib.load(config, dataset, dtype)
-    teacher_lib.check_stage_shapes(model, teacher, method, image_shape, config.teacher.checkpoint)
+    # where the two networks' stage shapes differ (none for a pair of equal shapes)
+    stage_adapters = adapters.for_pair(model, teacher, method, image_shape)
 
   root_key = jax.random.key(config.seed)
   variables = init_variables(model, jax.random.fold_in(root_key, 0), image_shape)
@@ -267,6 +271,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     variables, start_meta = freeze.start_from_trained(method, config.method, config.model,
                                                       variables, dataset.num_classes, image_shape)
     teacher_lib.check_inputs(config, start_meta, dataset, field="method.init_from")
+  # trained, checkpointed and resumed with the student, never exported (dnd_jax.adapters)
+  variables = adapters.attach(variables, stage_adapters.init(jax.random.fold_in(root_key, 3)))
   state = steps.create_train_state(variables, tx, config.seed)
   fresh_opt_state = state.opt_state
 
@@ -330,7 +336,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       compiler_options=runtime.compiler_options(config.get("compiler_options")))
   spec = steps.StepSpec(model=model, teacher=teacher, method=method, method_config=config.method,
                         data_config=config.data, tx=tx, mean=dataset.mean, std=dataset.std,
-                        batch_size=config.batch_size, steps_per_epoch=steps_per_epoch)
+                        batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
+                        adapters=stage_adapters)
   state, history = loop.run_epochs(
       settings, spec, workdir=workdir, mesh=mesh, state=state, meta=meta, history=history,
       train_images=train_images, train_labels=train_labels, n_train=n_train,

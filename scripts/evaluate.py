@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dnd_jax import cli  # noqa: E402
+from dnd_jax import checkpoints, cli  # noqa: E402
 from dnd_jax.evaluate import evaluate_model, plot_confusion  # noqa: E402
 from dnd_jax.runtime import setup_runtime  # noqa: E402
 
@@ -43,7 +43,7 @@ def main(argv):
   setup_runtime()
   result = evaluate_model(FLAGS.model, FLAGS.config, FLAGS.split)
   arch = result["architecture"]
-  print(f"ResNet{arch['depth']} (width {arch['width']}) on {result['dataset']} {result['split']} "
+  print(f"{checkpoints.describe(arch)} on {result['dataset']} {result['split']} "
         f"({result['images']} images): accuracy {100 * result['accuracy']:.2f}%, "
         f"{result['images_per_s']:.0f} images/s on {result['device']}")
   if result["trained_on_other_inputs"]:

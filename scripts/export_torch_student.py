@@ -1,4 +1,5 @@
-"""Export a trained dnd_jax network as a PyTorch state_dict in torchvision's layout.
+"""Export a trained dnd_jax network as a PyTorch state_dict in torchvision's layout (a network of
+`config.model.arch`: in its published definition's layout).
 
   python scripts/export_torch_student.py --workdir runs/pdnd_cifar [--output student.pt] [--best]
 
@@ -15,7 +16,7 @@ from absl import flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dnd_jax import cli  # noqa: E402
+from dnd_jax import checkpoints, cli  # noqa: E402
 from dnd_jax.torch_bridge import export_student  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -29,6 +30,11 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   path, info = export_student(FLAGS.workdir, FLAGS.output, FLAGS.best)
+  if info.get("arch"):  # a network of models.ARCHS: its published PyTorch definition's layout
+    print(f"Wrote {path}: {checkpoints.describe(info)}, {info['num_classes']} classes, "
+          f"{info['in_channels']} input channels, in the state_dict layout of its RepDistiller / "
+          "mdistiller definition (docs/models.md), which loads it with strict=True.")
+    return
   depth, nc, width = info["depth"], info["num_classes"], info["width"]
   print(f"Wrote {path}: ResNet{depth}, {info['stem']} stem, width {width}, {nc} classes, "
         f"{info['in_channels']} input channels.")

@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dnd_jax import cli  # noqa: E402
+from dnd_jax import checkpoints, cli  # noqa: E402
 from dnd_jax.torch_bridge import import_teacher  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -39,9 +39,8 @@ def main(argv):
   config = FLAGS.config
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   path, arch = import_teacher(FLAGS.checkpoint, config, FLAGS.output, FLAGS.overwrite)
-  print(f"Imported {FLAGS.checkpoint} as ResNet{arch['depth']} ({arch['stem']} stem, width "
-        f"{arch['width']}, {arch['num_classes']} classes, {arch['in_channels']} channels) into "
-        f"{path}")
+  print(f"Imported {FLAGS.checkpoint} as {checkpoints.describe(arch)} ({arch['num_classes']} "
+        f"classes, {arch['in_channels']} channels) into {path}")
   if os.path.abspath(path) != os.path.abspath(config.teacher.checkpoint):
     print(f"Train with --config.teacher.checkpoint={path} so the config loads this teacher.")
   print("The training run logs the teacher's test accuracy first: check that it matches the "

@@ -51,6 +51,23 @@ def test_attention_map_by_hand():
   assert float(losses.attention_transfer(f, g)) == pytest.approx(np.mean(d ** 2), rel=1e-6)
 
 
+def test_attention_maps_of_other_sizes_are_compared_at_the_students():
+  """A teacher of another architecture: its map (any channels) is taken at the student's size;
+  shrunk 2x, each student pixel gets the mean of its 2x2 teacher block."""
+  rng = np.random.default_rng(0)
+  teacher = jnp.asarray(rng.normal(size=(2, 4, 4, 5)), jnp.float32)
+  student = jnp.asarray(rng.normal(size=(2, 2, 2, 3)), jnp.float32)
+  t_map = np.mean(np.asarray(teacher) ** 2, axis=-1).reshape(2, 2, 2, 2, 2).mean(axis=(2, 4))
+  t_map = t_map.reshape(2, -1) / np.linalg.norm(t_map.reshape(2, -1), axis=-1, keepdims=True)
+  np.testing.assert_allclose(losses.attention_map(teacher, (2, 2)), t_map, rtol=1e-5)
+  d = np.asarray(losses.attention_map(student)) - t_map
+  assert float(losses.attention_transfer(student, teacher)) == pytest.approx(np.mean(d ** 2),
+                                                                             rel=1e-5)
+  # the other way, a teacher map smaller than the student's is enlarged to it
+  assert losses.attention_map(student, (4, 4)).shape == (2, 16)
+  assert np.isfinite(float(losses.attention_transfer(teacher, student)))
+
+
 def test_jacobian_matching_by_hand_and_scale_invariance():
   sg = jnp.array([[3.0, 4.0]])
   tg = jnp.array([[0.0, 2.0]])
@@ -126,6 +143,6 @@ def test_kd_with_alpha_zero_is_cross_entropy():
   rng = np.random.default_rng(1)
   s, t = jnp.asarray(rng.normal(size=(2, 6, 10)), jnp.float32)
   labels = jnp.arange(6) % 10
-  g = GroupOutputs(1, 5, (s,), (None, None, None, None, t), labels, None)
+  g = GroupOutputs(1, 5, 5, (s,), (None, None, None, None, t), labels, None)
   loss, _ = kd_loss(g, cfg)
   assert float(loss) == pytest.approx(float(losses.cross_entropy(s, labels)), rel=1e-6)

@@ -12,9 +12,11 @@ from dnd_jax import steps
 from dnd_jax.losses import mse as losses_mse
 from dnd_jax.data import augment
 from dnd_jax.configs import base_config
-from dnd_jax.methods import DND_GROUPS, METHODS, get_method
+from dnd_jax.methods import METHODS, get_method
 from dnd_jax.models import ResNet, init_variables
 from dnd_jax.optim import make_optimizer
+
+DND_GROUPS = get_method("dnd").partition(0)  # {1}..{5}: the paper's ResNets
 
 IMAGE = (8, 8, 1)
 
@@ -85,10 +87,14 @@ def test_the_registry_takes_only_partitions_that_tile_the_five_stages():
   from dnd_jax.methods import Method, ce_loss, register  # noqa: PLC0415
   for groups in [((1, 2), (4, 5)), ((1, 3), (3, 5)), ((1, 4),), ((2, 5),)]:
     with pytest.raises(ValueError, match="do not tile stages 1..5"):
-      register(Method("gappy", ((0.0, groups),), ce_loss))
+      register(Method("gappy", lambda n, groups=groups: ((0.0, groups),), ce_loss))
   assert "gappy" not in METHODS
   with pytest.raises(ValueError, match="Unknown method 'fitnet'"):
     get_method("fitnet")
+  # a partition written for five stages is refused for a network of four
+  fixed = Method("fixed", lambda n: ((0.0, ((1, 2), (3, 5))),), ce_loss)
+  with pytest.raises(ValueError, match="do not tile stages 1..4"):
+    fixed.for_stages(4)
 
 
 def test_progressive_dnd_switches_exactly_at_the_thirds():
@@ -99,6 +105,23 @@ def test_progressive_dnd_switches_exactly_at_the_thirds():
   assert pdnd.partition(1) == ((1, 2), (3, 4), (5, 5))
   assert pdnd.partition(2) == ((1, 4), (5, 5))
   assert get_method("pdnd").phase_starts(300) == [0, 100, 200]
+
+
+def test_partitions_are_functions_of_the_stage_count():
+  """The paper's five stages as registered; four (CIFAR ResNets, WRN, ShuffleNets) once resolved:
+  DnD a group per stage, the single-group methods one group, Progressive DnD merging the body
+  stages in pairs while the head stays alone, at equal fractions of training."""
+  assert get_method("pdnd").phases == get_method("pdnd").for_stages(5).phases == (
+      (0.0, ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5))), (1 / 3, ((1, 2), (3, 4), (5, 5))),
+      (2 / 3, ((1, 4), (5, 5))))
+  assert get_method("pdnd").for_stages(4).phases == (
+      (0.0, ((1, 1), (2, 2), (3, 3), (4, 4))), (1 / 3, ((1, 2), (3, 3), (4, 4))),
+      (2 / 3, ((1, 3), (4, 4))))
+  assert get_method("dnd").for_stages(4).phases == ((0.0, ((1, 1), (2, 2), (3, 3), (4, 4))),)
+  for name in ("teacher", "kd", "at", "jacobian"):
+    assert get_method(name).phases == ((0.0, ((1, 5),)),)
+    assert get_method(name).for_stages(4).phases == ((0.0, ((1, 4),)),)
+  assert get_method("pdnd").for_stages(4).phase_starts(300) == [0, 100, 200]
 
 
 def _train_step(setup, groups, name, tx, steps_per_epoch=4):
@@ -217,7 +240,7 @@ def dummy_method():
     return ce, {"ce": losses.cross_entropy(g.student_out, g.labels)}
 
   method = methods.register(methods.Method(
-      "smoothed", ((0.0, methods.ALL_STAGES),), smoothed_ce, label="Label smoothing",
+      "smoothed", methods.one_group, smoothed_ce, label="Label smoothing",
       config={"smoothing": 0.1}, needs_teacher=False, base_lr=0.02))
   yield method
   del methods.METHODS["smoothed"]
@@ -247,3 +270,104 @@ def test_a_config_without_the_methods_fields_is_a_clear_error():
   jac.memory_lean = True
   with pytest.raises(ValueError, match="memory_lean=False"):
     get_method("jacobian").check_config(jac)
+
+
+# --- a pair whose stage shapes differ: the stage adapters belong to their groups ----------------
+
+
+@pytest.fixture(scope="module")
+def pair_setup():
+  """tests/test_pairs.py's cross-family pair (a small CIFAR ResNet teaching a small ShuffleNetV2,
+  four stages, other shapes at every boundary), with its stage adapters."""
+  from test_pairs import STUDENT, TEACHER  # noqa: PLC0415
+  from dnd_jax import adapters, models  # noqa: PLC0415
+  student = models.build_arch(STUDENT["arch"], 10, **STUDENT["arch_kwargs"])
+  teacher = models.build_arch(TEACHER["arch"], 10, **TEACHER["arch_kwargs"])
+  pair = adapters.for_pair(student, teacher, get_method("dnd").for_stages(4), IMAGE)
+  variables = adapters.attach(init_variables(student, jax.random.key(0), IMAGE),
+                              pair.init(jax.random.key(4)))
+  t_vars = init_variables(teacher, jax.random.key(1), IMAGE)
+  images = jax.random.normal(jax.random.key(2), (6, *IMAGE))
+  feats = teacher.apply(t_vars, images, method="stages")
+  return student, pair, variables, images, jnp.arange(6) % 10, feats
+
+
+def _pair_grads(pair_setup, groups, params=None):
+  student, pair, variables, images, labels, feats = pair_setup
+  key = ("pair", groups)
+  if key not in _GRAD_FNS:
+    fn = functools.partial(steps.group_losses, model=student, groups=groups,
+                           method=get_method("dnd").for_stages(4),
+                           method_config=base_config("fashion_mnist", "dnd").method,
+                           labels=labels, teacher_logits_fn=None, adapters=pair)
+    _GRAD_FNS[key] = jax.jit(jax.grad(
+        lambda p, stats, x, f: fn(p, stats, images=x, teacher_feats=f)[0]))
+  return _GRAD_FNS[key](variables["params"] if params is None else params,
+                        variables["batch_stats"], images, feats)
+
+
+def _owned(group):
+  """The entries of a group's parameters: its stages and the adapter at its input."""
+  first, last = group
+  return [("stage%d" % k,) for k in range(first, last + 1)] + [("adapters", f"in{first}")]
+
+
+def _entry(tree, path):
+  for key in path:
+    if key not in tree:
+      return None
+    tree = tree[key]
+  return tree
+
+
+def _norm(tree) -> float:
+  return sum(float(jnp.sum(jnp.abs(x))) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("groups", [((1, 1), (2, 2), (3, 3), (4, 4)), ((1, 2), (3, 3), (4, 4))])
+def test_with_stage_adapters_each_groups_loss_reaches_only_its_own_parameters(pair_setup, groups):
+  """Each group's gradient, its input adapter's included, is its own loss's and no other's: taken
+  alone, a group's loss has no gradient outside its stages and its adapter (not even at the next
+  group's adapter, which gives it its target with the gradient stopped), and the partition's
+  gradient of its parameters is that loss's."""
+  total = _pair_grads(pair_setup, groups)
+  everything = [(f"stage{k}",) for k in range(1, 5)] + [("adapters", f"in{k}") for k in (2, 3, 4)]
+  for group in groups:
+    alone = _pair_grads(pair_setup, (group,))
+    for path in everything:
+      g = _entry(alone, path)
+      if path in _owned(group):
+        assert g is not None and _norm(g) > 0, f"{path} got no gradient from group {group}"
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                     _entry(total, path), g)
+      else:
+        assert g is None or _norm(g) == 0, f"group {group}'s loss reached {path}"
+
+
+def test_with_stage_adapters_a_group_reaches_the_group_before_only_through_its_target(pair_setup):
+  """Perturbing one group's parameters (its stages and adapter) changes no other group's
+  gradient, except the gradient of the group just before it: the adapter at a boundary gives
+  that group its target (its value, not a gradient)."""
+  groups = ((1, 1), (2, 2), (3, 3), (4, 4))
+  base = _pair_grads(pair_setup, groups)
+  for group in groups:
+    params = pair_setup[2]["params"]
+    for path in _owned(group):
+      if _entry(params, path) is None:
+        continue
+      if len(path) == 1:
+        params = _perturb(params, path[0])
+      else:
+        params = {**params, "adapters": _perturb(params["adapters"], path[1])}
+    changed = _pair_grads(pair_setup, groups, params)
+    for other in groups:
+      same = all(all(jax.tree.leaves(jax.tree.map(
+          lambda a, b: bool(jnp.allclose(a, b, rtol=1e-6, atol=0)),
+          _entry(base, path), _entry(changed, path)))) for path in _owned(other)
+          if _entry(base, path) is not None)
+      if other == group:
+        assert not same, f"perturbing group {group} did not change its own gradient"
+      elif other[1] + 1 == group[0]:
+        assert not same, f"group {other}'s target did not follow group {group}'s adapter"
+      else:
+        assert same, f"group {other}'s gradient changed when group {group} was perturbed"

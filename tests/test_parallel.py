@@ -1,4 +1,4 @@
-"""Data parallelism: one step on 4 devices equals the same step on 1 device.
+"""Data parallelism: one step on 4 devices equals the same step on 1 device (stage adapters too).
 
 JAX fixes its device count when it starts, so the 4-device half runs in a subprocess started
 with `--xla_force_host_platform_device_count=4` (this file, run as a script); it prints its
@@ -36,11 +36,12 @@ def _max_diffs(a, b) -> dict:
 def _worker() -> dict:
   """Runs under 4 forced CPU devices: one DnD and one KD step on 1 and on 4 devices."""
 
-  from dnd_jax import steps  # noqa: PLC0415
+  from dnd_jax import adapters, steps  # noqa: PLC0415
   from dnd_jax.configs import base_config  # noqa: PLC0415
   from dnd_jax.methods import get_method  # noqa: PLC0415
-  from dnd_jax.models import ResNet, init_variables  # noqa: PLC0415
+  from dnd_jax.models import ResNet, build_arch, init_variables  # noqa: PLC0415
   from dnd_jax.optim import make_optimizer  # noqa: PLC0415
+  from test_pairs import STUDENT, TEACHER  # noqa: PLC0415
 
   assert jax.device_count() == DEVICES, jax.devices()
   report = {}
@@ -51,17 +52,31 @@ def _worker() -> dict:
   labels = np.arange(N_TRAIN, dtype=np.int32) % 10
   perm = np.asarray(jax.random.permutation(jax.random.key(3), N_TRAIN), np.int32)
 
-  for name in ("dnd", "kd"):
-    config = base_config("cifar100", name)
-    tx = make_optimizer(config.optim, total_steps=6, phase_steps=6)
-    method = get_method(name)
+  # the cross-family pair of tests/test_pairs.py, with its stage adapters in the state
+  pair_student = build_arch(STUDENT["arch"], 10, **STUDENT["arch_kwargs"])
+  pair_teacher = build_arch(TEACHER["arch"], 10, **TEACHER["arch_kwargs"])
+  pair = adapters.for_pair(pair_student, pair_teacher, get_method("dnd").for_stages(4), IMAGE)
+  pair_vars = jax.device_get(adapters.attach(
+      jax.jit(lambda key: init_variables(pair_student, key, IMAGE))(jax.random.key(0)),
+      pair.init(jax.random.key(4))))
+  pair_t_vars = jax.device_get(
+      jax.jit(lambda key: init_variables(pair_teacher, key, IMAGE))(jax.random.key(1)))
+  cases = {"dnd": (model, model, s_vars, t_vars, adapters.NONE),
+           "kd": (model, model, s_vars, t_vars, adapters.NONE),
+           "pair": (pair_student, pair_teacher, pair_vars, pair_t_vars, pair)}
 
-    def build(batch_sharding, batch_size=BATCH, method=method, config=config, tx=tx):
+  for name, (student, teacher, s_vars, t_vars, stage_adapters) in cases.items():
+    config = base_config("cifar100", "dnd" if name == "pair" else name)
+    tx = make_optimizer(config.optim, total_steps=6, phase_steps=6)
+    method = get_method(config.method.name).for_stages(student.num_stages)
+
+    def build(batch_sharding, batch_size=BATCH, method=method, config=config, tx=tx,
+              student=student, teacher=teacher, stage_adapters=stage_adapters):
       return steps.make_train_step(
-          model=model, teacher=model, method=method, groups=method.partition(0),
+          model=student, teacher=teacher, method=method, groups=method.partition(0),
           method_config=config.method, data_config=config.data, tx=tx, mean=(0.5,) * 3,
           std=(0.25,) * 3, batch_size=batch_size, steps_per_epoch=2,
-          batch_sharding=batch_sharding)
+          batch_sharding=batch_sharding, adapters=stage_adapters)
 
     state = steps.create_train_state(s_vars, tx)
     one = jax.device_get(jax.jit(build(None))(state, images, labels, perm, t_vars))
@@ -69,7 +84,7 @@ def _worker() -> dict:
     mesh = parallel.make_mesh(DEVICES)
     repl = parallel.replicated(mesh)
     put = lambda x: jax.device_put(x, repl)  # noqa: E731
-    shard_data = name == "dnd"
+    shard_data = name != "kd"
     data_images = parallel.put_dataset(images, mesh, shard=shard_data)
     data_labels = parallel.put_dataset(labels, mesh, shard=shard_data)
     args = (put(state), data_images, data_labels, put(perm), put(t_vars))
@@ -103,6 +118,7 @@ def report():
              XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
                         f" --xla_force_host_platform_device_count={DEVICES}").strip(),
              PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
+                                         os.path.dirname(__file__),
                                          os.environ.get("PYTHONPATH", "")]))
   proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
                         timeout=600)
@@ -110,8 +126,9 @@ def report():
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("method", ["dnd", "kd"])
+@pytest.mark.parametrize("method", ["dnd", "kd", "pair"])
 def test_step_on_4_devices_equals_step_on_1_device(report, method):
+  """`pair`: DnD with tests/test_pairs.py's cross-family pair and its stage adapters."""
   r = report[method]
   assert r["all_reduce"], "the 4-device step has no all-reduce: it did not run split"
   assert r["moved"] > 1e-4  # the step changed the parameters, so equality means something

@@ -12,9 +12,11 @@ import pytest
 
 from dnd_jax import steps
 from dnd_jax.configs import base_config
-from dnd_jax.methods import DND_GROUPS, get_method
+from dnd_jax.methods import get_method
 from dnd_jax.models import ResNet, init_variables, stage_output_shapes
 from dnd_jax.optim import make_optimizer
+
+DND_GROUPS = get_method("dnd").partition(0)  # {1}..{5}: the paper's ResNets
 
 IMAGE = (8, 8, 3)
 BATCH = 8

@@ -47,8 +47,16 @@ def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
       {"xla_gpu_enable_command_buffer": runtime.GPU_COMMAND_BUFFER})
   c.data = default_data_config(dataset)
 
-  # The network being trained: the student, or the teacher itself for method "teacher".
+  # The network being trained: the student, or the teacher itself for method "teacher". `arch`
+  # names a network of dnd_jax.models.ARCHS (docs/models.md: "resnet32x4", "shufflev2", ...),
+  # with `arch_kwargs` its family's keyword arguments (e.g. {'widths': (4, 4, 8, 16)} for a small
+  # CIFAR ResNet; empty: the published network); left empty, the network is the paper's ResNet
+  # of `depth`, `width` and `stem`, which an `arch` ignores. A teacher and a student of any
+  # architectures with the same number of stages make a pair; where their stage shapes differ,
+  # stage adapters connect them (dnd_jax.adapters).
   c.model = ml_collections.ConfigDict()
+  c.model.arch = ""
+  c.model.arch_kwargs = ml_collections.ConfigDict()
   c.model.depth = m.student_depth
   c.model.width = 64
   c.model.stem = STEM[dataset]
@@ -59,9 +67,12 @@ def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
 
   # The frozen teacher: where its exported model lives, and the config that trains it when it
   # is missing (a path to a config file, optionally "file.py:arg"); "" means never train it here.
-  # Its depth, width and stem come from its model.json; set them to check that, or to shape a
-  # teacher that a run trains (or imports) for itself (see dnd_jax.teacher).
+  # Its architecture comes from its model.json; set `arch` (with `arch_kwargs`, as model's) or the
+  # ResNet's depth, width and stem to check that, or to shape a teacher that a run trains (or
+  # imports) for itself (see dnd_jax.teacher).
   c.teacher = ml_collections.ConfigDict()
+  c.teacher.arch = ml_collections.FieldReference(None, field_type=str)
+  c.teacher.arch_kwargs = ml_collections.ConfigDict()
   c.teacher.depth = ml_collections.FieldReference(None, field_type=int)
   c.teacher.width = ml_collections.FieldReference(None, field_type=int)
   c.teacher.stem = ml_collections.FieldReference(None, field_type=str)

@@ -49,7 +49,7 @@ __all__ = [
     "BATCH_COUNTER", "BatchNorm", "conv_init", "dense_init", "torch_linear_bias_init",
     "with_batch_counters", "without_batch_counters", "NUM_STAGES", "STAGE_SIZES", "STEMS",
     "BasicBlock", "Head", "ResidualStage", "ResNet", "DTYPES", "resolve_dtype", "build_model",
-    "init_variables", "stage_output_shapes", "ARCHS", "build_arch",
+    "init_variables", "stage_output_shapes", "ARCHS", "build_arch", "family_kwargs",
 ]
 
 # config.model.dtype: the compute dtype (parameters, BatchNorm statistics and losses stay float32)
@@ -62,11 +62,31 @@ def resolve_dtype(name: str):
   return DTYPES[name]
 
 
-def build_model(model_config, num_classes: int, dtype: Any = jnp.float32) -> ResNet:
-  """A ResNet from a config block with `depth`, `width`, `stem` and optionally `remat`."""
+def build_model(model_config, num_classes: int, dtype: Any = jnp.float32) -> nn.Module:
+  """The network of a config block (`config.model`, `config.teacher` or a model.json's
+  architecture record): `arch`, a name in `ARCHS`, built with the family keyword arguments in
+  `arch_kwargs` (JSON lists read back as tuples); or, with `arch` unset or empty, a ResNet from
+  `depth`, `width` and `stem`. `remat` (ResNet only) reaches either."""
+  arch = model_config.get("arch") or ""
+  if arch:
+    kwargs = family_kwargs(model_config.get("arch_kwargs"))
+    if model_config.get("remat", False):
+      kwargs["remat"] = True
+    return build_arch(arch, num_classes, dtype, **kwargs)
   return ResNet(depth=int(model_config.depth), num_classes=int(num_classes),
                 width=int(model_config.width), stem=str(model_config.stem), dtype=dtype,
                 remat=bool(model_config.get("remat", False)))
+
+
+def family_kwargs(kwargs) -> dict:
+  """A config's or a model.json's `arch_kwargs` (a dict, a ConfigDict or None) as keyword
+  arguments of a family: lists (JSON's tuples) become tuples, as the modules' fields are."""
+  if kwargs is None:
+    return {}
+  if hasattr(kwargs, "to_dict"):
+    kwargs = kwargs.to_dict()
+  as_tuple = lambda v: tuple(map(as_tuple, v)) if isinstance(v, (list, tuple)) else v  # noqa: E731
+  return {str(k): as_tuple(v) for k, v in kwargs.items()}
 
 
 def init_variables(model, key: jax.Array, image_shape: Sequence[int]) -> dict:
