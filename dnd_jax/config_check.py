@@ -210,8 +210,11 @@ def _network(block_name: str, block, problems: list[str]):
   reason in `problems`: an unknown name, family keyword arguments it does not take, `remat` of a
   family without it. Only the module is made (no JAX computation), so this runs before JAX."""
   arch = block.get("arch") or ""
-  if not arch:
-    return build_model(block, 10) if block.get("depth") in STAGE_SIZES else None
+  if not arch:  # the ResNet: its fields' values are `check`'s to report
+    try:
+      return build_model(block, 10) if block.get("depth") in STAGE_SIZES else None
+    except (TypeError, ValueError):
+      return None
   if arch not in ARCHS:
     near = difflib.get_close_matches(arch, list(ARCHS), n=2)
     hint = f" (did you mean {' or '.join(near)}?)" if near else ""

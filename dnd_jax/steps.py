@@ -6,8 +6,9 @@ teacher once (inference mode) for every stage output, and then, for each group o
 runs the student's stages on the stopped teacher feature at the group's input. The group losses
 are summed and differentiated once; since no group sees another group's student output, each
 parameter's gradient comes from its own group (docs/design.md section 1). Where the teacher's and
-the student's stage shapes differ, each group's input and last output pass through its stage
-adapters (`dnd_jax.adapters`), which are the group's own parameters too. The host only dispatches.
+the student's stage shapes differ, a group's input passes through the stage adapter at its start
+(the group's own parameters too), and the group before it is trained towards that adapted feature
+(`dnd_jax.adapters`). The host only dispatches.
 
 With `method.memory_lean` the groups are instead differentiated one after another
 (`sequential_group_grads`), so only one group's activations are alive at a time; `repeat_steps`
