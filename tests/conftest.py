@@ -72,7 +72,7 @@ def tiny_config(method: str, **overrides):
 # every run prints; docs/development.md has the latest). With `--dist loadscope` a module runs whole on one pytest-xdist worker,
 # and xdist's default order (the modules with the most tests first) drew these last;
 # `--no-loadscope-reorder` (pyproject.toml) keeps this order instead.
-LONGEST_FIRST = ("test_train.py", "test_gpu_scripts.py", "test_multiprocess.py",
+LONGEST_FIRST = ("test_train.py", "test_gpu_scripts.py", "test_multiprocess.py", "test_pairs.py",
                  "test_reliability.py", "test_reproduce.py", "test_dispatch.py", "test_parallel.py",
                  "test_methods.py")
 

@@ -250,10 +250,14 @@ def teacher_config(plan: Plan) -> ml_collections.ConfigDict:
 
 
 def _set_teacher(config, model_config, checkpoint: str) -> None:
-  """The student's teacher block copies the teacher's architecture, which stage-for-stage
-  transfer needs; the grid provides its teacher itself (config.teacher.config is emptied)."""
-  config.teacher.depth, config.teacher.width = model_config.depth, model_config.width
-  config.teacher.stem = model_config.stem
+  """The student's teacher block names the teacher's architecture (checked against its
+  model.json when it is loaded); the grid provides its teacher itself (config.teacher.config is
+  emptied)."""
+  if model_config.get("arch"):
+    config.teacher.arch, config.teacher.arch_kwargs = model_config.arch, model_config.arch_kwargs
+  else:
+    config.teacher.depth, config.teacher.width = model_config.depth, model_config.width
+    config.teacher.stem = model_config.stem
   config.teacher.checkpoint = checkpoint
   config.teacher.config = ""
 

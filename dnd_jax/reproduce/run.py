@@ -96,8 +96,15 @@ def ensure_teacher(plan: Plan, train_fn=None) -> str:
   check_same_config(plan.teacher_dir, config)
   return teacher.train_into(
       config, plan.teacher_dir, train_fn or _train,
-      why=f"== teacher: training {config.model.depth}-layer width-{config.model.width} teacher "
-          f"for {config.num_epochs} epochs")
+      why=f"== teacher: training the {_network_name(config.model)} teacher for "
+          f"{config.num_epochs} epochs")
+
+
+def _network_name(model_config) -> str:
+  """"resnet32x4", or the paper's ResNet as "34-layer width-64"."""
+  if model_config.get("arch"):
+    return str(model_config.arch)
+  return f"{model_config.depth}-layer width-{model_config.width}"
 
 
 def needs_grid_teacher(arm) -> bool:
