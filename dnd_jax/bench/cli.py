@@ -182,7 +182,8 @@ def _start(args, command: str) -> dict:
       "backend": jax.default_backend(), "device_kind": devices[0].device_kind,
       "device_count": len(devices), "host": _host(), "width": args.width,
       "image_size": args.image_size, "num_classes": args.num_classes,
-      "teacher_depth": args.teacher_depth, "dataset_size": args.dataset_size, "steps": args.steps, "warmup": args.warmup,
+      "teacher_depth": args.teacher_depth, "dataset_size": args.dataset_size,
+      "steps": args.steps, "warmup": args.warmup,
       "compilation_cache": jax.config.jax_compilation_cache_dir,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "cpu_affinity": len(os.sched_getaffinity(0)), **_versions(),
@@ -197,12 +198,13 @@ def _start(args, command: str) -> dict:
   except (ValueError, KeyError, TypeError) as e:
     raise ValueError(f"--append to {path}, which is not a benchmark table ({type(e).__name__}: "
                      f"{e}); use another --out, or move that file away.") from e
+  # a table from before --teacher-depth existed had the paper's teacher
+  was = {"teacher_depth": TEACHER_DEPTH, **old}
   differs = [k for k in ("device_kind", "width", "image_size", "num_classes", "dataset_size",
-                         "teacher_depth") if old.get(k, TEACHER_DEPTH if k == "teacher_depth"
-                                                      else None) != meta[k]]
+                         "teacher_depth") if was.get(k) != meta[k]]
   if differs:
     raise ValueError(f"--append to {path}, whose rows differ in "
-                     + ", ".join(f"{k} ({old.get(k)} there, {meta[k]} here)" for k in differs)
+                     + ", ".join(f"{k} ({was.get(k)} there, {meta[k]} here)" for k in differs)
                      + "; use another --out or the same shapes.")
   old["commands"] = old.get("commands", []) + [command]
   return result

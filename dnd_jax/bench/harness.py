@@ -28,7 +28,8 @@ from dnd_jax.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 
-TEACHER_DEPTH = 34  # the paper's ResNet34 teacher (--teacher-depth); a student's depth comes from its config
+# the paper's ResNet34 teacher (--teacher-depth); a student's depth comes from its config
+TEACHER_DEPTH = 34
 
 
 @dataclasses.dataclass(frozen=True)
