@@ -30,6 +30,7 @@ STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 STEMS = ("cifar", "imagenet")
 _TORCHVISION_DOWNSAMPLE = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
 
+
 class BasicBlock(nn.Module):
   """The ResNet basic block; a 1x1 strided projection when the shape changes."""
 
