@@ -36,8 +36,11 @@ if [ "$GPU_TOY" = 1 ]; then
   # convolutions, and the plumbing does not depend on the teacher's depth)
   SIZE=(--config.model.width=4 --config.teacher.width=4 --config.data.image_size=8
         --config.model.depth=18 --config.teacher.depth=18
-        --config.batch_size=32 --config.eval_batch_size=64 --config.log.progress_bar=False)
-  FASHION_SIZE=(--config.data.fraction=0.005)
+        --config.batch_size=32 --config.log.progress_bar=False)
+  FAKE_EVAL=(--config.eval_batch_size=64)
+  # tests/conftest.py's tiny_config on Fashion-MNIST: in the CPU test, the suite's shared
+  # compilation cache then holds these runs' programs already (the suite's tiny runs compiled them)
+  FASHION_SIZE=(--config.data.fraction=0.05 --config.eval_batch_size=1000)
   # the runs that differ from the real ones only in size: no cached PDnD rerun (PDnD runs 1
   # epoch already), one Fashion-MNIST student (each compile takes long on a CPU)
   PDND_EPOCHS=(--config.num_epochs=1) KD_EPOCHS=1 FASHION_TEACHER_EPOCHS=1 CACHED_RERUN=0
@@ -46,7 +49,7 @@ else
   # Estimates for an H100 in fp32 (TF32), not measurements: a full-width teacher epoch on 50,000
   # images 10-20 s after a 30-60 s compile; a PDnD or KD epoch 3-6 s; the 60-epoch PDnD run
   # 3-6 minutes end to end (the target is 4); a Fashion-MNIST epoch about as long as CIFAR's.
-  FAKE_SIZE=() SIZE=() FASHION_SIZE=() PDND_EPOCHS=()
+  FAKE_SIZE=() SIZE=() FAKE_EVAL=() FASHION_SIZE=() PDND_EPOCHS=()
   KD_EPOCHS=${KD_EPOCHS:-5} FASHION_TEACHER_EPOCHS=${FASHION_TEACHER_EPOCHS:-5} CACHED_RERUN=1
   FASHION_BUDGETS=${FASHION_BUDGETS:-1 2 4} FASHION_METHODS=${FASHION_METHODS:-kd dnd pdnd}
 fi
@@ -73,7 +76,7 @@ train_run() {
 part_a() {
   local data=$WORK/fake_cifar100 teacher=$WORK/runs/teacher_cifar/model
   local on_data=(--config.data.dir="$data" --config.data.verify_checksums=False
-                 --config.data.cache_dir="$WORK/data_cache")
+                 --config.data.cache_dir="$WORK/data_cache" "${FAKE_EVAL[@]}")
   rm -rf "$data" "$WORK/data_cache"
   gpu_part fake_cifar100 60 "$PY" scripts/make_fake_cifar100.py "$data" "${FAKE_SIZE[@]}" \
     || { gpu_log "error: could not write the random-pixel CIFAR-100"; exit 3; }
