@@ -121,6 +121,8 @@ def test_processes_train_pdnd_like_one_process_and_resume_after_one_is_killed(ti
   elsewhere than the compiled evaluation expected)."""
   path, _ = tiny_teacher
   processes, epochs = PROCESSES, 3  # one epoch per Progressive DnD partition
+  # (the data of tests/test_tb_profile.py's Progressive DnD run: the single-process reference
+  # below finds its programs in the suite's compilation cache)
   config = tiny_config("pdnd", **{"teacher.checkpoint": path, "data.fraction": 0.004,
                                   "data.val_fraction": 0.1, "num_epochs": epochs,
                                   "checkpoint.keep": 3})
