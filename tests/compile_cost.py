@@ -88,6 +88,7 @@ def main() -> None:
   variants = json.loads(args.options)
   lowered, step_args = lowered_step(args.phase)
   print(f"jax {jax.__version__}, {os.cpu_count()} CPUs; Progressive DnD partition {args.phase}")
+  width = max(map(len, variants))
   for i, (label, options) in enumerate(variants.items()):
     if i == 0 and args.trace:
       jax.profiler.start_trace(args.trace)
@@ -104,7 +105,7 @@ def main() -> None:
       state, sums = compiled(state, sums, *data)
     jax.block_until_ready(state)
     ms = (time.perf_counter() - t0) / args.steps * 1000
-    print(f"{label:24s} compile {cpu:6.2f} s CPU ({wall:5.2f} s wall), run {ms:7.2f} ms/step")
+    print(f"{label:{width}s}  compile {cpu:6.2f} s CPU ({wall:5.2f} s wall), run {ms:7.2f} ms/step")
   if args.trace:
     print(f"\nlongest host events of the first compile ({args.trace}):")
     for seconds, n, name in longest_host_events(args.trace):
