@@ -4,8 +4,9 @@ Everything here reads only the grid's rows (`run.collect` or its CSV), the runs'
 curves and summaries (`records`), paper_results.csv (the paper's Tables 1-3 as data) and
 pairs_published.csv (other libraries' published figures for the pair grids, each row naming its
 source), both shipped in this package, so `--report-only` can redraw a report without JAX work.
-Accuracy cells are mean +- sample standard deviation (ddof = 1) over the seeds that finished; a cell with one run shows its value alone, and a cell with fewer runs than the
-grid's seeds says how many it has. "Best" is the epoch with the highest evaluation accuracy (the
+Accuracy cells are mean +- sample standard deviation (ddof = 1) over the seeds that finished; a
+cell with one run shows its value alone, and a cell with fewer runs than the grid's seeds says
+how many it has. "Best" is the epoch with the highest evaluation accuracy (the
 paper's "best model", selected on the test set unless data.val_fraction > 0), "final" the last.
 
 Each `*_section(plan, rows, paper)` returns the markdown lines of one experiment kind's report
@@ -513,18 +514,23 @@ def _published_of(plan: Plan, published: list[dict]) -> dict:
 
 def pairs_table(plan: Plan, rows: list[dict], published: list[dict], epochs: int,
                 metric: str = "best_accuracy") -> str:
-  """A row per pair: the published figure, our teacher's accuracy, then each arm's."""
+  """A row per pair: the published figure (no column for `published` []), our teacher's
+  accuracy, then each arm's."""
   exp = plan.experiment
   acc = aggregate(rows, metric, _PAIR_KEYS)
   teachers = aggregate(rows, "teacher_accuracy", ("pair",))
   pub = _published_of(plan, published)
   fraction, lr = max(exp.fractions), grid_lr(exp)
-  header = ["teacher -> student", "published KD (%)", "our teacher (%)"] + [
-      exp.label(m) for m in exp.arm_names]
+  header = (["teacher -> student"] + (["published KD (%)"] if published else [])
+            + ["our teacher (%)"] + [exp.label(m) for m in exp.arm_names])
   lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
   for pair in exp.pairs:
-    cells = [pair.display, f"{pub[pair.name]['acc_mean']:.2f}" if pair.name in pub else "—",
-             fmt_acc(teachers.get((pair.name,)))]
+    cells = [pair.display]
+    if published:
+      cells.append(f"{pub[pair.name]['acc_mean']:.2f}" if pair.name in pub else "—")
+    # every run of a pair reports the one teacher: its value, not a spread over the runs
+    teacher = teachers.get((pair.name,))
+    cells.append(fmt_acc(teacher[:1] + (float("nan"), 1) if teacher and teacher[2] else None))
     cells += [fmt_acc(acc.get((pair.name, m, epochs, fraction, lr)), len(exp.seeds))
               for m in exp.arm_names]
     lines.append("| " + " | ".join(cells) + " |")
@@ -544,7 +550,8 @@ def pair_claims(plan: Plan, rows: list[dict], published: list[dict], epochs: int
     diffs = [get(p, m) - get(p, base) for p in exp.pairs
              if finite(get(p, m)) and finite(get(p, base))]
     if diffs:
-      out.append(f"{exp.label(m)} − {exp.label(base)} at {epochs} epochs, mean over {len(diffs)} "
+      out.append(f"{exp.label(m)} − {exp.label(base)} at {epochs} "
+                 f"epoch{'s' if epochs != 1 else ''}, mean over {len(diffs)} "
                  f"pair{'s' if len(diffs) != 1 else ''}: {_pp(sum(diffs) / len(diffs))} pts "
                  f"(ahead in {sum(d > 0 for d in diffs)}).")
   pub = _published_of(plan, published)
@@ -569,11 +576,12 @@ def pairs_section(plan: Plan, rows: list[dict], paper: list[dict]) -> list[str]:
   lines = ["## Accuracy at the best epoch, pair by pair", "",
            f"Mean ± std over seeds. {note}\"our teacher\" is each pair's teacher as its "
            "distillation runs measured it.", ""]
+  plural = lambda e: f"{e} epoch{'s' if e != 1 else ''}"  # noqa: E731
   for e in sorted(exp.epochs):
-    lines += [f"### {e} epochs", "", pairs_table(plan, rows, published, e), ""]
+    lines += [f"### {plural(e)}", "", pairs_table(plan, rows, published, e), ""]
   lines += ["## Accuracy at the last epoch", ""]
   for e in sorted(exp.epochs):
-    lines += [f"### {e} epochs", "", pairs_table(plan, rows, [], e, "final_accuracy"), ""]
+    lines += [f"### {plural(e)}", "", pairs_table(plan, rows, [], e, "final_accuracy"), ""]
   lines += ["## Against vanilla KD, here and published", ""]
   return lines + [f"- {c}" for e in sorted(exp.epochs)
                   for c in pair_claims(plan, rows, published, e)]
