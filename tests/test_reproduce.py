@@ -424,6 +424,9 @@ def test_pair_grid_plans_every_pair_with_its_own_teacher_and_refuses_what_it_can
   config = ex.run_config(tiny, grids.RunSpec("kd", 1, 0, pair="resnet32x4-shufflev2"))
   assert config.model.arch_kwargs.num_blocks == (1, 1, 1)
   assert config.teacher.arch_kwargs.to_dict() == {"depth": 8, "widths": (8, 8, 16, 32)}
+  # every pair's networks at test size: family keyword arguments they take, equal stage counts
+  assert len(run.run_plan(ex.make_plan("pairs_cifar100", "tiny", out=str(tmp_path / "all")),
+                          dry_run=True)) == 11 * 3
   given = ex.make_plan("pairs_cifar100", "tiny", pairs=["resnet32x4:shufflev2"],
                        teachers_path=str(tmp_path / "given"))
   assert ex.run_config(given, grids.RunSpec("kd", 1, 0, pair="resnet32x4-shufflev2")).teacher \

@@ -265,7 +265,8 @@ SCALES: dict[str, Scale] = {s.name: s for s in [
           {}),
     Scale("cpu", "width 8, 16 px images, 10% of the training set (6,000 images); an 8-epoch "
           "teacher; budgets 2 and 4 epochs (Figure 4: 1/2/4; Figure 2b: 8), 2 seeds for the "
-          "tables", teacher_epochs=8, overrides=_CPU_OVERRIDES,
+          "tables (pairs: the published networks, 4 epochs, 1 seed)", teacher_epochs=8,
+          overrides=_CPU_OVERRIDES,
           grids={"table": dict(epochs=(2, 4), seeds=(0, 1)),
                  "epochs": dict(epochs=(1, 2, 4), seeds=(0,)),
                  "fractions": dict(epochs=(4,), seeds=(0,), fractions=(0.2, 0.6, 1.0)),
