@@ -183,12 +183,17 @@ def run_plan(plan: Plan, train_fn=None, dry_run: bool = False) -> list[dict]:
     return collect(plan)
   os.makedirs(plan.out, exist_ok=True)
   taught = [s for s in todo if needs_grid_teacher(exp.arm(s.method))]
-  if exp.pairs:  # each teacher architecture once, before the pairs it teaches
-    for arch in dict.fromkeys(exp.pair(s.pair).teacher for s in taught):
-      ensure_teacher(plan, train_fn, arch)
-  elif taught:
+  if taught and not exp.pairs:
     ensure_teacher(plan, train_fn)
+  # a pair grid's teachers: each trained just before the first cell it teaches, so that a grid
+  # cut short has whole pairs rather than only teachers
+  ready = set()
   for spec in specs:
+    if exp.pairs and spec in taught:
+      arch = exp.pair(spec.pair).teacher
+      if arch not in ready:
+        ensure_teacher(plan, train_fn, arch)
+        ready.add(arch)
     run_cell(plan, spec, train_fn)
   rows = collect(plan)
   write_csv(rows, plan.csv_path)
