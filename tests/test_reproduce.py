@@ -473,7 +473,8 @@ def test_pair_grid_trains_each_teacher_once_and_reports_beside_the_published_kd(
   assert "mdistiller README (vanilla KD), 240 epochs" in text
   assert "| resnet32x4 -> shufflev2 | 90.00 | 50.00 | 55.00 | 60.00 |" in text  # the last epoch
   assert "Progressive DnD − Vanilla KD at 1 epoch, mean over 1 pair: +10.00 pts" in text
-  assert "Vanilla KD here − published KD, mean over 1 pair: -24.45 pts" in text
+  assert "Vanilla KD here at 1 epoch − published KD (240 epochs), mean over 1 pair: -24.45 pts" \
+      in text
   calls.clear()
   run.run_plan(plan, train_fn=train)
   assert calls == []

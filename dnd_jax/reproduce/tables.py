@@ -556,11 +556,13 @@ def pair_claims(plan: Plan, rows: list[dict], published: list[dict], epochs: int
                  f"(ahead in {sum(d > 0 for d in diffs)}).")
   pub = _published_of(plan, published)
   if base:
-    diffs = [get(p, base) - pub[p.name]["acc_mean"] / 100 for p in exp.pairs
-             if p.name in pub and finite(get(p, base))]
-    if diffs:
-      out.append(f"{exp.label(base)} here − published KD, mean over {len(diffs)} "
-                 f"pair{'s' if len(diffs) != 1 else ''}: {_pp(sum(diffs) / len(diffs))} pts.")
+    both = [p for p in exp.pairs if p.name in pub and finite(get(p, base))]
+    if both:
+      diff = sum(get(p, base) - pub[p.name]["acc_mean"] / 100 for p in both) / len(both)
+      theirs = "/".join(sorted({str(pub[p.name]["epochs"]) for p in both}))
+      out.append(f"{exp.label(base)} here at {epochs} epoch{'s' if epochs != 1 else ''} − "
+                 f"published KD ({theirs} epochs), mean over {len(both)} "
+                 f"pair{'s' if len(both) != 1 else ''}: {_pp(diff)} pts.")
   return out
 
 
