@@ -15,6 +15,7 @@ import os
 import statistics
 import time
 
+import flax.linen as nn
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
@@ -25,7 +26,7 @@ from dnd_jax import adapters, freeze, parallel, profiling, runtime, steps
 from dnd_jax.configs import base_config
 from dnd_jax.data import augment, cifar100
 from dnd_jax.methods import get_method
-from dnd_jax.models import DTYPES, ResNet, build_model, init_variables
+from dnd_jax.models import DTYPES, build_model, init_variables
 from dnd_jax.optim import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ class JaxBench:
     """The student's or the teacher's config block (`depth`: the ResNet's, when it is one)."""
     return network_block(self.args, "teacher" if teacher else "student", depth)
 
-  def model(self, depth: int, dtype, remat: bool = False, teacher: bool = False) -> ResNet:
+  def model(self, depth: int, dtype, remat: bool = False, teacher: bool = False) -> nn.Module:
     block = self.block(depth, teacher)
     if remat:  # a network without the switch refuses it (the row's error)
       block.remat = True
