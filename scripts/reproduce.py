@@ -4,6 +4,8 @@
   python scripts/reproduce.py table2_fashion --scale cpu      # a CPU-sized look on Fashion-MNIST
   python scripts/reproduce.py table2_fashion --scale cpu --seeds 1 --epochs 2,4
   python scripts/reproduce.py table2_fashion --scale cpu --report-only
+  python scripts/reproduce.py pairs_cifar100 --pairs wrn40_2:wrn16_2,resnet32x4:shufflev2 \
+      --teacher-dir teachers/cifar100               # the field's pair table, imported teachers
   python scripts/reproduce.py --list
 
 Every run is `train_and_evaluate` in its own workdir under --out (default
@@ -43,6 +45,11 @@ def parse_args(argv=None):
   p.add_argument("--teacher-epochs", type=int, help="epochs of the grid's teacher")
   p.add_argument("--teacher", help="use this exported teacher (<workdir>/model) instead of "
                  "training one")
+  p.add_argument("--pairs", help="a pair grid's pairs, teacher:student comma list, e.g. "
+                 "wrn40_2:wrn16_2,resnet32x4:shufflev2 (default: all)")
+  p.add_argument("--teacher-dir", help="a pair grid's teachers: DIR/<teacher arch> holds each "
+                 "exported (or imported: scripts/import_torch_teacher.py) teacher instead of "
+                 "training them")
   p.add_argument("--out", help="output folder (default runs/reproduce/<dataset>_<scale>...)")
   p.add_argument("--report-only", action="store_true",
                  help="collect the finished runs and redraw the CSV, tables and figures")
@@ -64,7 +71,9 @@ def plan_from_args(args) -> plan.Plan:
       seeds=plan.parse_seeds(args.seeds) if args.seeds else None,
       fractions=plan.parse_list(args.fractions, float, "--fractions") if args.fractions else None,
       max_lrs=plan.parse_list(args.max_lrs, float, "--max-lrs") if args.max_lrs else None,
-      teacher_epochs=args.teacher_epochs, teacher_path=args.teacher, out=args.out)
+      teacher_epochs=args.teacher_epochs, teacher_path=args.teacher,
+      pairs=[p.strip() for p in args.pairs.split(",") if p.strip()] if args.pairs else None,
+      teachers_path=args.teacher_dir, out=args.out)
 
 
 @cli.guarded

@@ -94,6 +94,58 @@ def test_files_are_written_after_every_row_and_append_keeps_them(tmp_path, monke
     cli.main(["--methods", "dnd", *args, "--append"])
 
 
+# a cross-family pair at test size (a narrow CIFAR ResNet32x4 into a narrow ShuffleNetV2, four
+# stages each, every boundary of other shapes) as JSON flags
+PAIR = ["--teacher-arch", "resnet32x4", "--teacher-arch-kwargs",
+        '{"depth": 8, "widths": [8, 8, 16, 32]}', "--student-arch", "shufflev2",
+        "--student-arch-kwargs",
+        '{"out_channels": [8, 16, 32, 64], "num_blocks": [1, 1, 1], "stem_channels": 8}']
+
+
+def test_any_pair_is_timed_with_its_stage_adapters_and_recorded_in_the_meta(tmp_path, capsys):
+  """--student-arch / --teacher-arch: the step is built as training builds it (the method for
+  the pair's four stages, `adapters.for_pair`'s adapters in the state); one real row of the
+  cheapest such step (PDnD's last phase: one adapter), the pair in the meta and the Shapes line,
+  an --append of another pair refused, and bad pairs refused before any work."""
+  toy = [a for a in TOY if a not in ("--teacher-depth", "18")]
+  args = cli.parse_args([*toy, *PAIR, "--methods", "dnd", "--torch", "none"])
+  bench = harness.JaxBench(args)
+  spec, state, _ = bench._inputs("dnd", 8, "float32", abstract=True)
+  assert spec.method.partition(0) == ((1, 1), (2, 2), (3, 3), (4, 4))  # four stages
+  assert spec.adapters.describe() == (
+      "in2 8x8x8 -> 4x4x8, in3 4x4x16 -> 2x2x16, in4 2x2x32 -> 1x1x64")
+  assert sorted(state.params["adapters"]) == ["in2", "in3", "in4"]
+  result = cli.main([*toy, *PAIR, "--methods", "pdnd_p3", "--torch", "none",
+                     "--out", str(tmp_path)])
+  (row,) = result["rows"]
+  assert "error" not in row and row["loss_finite"] and row["ms_per_step"] > 0
+  meta = result["meta"]
+  assert (meta["teacher_arch"], meta["student_arch"], meta["teacher_depth"]) == (
+      "resnet32x4", "shufflev2", None)
+  assert meta["student_arch_kwargs"]["num_blocks"] == [1, 1, 1]
+  assert ("Shapes: resnet32x4 {\"depth\": 8, \"widths\": [8, 8, 16, 32]} teacher -> shufflev2 "
+          in (tmp_path / "benchmark.md").read_text())
+  other = [*toy, "--methods", "kd", "--torch", "none", "--append", "--out", str(tmp_path)]
+  with pytest.raises(ValueError, match=r"student_arch \(shufflev2 there,  here\)"):
+    cli.main([*other, "--teacher-depth", "18"])  # the ResNet pair: another table
+  with pytest.raises(ValueError, match=r"teacher_arch_kwargs \("):
+    cli.main([*other, *PAIR[:2], *PAIR[4:]])  # the published resnet32x4
+  for flags, message in (
+      (["--teacher-arch", "resnet32x5"], "--teacher-arch 'resnet32x5' is no known network"),
+      (["--student-arch", "vgg8", "--teacher-arch", "resnet8"],
+       "the student (vgg8) has 5 stages and the teacher (resnet8) 4"),
+      (PAIR[:4], "the student (resnet18) has 5 stages and the teacher (resnet32x4) 4"),
+      ([*PAIR, "--torch", "eager"], "the PyTorch reference is the paper's ResNet pair only"),
+      (["--student-arch-kwargs", "{}"], "--student-arch-kwargs is for a network --student-arch"),
+      (["--student-arch", "vgg8", "--student-arch-kwargs", "[1]"], "is not a JSON object"),
+      (["--student-arch", "vgg8", "--student-arch-kwargs", '{"widht": 4}'],
+       "'vgg8' does not take them"),
+      (["--teacher-arch", "vgg8", "--teacher-depth", "18"], "--teacher-depth is the ResNet")):
+    with pytest.raises(SystemExit):
+      cli.parse_args(["--torch", "none", *flags])
+    assert message in capsys.readouterr().err, flags
+
+
 def test_peak_tables_percent_of_peak_and_verdicts():
   assert report.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.0
   assert report.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756.0

@@ -3,7 +3,8 @@
 Builds the package from a copy of the source into a temporary target (as `pip install .` does,
 without touching the environment), then, from another folder with only that target importable,
 loads every packaged config, a config by its repository path (as `--config configs/x.py`
-and every config's teacher reference name it), and the paper's results.
+and every config's teacher reference name it), the paper's results and the published figures of
+the pair grid.
 """
 
 import os
@@ -27,9 +28,11 @@ CHECK = textwrap.dedent("""
     config = load_config_file("configs/pdnd_cifar.py")
     teacher = load_config_file(config.teacher.config)
     quick = load_config_file(load_config_file("configs/quickstart.py").teacher.config)
-    from dnd_jax.reproduce.tables import load_paper
+    from dnd_jax.reproduce.tables import load_paper, load_published_pairs
     paper = load_paper()
-    print(len(names), config.method.name, teacher.method.name, quick.model.width, len(paper))
+    pairs = load_published_pairs()
+    print(len(names), config.method.name, teacher.method.name, quick.model.width, len(paper),
+          len(pairs))
 """)
 
 
@@ -50,9 +53,9 @@ def test_a_non_editable_install_runs_every_config_from_any_folder(tmp_path):
   result = subprocess.run([sys.executable, "-c", CHECK, str(target)], cwd=elsewhere, env=env,
                           capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
-  n_configs, method, teacher, width, n_paper = result.stdout.split()
+  n_configs, method, teacher, width, n_paper, n_pairs = result.stdout.split()
   assert (int(n_configs), method, teacher, width) == (19, "pdnd", "teacher", "8")
-  assert int(n_paper) > 0
+  assert int(n_paper) > 0 and int(n_pairs) == 11  # the pair grid's published figures too
 
 
 def _mkdir(path):

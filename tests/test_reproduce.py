@@ -390,6 +390,111 @@ def _synthetic_budget_rows(tmp_path, methods=grids.METHODS):
   return rows
 
 
+# --- pair grids: the field's teacher -> student table ------------------------------------------
+
+
+def test_pair_grid_plans_every_pair_with_its_own_teacher_and_refuses_what_it_cannot_run(tmp_path):
+  """pairs_cifar100: each of the table's pairs x KD, DnD, PDnD x seeds, the student the pair's
+  and its teacher one per teacher architecture (trained, or from --teacher-dir); at the tiny scale
+  every network at test size. Listed by a dry run without training; bad selections refused."""
+  plan = ex.make_plan("pairs_cifar100", out=str(tmp_path / "paper"))
+  exp = plan.experiment
+  assert len(exp.pairs) == 11 and exp.arm_names == ("kd", "dnd", "pdnd") and exp.epochs == (240,)
+  specs = grids.expand(exp)
+  assert len(specs) == 11 * 3 * 3 and specs[0].name == "resnet56-resnet20_kd_e240_f1_s0"
+  published = {(r["teacher"], r["student"]): r for r in tables.load_published_pairs()}
+  assert {(p.teacher, p.student) for p in exp.pairs} == set(published)
+  assert published[("resnet32x4", "shufflev2")]["acc_mean"] == 74.45
+  assert all(r["source"].startswith("mdistiller") for r in published.values())
+  cross = grids.RunSpec("dnd", 240, 0, pair="resnet32x4-shufflev2")
+  config = ex.run_config(plan, cross)
+  assert (config.model.arch, config.teacher.arch, config.teacher.config) == (
+      "shufflev2", "resnet32x4", "")
+  assert config.teacher.checkpoint == os.path.join(str(tmp_path / "paper"), "teachers",
+                                                   "resnet32x4", "model")
+  assert not config.model.arch_kwargs and ex.teacher_config(plan, "resnet32x4").model.arch == (
+      "resnet32x4")  # the published networks at the paper's scale
+  rows = run.run_plan(plan, dry_run=True)  # every cell's config checked, nothing trained
+  assert len(rows) == 99 and {r["status"] for r in rows} == {"missing"}
+  assert not os.path.exists(tmp_path / "paper" / "teachers")
+
+  tiny = ex.make_plan("pairs_cifar100", "tiny", pairs=["resnet32x4:shufflev2", "wrn40_2:wrn16_2"],
+                      out=str(tmp_path / "tiny"))
+  assert [p.key for p in tiny.experiment.pairs] == ["wrn40_2:wrn16_2", "resnet32x4:shufflev2"]
+  config = ex.run_config(tiny, grids.RunSpec("kd", 1, 0, pair="resnet32x4-shufflev2"))
+  assert config.model.arch_kwargs.num_blocks == (1, 1, 1)
+  assert config.teacher.arch_kwargs.to_dict() == {"depth": 8, "widths": (8, 8, 16, 32)}
+  # every pair's networks at test size: family keyword arguments they take, equal stage counts
+  assert len(run.run_plan(ex.make_plan("pairs_cifar100", "tiny", out=str(tmp_path / "all")),
+                          dry_run=True)) == 11 * 3
+  given = ex.make_plan("pairs_cifar100", "tiny", pairs=["resnet32x4:shufflev2"],
+                       teachers_path=str(tmp_path / "given"))
+  assert ex.run_config(given, grids.RunSpec("kd", 1, 0, pair="resnet32x4-shufflev2")).teacher \
+      .checkpoint == str(tmp_path / "given" / "resnet32x4" / "model")
+  with pytest.raises(FileNotFoundError, match="holds no exported resnet32x4 teacher"):
+    run.check_plan(given)
+
+  for kwargs, message in (
+      ({"pairs": ["wrn40_2:wrn16"]}, "--pairs: unknown pair 'wrn40_2:wrn16' for pairs_cifar100; "
+                                     "known \\(teacher:student\\): resnet56:resnet20"),
+      ({"pairs": ["vgg13:vgg8", "vgg13:vgg8"]}, "vgg13:vgg8 is given twice"),
+      ({"teacher_path": str(tmp_path)}, "--teacher: pairs_cifar100 has a teacher per pair"),
+      ({"overrides": {"model.arch": "vgg8"}}, "override model.arch: .*use --pairs"),
+      ({"teacher_overrides": {"model.arch": "vgg13"}}, "--teacher-override model.arch")):
+    with pytest.raises(ValueError, match=message):
+      ex.make_plan("pairs_cifar100", "tiny", **kwargs)
+  for kwargs in ({"pairs": ["vgg13:vgg8"]}, {"teachers_path": str(tmp_path)}):
+    with pytest.raises(ValueError, match="table2_fashion is not a grid of teacher/student pairs"):
+      ex.make_plan("table2_fashion", "tiny", **kwargs)
+
+
+def test_pair_grid_trains_each_teacher_once_and_reports_beside_the_published_kd(tmp_path):
+  """One cross-family pair at the tiny scale with the fake trainer: its teacher first, then KD,
+  DnD and PDnD; the CSV has the pair column, and the report puts mdistiller's published KD beside
+  ours. A teacher given with --teacher-dir trains nothing but the students."""
+  plan = ex.make_plan("pairs_cifar100", "tiny", pairs=["resnet32x4:shufflev2"],
+                      out=str(tmp_path / "grid"))
+  accuracy = {"kd": 0.5, "dnd": 0.55, "pdnd": 0.6}
+  calls = []
+
+  def train(config, workdir):
+    return _fake_trainer(calls, accuracy.get(config.method.name, 0.9))(config, workdir)
+
+  rows = run.run_plan(plan, train_fn=train)
+  assert calls[0] == plan.pair_teacher_dir("resnet32x4")
+  assert [os.path.basename(c) for c in calls[1:]] == [
+      f"resnet32x4-shufflev2_{m}_e1_f1_s0" for m in ("kd", "dnd", "pdnd")]
+  assert [r["pair"] for r in rows] == ["resnet32x4-shufflev2"] * 3
+  with open(plan.csv_path, newline="") as f:
+    assert next(csv.reader(f))[:5] == ["experiment", "scale", "dataset", "pair", "method"]
+  text = report.write_report(plan, run.read_csv(plan.csv_path), plots=False)
+  assert "| teacher -> student | published KD (%) | our teacher (%) | Vanilla KD | DnD |" in text
+  assert "| resnet32x4 -> shufflev2 | 74.45 | 90.00 | 50.00 | 55.00 | 60.00 |" in text
+  assert "mdistiller README (vanilla KD), 240 epochs" in text
+  assert "| resnet32x4 -> shufflev2 | 90.00 | 50.00 | 55.00 | 60.00 |" in text  # the last epoch
+  assert "Progressive DnD − Vanilla KD at 1 epoch, mean over 1 pair: +10.00 pts" in text
+  assert "Vanilla KD here at 1 epoch − published KD (240 epochs), mean over 1 pair: -24.45 pts" \
+      in text
+  calls.clear()
+  run.run_plan(plan, train_fn=train)
+  assert calls == []
+
+  teacher = tmp_path / "given" / "resnet32x4"
+  teacher.mkdir(parents=True)
+  arch = {"arch": "resnet32x4", "arch_kwargs": grids.SCALES["tiny"].arch_kwargs["resnet32x4"],
+          "num_classes": 100, "in_channels": 3}
+  with open(teacher / "model.json", "w") as f:
+    json.dump({"architecture": arch}, f)
+  given = ex.make_plan("pairs_cifar100", "tiny", pairs=["resnet32x4:shufflev2"], methods=["dnd"],
+                       teachers_path=str(tmp_path / "given"), out=str(tmp_path / "given_grid"))
+  run.run_plan(given, train_fn=train)
+  assert [os.path.basename(c) for c in calls] == ["resnet32x4-shufflev2_dnd_e1_f1_s0"]
+  with open(teacher / "model.json", "w") as f:
+    json.dump({"architecture": {**arch, "arch": "resnet8x4"}}, f)
+  with pytest.raises(ValueError, match="holds a resnet8x4 network, not the resnet32x4 teacher"):
+    run.check_plan(given)
+
+
 # --- the real loop, tiny ------------------------------------------------------------------------
 
 

@@ -30,7 +30,11 @@ jitted, donated, batch sharded over every device, gather + augmentation inside) 
 
 and, on the same device in the same run, `dnd_jax.torch_reference` (eager, torch.compile and
 torch.compile with CUDA graphs) for the methods it implements, with XLA's FLOP count of the same
-step for its % of peak. With `--steps-per-dispatch K > 1` the cases of `--scan-methods` get a
+step for its % of peak. The networks are the paper's ResNet pair (`--width`, `--teacher-depth`)
+unless `--student-arch` / `--teacher-arch` name any pair of `models.ARCHS` (family keyword
+arguments as JSON with `--student-arch-kwargs` / `--teacher-arch-kwargs`; JAX rows only): its
+steps get the pair's stage adapters as training's do, and the table's meta records the pair
+(an `--append` must match it). With `--steps-per-dispatch K > 1` the cases of `--scan-methods` get a
 second row running K steps per dispatch (`lax.scan`, as `config.steps_per_dispatch` does).
 With `--profile-steps N` each JAX row then runs N more steps under `jax.profiler` (the trace in
 <out>/traces/<row>/, beside the step's optimised HLO, step.hlo.txt, which says what the trace's op

@@ -16,10 +16,12 @@ import jax
 
 import dnd_jax.bench
 from dnd_jax import cli
-from dnd_jax.bench.harness import CASES, TEACHER_DEPTH, JaxBench, measure_matmul_tflops
+from dnd_jax.configs import base_config
+from dnd_jax.bench.harness import (CASES, NO_ARCHS, TEACHER_DEPTH, JaxBench, measure_matmul_tflops,
+                                   network_block)
 from dnd_jax.bench.report import JSON_FILE, MARKDOWN_FILE, is_jax, markdown, write_outputs
 from dnd_jax.bench.torch_rows import TORCH_MODES, torch_row, torch_supports
-from dnd_jax.models import DTYPES, STAGE_SIZES
+from dnd_jax.models import ARCHS, DTYPES, STAGE_SIZES, build_model
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,8 @@ def recount_flops(out: str) -> dict:
   meta = result["meta"]
   args = argparse.Namespace(width=meta["width"], image_size=meta["image_size"],
                             num_classes=meta["num_classes"], dataset_size=meta["dataset_size"],
-                            teacher_depth=meta.get("teacher_depth", TEACHER_DEPTH))
+                            teacher_depth=meta.get("teacher_depth", TEACHER_DEPTH),
+                            **{k: meta.get(k, v) for k, v in NO_ARCHS.items()})
   bench = JaxBench(args)
   counted = {}
   for r in result["rows"]:
@@ -95,9 +98,20 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--dtypes", help="comma list of float32, bfloat16")
   p.add_argument("--width", type=int, help="ResNet base width (64 is the paper's; cpu default 8)")
   p.add_argument("--image-size", type=int, help="image side (32 is CIFAR's; cpu default 16)")
-  p.add_argument("--teacher-depth", type=int, default=TEACHER_DEPTH,
-                 help=f"ResNet depth of the teacher ({TEACHER_DEPTH} is the paper's; 18 compiles "
-                      "faster, for the scripts' toy runs)")
+  p.add_argument("--teacher-depth", type=int,
+                 help=f"ResNet depth of the teacher ({TEACHER_DEPTH}, the default, is the paper's; "
+                      "18 compiles faster, for the scripts' toy runs)")
+  p.add_argument("--student-arch", default="", metavar="NAME",
+                 help="the student, a network of models.ARCHS (e.g. shufflev2; default the "
+                      "paper's ResNet18 at --width), as config.model.arch")
+  p.add_argument("--teacher-arch", default="", metavar="NAME",
+                 help="the teacher, a network of models.ARCHS (e.g. resnet32x4), instead of the "
+                      "ResNet of --teacher-depth; stage adapters join the pair as in training")
+  p.add_argument("--student-arch-kwargs", default="", metavar="JSON",
+                 help="the student's family keyword arguments as a JSON object (as "
+                      "config.model.arch_kwargs), e.g. '{\"num_blocks\": [1, 1, 1]}'")
+  p.add_argument("--teacher-arch-kwargs", default="", metavar="JSON",
+                 help="the same for --teacher-arch")
   p.add_argument("--num-classes", type=int, default=100)
   p.add_argument("--dataset-size", type=int, help="synthetic images resident on the device")
   p.add_argument("--steps", type=int, help="timed steps per row (synced, then back to back)")
@@ -160,12 +174,56 @@ def parse_args(argv=None) -> argparse.Namespace:
   args.xla_options = dict(o.split("=", 1) for o in args.xla_option)
   if not args.jax_label.startswith("jax"):
     p.error(f"--jax-label must start with 'jax' (got {args.jax_label!r}), e.g. 'jax conv-graphs'")
-  if args.teacher_depth not in STAGE_SIZES:
-    p.error(f"--teacher-depth must be one of {sorted(STAGE_SIZES)} (got {args.teacher_depth})")
+  if args.teacher_arch and args.teacher_depth is not None:
+    p.error(f"--teacher-depth is the ResNet teacher's; --teacher-arch {args.teacher_arch} names "
+            "another: give one of them")
+  if not args.teacher_arch:
+    args.teacher_depth = TEACHER_DEPTH if args.teacher_depth is None else args.teacher_depth
+    if args.teacher_depth not in STAGE_SIZES:
+      p.error(f"--teacher-depth must be one of {sorted(STAGE_SIZES)} (got {args.teacher_depth})")
+  _parse_pair(p, args)
   if args.profile_steps < 0:
     p.error("--profile-steps must be 0 (no trace) or a number of steps")
   args.out = args.out or os.path.join("runs", f"benchmark_{jax.default_backend()}")
   return args
+
+
+def _parse_pair(p, args) -> None:
+  """--student-arch / --teacher-arch and their JSON keyword arguments: known networks that take
+  them, with as many stages (what makes a pair, as `config_check` requires of a run). Only the
+  modules are made: nothing is computed before the flags are known to be good."""
+  for role in ("student", "teacher"):
+    arch, text = getattr(args, f"{role}_arch"), getattr(args, f"{role}_arch_kwargs")
+    flag = f"--{role}-arch"
+    if text and not arch:
+      p.error(f"{flag}-kwargs is for a network {flag} names; give {flag} too")
+    try:
+      kwargs = json.loads(text) if text else {}
+    except ValueError as e:
+      p.error(f"{flag}-kwargs {text!r} is not JSON ({e}); e.g. '{{\"widths\": [4, 4, 8, 16]}}'")
+    if not isinstance(kwargs, dict):
+      p.error(f"{flag}-kwargs {text!r} is not a JSON object of keyword arguments")
+    setattr(args, f"{role}_arch_kwargs", kwargs)
+    if arch and arch not in ARCHS:
+      p.error(f"{flag} {arch!r} is no known network; use one of {', '.join(ARCHS)}")
+  if (args.student_arch or args.teacher_arch) and args.torch:
+    p.error("--student-arch / --teacher-arch: the PyTorch reference is the paper's ResNet pair "
+            "only; add --torch none")
+  stages = {}
+  for role in ("student", "teacher"):
+    depth = base_config("cifar100", "kd").model.depth if role == "student" else args.teacher_depth
+    block = network_block(args, role, depth)
+    try:
+      stages[role] = build_model(block, args.num_classes).num_stages
+    except TypeError as e:
+      p.error(f"--{role}-arch-kwargs {block.arch_kwargs.to_dict()}: {block.arch!r} does not take "
+              f"them ({e})")
+  if stages["student"] != stages["teacher"]:
+    name = lambda role, default: getattr(args, f"{role}_arch") or default  # noqa: E731
+    p.error(f"the student ({name('student', 'resnet18')}) has {stages['student']} stages and the "
+            f"teacher ({name('teacher', f'ResNet{args.teacher_depth}')}) {stages['teacher']}: "
+            "distillation pairs stage k of one with stage k of the other (docs/models.md lists "
+            "each network's stages)")
 
 
 def _command(argv) -> str:
@@ -183,6 +241,7 @@ def _start(args, command: str) -> dict:
       "device_count": len(devices), "host": _host(), "width": args.width,
       "image_size": args.image_size, "num_classes": args.num_classes,
       "teacher_depth": args.teacher_depth, "dataset_size": args.dataset_size,
+      **{k: getattr(args, k) for k in NO_ARCHS},
       "steps": args.steps, "warmup": args.warmup,
       "compilation_cache": jax.config.jax_compilation_cache_dir,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -198,10 +257,10 @@ def _start(args, command: str) -> dict:
   except (ValueError, KeyError, TypeError) as e:
     raise ValueError(f"--append to {path}, which is not a benchmark table ({type(e).__name__}: "
                      f"{e}); use another --out, or move that file away.") from e
-  # a table from before --teacher-depth existed had the paper's teacher
-  was = {"teacher_depth": TEACHER_DEPTH, **old}
+  # a table from before --teacher-depth (or the arch flags) existed had the paper's networks
+  was = {"teacher_depth": TEACHER_DEPTH, **NO_ARCHS, **old}
   differs = [k for k in ("device_kind", "width", "image_size", "num_classes", "dataset_size",
-                         "teacher_depth") if was.get(k) != meta[k]]
+                         "teacher_depth", *NO_ARCHS) if was.get(k) != meta[k]]
   if differs:
     raise ValueError(f"--append to {path}, whose rows differ in "
                      + ", ".join(f"{k} ({was.get(k)} there, {meta[k]} here)" for k in differs)

@@ -1,8 +1,10 @@
 """The JAX side of the benchmark: the timed cases, the timing loop, and each case's step built and
 timed as the training loop builds and dispatches it.
 
-The steps come from the trainer's own builder (`steps.compile_partition_step`) and the models from
-`models.build_model`, so a row times what training runs rather than a copy of it.
+The steps come from the trainer's own builder (`steps.compile_partition_step`), the models from
+`models.build_model` and a pair's stage adapters from `adapters.for_pair` (with the method
+resolved for the pair's stage count, as `train` does), so a row times what training runs rather
+than a copy of it.
 """
 
 import contextlib
@@ -13,23 +15,38 @@ import os
 import statistics
 import time
 
+import flax.linen as nn
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dnd_jax import freeze, parallel, profiling, runtime, steps
+from dnd_jax import adapters, freeze, parallel, profiling, runtime, steps
 from dnd_jax.configs import base_config
 from dnd_jax.data import augment, cifar100
 from dnd_jax.methods import get_method
-from dnd_jax.models import DTYPES, ResNet, build_model, init_variables
+from dnd_jax.models import DTYPES, build_model, init_variables
 from dnd_jax.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 
 # the paper's ResNet34 teacher (--teacher-depth); a student's depth comes from its config
 TEACHER_DEPTH = 34
+# the networks of a table from before --student-arch / --teacher-arch: the paper's ResNets
+NO_ARCHS = {"student_arch": "", "student_arch_kwargs": {}, "teacher_arch": "",
+            "teacher_arch_kwargs": {}}
+
+
+def network_block(args, role: str, depth: int | None = None) -> ml_collections.ConfigDict:
+  """The config block (`build_model`'s) of the benchmark's "student" or "teacher": the network
+  --<role>-arch names with its family keyword arguments, else the paper's ResNet of `depth` at
+  --width."""
+  arch = getattr(args, f"{role}_arch", "") or ""
+  if arch:
+    return ml_collections.ConfigDict(
+        {"arch": arch, "arch_kwargs": dict(getattr(args, f"{role}_arch_kwargs", None) or {})})
+  return ml_collections.ConfigDict({"depth": depth, "width": args.width, "stem": "cifar"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,18 +192,23 @@ class JaxBench:
     self.images = parallel.put_dataset(images, self.mesh)
     self.labels = parallel.put_dataset(labels, self.mesh)
     self.perm = jax.device_put(rng.permutation(args.dataset_size).astype(np.int32), self.repl)
-    self._vars: dict[int, dict] = {}
+    self._vars: dict = {}
 
-  def model(self, depth: int, dtype, remat: bool = False) -> ResNet:
-    return build_model(ml_collections.ConfigDict(
-        {"depth": depth, "width": self.args.width, "stem": "cifar", "remat": remat}),
-        self.args.num_classes, dtype)
+  def block(self, depth: int, teacher: bool = False) -> ml_collections.ConfigDict:
+    """The student's or the teacher's config block (`depth`: the ResNet's, when it is one)."""
+    return network_block(self.args, "teacher" if teacher else "student", depth)
+
+  def model(self, depth: int, dtype, remat: bool = False, teacher: bool = False) -> nn.Module:
+    block = self.block(depth, teacher)
+    if remat:  # a network without the switch refuses it (the row's error)
+      block.remat = True
+    return build_model(block, self.args.num_classes, dtype)
 
   def variables(self, depth: int, teacher: bool = False) -> dict:
     """fp32 variables (the same for either compute dtype), made once per network and kept on the
     host, so that every row's `device_put` makes fresh buffers for its step to donate. The draw
     is the depth's (a teacher of another depth than the paper's gets its own, so that a teacher as
-    deep as the student differs from it).
+    deep as the student differs from it); a named network's is its role's.
 
     The BatchNorm running statistics are calibrated on augmented synthetic batches, the inputs
     the step feeds the teacher, as a trained network's are: with the initial ones (mean 0,
@@ -194,9 +216,15 @@ class JaxBench:
     are in the hundreds and climbing, and a step computing on overflowing values (or denormals,
     which are slow on CPUs) is not a representative timing.
     """
-    seed = 1000 + depth if teacher and depth != TEACHER_DEPTH else depth
-    if seed not in self._vars:
-      model = self.model(depth, jnp.float32)
+    block = self.block(depth, teacher)
+    if block.get("arch"):
+      seed = 2000 + int(teacher)
+      key = (seed, block.to_json(sort_keys=True))
+    else:
+      seed = 1000 + depth if teacher and depth != TEACHER_DEPTH else depth
+      key = seed
+    if key not in self._vars:
+      model = self.model(depth, jnp.float32, teacher=teacher)
       variables = init_variables(model, jax.random.key(seed), self.image_shape)
       batch = self.images[:min(self.args.dataset_size, 128)]
       data_config = base_config("cifar100", "kd").data
@@ -209,8 +237,8 @@ class JaxBench:
 
       for i in range(CALIBRATION_PASSES):  # momentum 0.9: 0.9**40 of the initial value is left
         variables = calibrate(variables, jax.random.key(i))
-      self._vars[seed] = jax.device_get(variables)
-    return self._vars[seed]
+      self._vars[key] = jax.device_get(variables)
+    return self._vars[key]
 
   def _inputs(self, case_name: str, batch: int, dtype_name: str, abstract: bool = False):
     """What the case's steps are built from, as the training loop's (`steps.StepSpec`), its train
@@ -220,12 +248,15 @@ class JaxBench:
     lowers the step without computing or placing anything); else real ones on the devices.
     """
     case = CASES[case_name]
-    method = get_method(case.method)
     config = base_config("cifar100", case.method)
     config.method.memory_lean = case.memory_lean
     model = self.model(config.model.depth, DTYPES[dtype_name], case.remat)
-    teacher = (self.model(self.args.teacher_depth, DTYPES[dtype_name]) if method.needs_teacher
-               else None)
+    method = get_method(case.method).for_stages(model.num_stages)
+    teacher = (self.model(self.args.teacher_depth, DTYPES[dtype_name], teacher=True)
+               if method.needs_teacher else None)
+    # none for a pair of equal stage shapes (the paper's ResNets)
+    pair_adapters = (adapters.for_pair(model, teacher, method, self.image_shape)
+                     if teacher is not None else adapters.NONE)
     tx = freeze.mask_optimizer(
         make_optimizer(config.optim, TOTAL_STEPS, TOTAL_STEPS / len(method.phases)), method)
     steps_per_epoch = self.args.dataset_size // batch
@@ -235,18 +266,22 @@ class JaxBench:
     spec = steps.StepSpec(model=model, teacher=teacher, method=method,
                           method_config=config.method, data_config=config.data, tx=tx,
                           mean=cifar100.MEAN, std=cifar100.STD, batch_size=batch,
-                          steps_per_epoch=steps_per_epoch)
+                          steps_per_epoch=steps_per_epoch, adapters=pair_adapters)
+    # the adapters' variables beside the student's, as `train` attaches them
+    def with_adapters(v):
+      return adapters.attach(v, pair_adapters.init(jax.random.key(3)))
+
     if abstract:
       def variables(depth, teacher=False):
         return jax.eval_shape(lambda: init_variables(
-            self.model(depth, jnp.float32), jax.random.key(0), self.image_shape))
+            self.model(depth, jnp.float32, teacher=teacher), jax.random.key(0), self.image_shape))
       place = lambda tree: tree  # noqa: E731
-      state = jax.eval_shape(lambda v: steps.create_train_state(v, tx),
+      state = jax.eval_shape(lambda v: steps.create_train_state(with_adapters(v), tx),
                              variables(config.model.depth))
     else:
       variables = self.variables
       place = lambda tree: jax.device_put(tree, self.repl)  # noqa: E731
-      state = place(steps.create_train_state(variables(config.model.depth), tx))
+      state = place(steps.create_train_state(with_adapters(variables(config.model.depth)), tx))
     teacher_vars = (place(variables(self.args.teacher_depth, teacher=True)) if teacher is not None
                     else None)
     return spec, state, (self.images, self.labels, self.perm, teacher_vars)

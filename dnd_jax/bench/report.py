@@ -147,14 +147,23 @@ def targets(rows: list[dict]) -> list[str]:
   return lines
 
 
+def _network(meta: dict, role: str) -> str:
+  """"ResNet34", or a named network with its family keyword arguments: "shufflev2 {...}"."""
+  arch = meta.get(f"{role}_arch")
+  if not arch:
+    return f"ResNet{meta.get('teacher_depth', TEACHER_DEPTH)}" if role == "teacher" else "ResNet18"
+  kwargs = meta.get(f"{role}_arch_kwargs")
+  return f"{arch} {json.dumps(kwargs)}" if kwargs else arch
+
+
 def markdown(result: dict) -> str:
   meta = result["meta"]
   run_peak = meta.get("measured_matmul_tflops")
   lines = [
       f"Device: {meta['device_count']} x {meta['device_kind']} ({meta['backend']}); "
       f"host {meta['host']} ({meta['cpu_affinity']} usable by this run); {meta['date']}",
-      f"Shapes: ResNet{meta.get('teacher_depth', TEACHER_DEPTH)} teacher -> ResNet18 student, width "
-      f"{meta['width']}, "
+      f"Shapes: {_network(meta, 'teacher')} teacher -> {_network(meta, 'student')} student, "
+      f"width {meta['width']}, "
       f"{meta['image_size']}x{meta['image_size']}x3 synthetic uint8 images, "
       f"{meta['num_classes']} classes, {meta['dataset_size']} resident images; "
       f"{meta['warmup']} warm-up + {meta['steps']} timed steps.",

@@ -3,7 +3,10 @@
 All experiments of one data set and scale share one output folder:
 
   <out>/teacher/            the teacher, trained once (unless --teacher points at one)
-  <out>/runs/<run name>/    one workdir per grid cell, e.g. runs/pdnd_e60_f1_s0
+  <out>/teachers/<arch>/    a pair grid's teachers, one per teacher architecture (unless
+                            --teacher-dir holds them)
+  <out>/runs/<run name>/    one workdir per grid cell, e.g. runs/pdnd_e60_f1_s0 or, in a pair
+                            grid, runs/wrn40_2-wrn16_2_pdnd_e240_f1_s0
   <out>/<experiment>.csv    one row per run of the experiment
   <out>/<experiment>.md     the report, figures under <out>/figures/
 
@@ -24,7 +27,7 @@ import ml_collections
 
 from dnd_jax.configs import SHORT_NAME, base_config, config_path, load_config_file
 from dnd_jax.reproduce.grids import EXPERIMENTS, SCALES, Arm, Experiment, RunSpec, Scale
-from dnd_jax.reproduce.records import exported_model
+from dnd_jax.reproduce.records import exported_model, has_exported_model
 
 
 # --- command-line values ------------------------------------------------------------------------
@@ -135,6 +138,8 @@ class Plan:
   teacher_overrides: dict
   teacher_epochs: int | None
   teacher_path: str | None  # an existing teacher (an exported model folder); None = train one
+  # a pair grid's existing teachers: <it>/<teacher arch> (or its model/) is an exported model
+  teachers_path: str | None = None
 
   @property
   def teacher_dir(self) -> str:
@@ -143,6 +148,24 @@ class Plan:
   @property
   def teacher_checkpoint(self) -> str:
     return self.teacher_path or exported_model(self.teacher_dir)
+
+  def pair_teacher_dir(self, arch: str) -> str:
+    """Where a pair grid trains its teacher of architecture `arch` (shared by its pairs)."""
+    return os.path.join(self.out, "teachers", arch)
+
+  def pair_teacher_checkpoint(self, arch: str) -> str:
+    """The exported teacher of architecture `arch`: --teacher-dir's <arch> folder (a model
+    folder, or a run folder holding one), else the one the grid trains."""
+    if self.teachers_path:
+      given = os.path.join(self.teachers_path, arch)
+      return given if has_exported_model(given) else exported_model(given)
+    return exported_model(self.pair_teacher_dir(arch))
+
+  def teacher_checkpoint_of(self, spec: RunSpec) -> str:
+    """The exported teacher of a grid cell's distillation."""
+    if spec.pair:
+      return self.pair_teacher_checkpoint(self.experiment.pair(spec.pair).teacher)
+    return self.teacher_checkpoint
 
   def run_dir(self, spec: RunSpec) -> str:
     return os.path.join(self.out, "runs", spec.name)
@@ -175,9 +198,10 @@ def make_plan(name: str, scale: str = "paper", *, overrides: dict | None = None,
               epochs: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
               fractions: Sequence[float] | None = None, max_lrs: Sequence[float] | None = None,
               teacher_epochs: int | None = None, teacher_path: str | None = None,
+              pairs: Sequence[str] | None = None, teachers_path: str | None = None,
               out: str | None = None) -> Plan:
   """The experiment `name` shrunk by `scale`, then by the explicit grid arguments (`methods`
-  picks arms by name)."""
+  picks arms by name, `pairs` a pair grid's pairs by `teacher:student`)."""
   if name not in EXPERIMENTS:
     raise ValueError(f"Unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}.")
   if scale not in SCALES:
@@ -192,10 +216,14 @@ def make_plan(name: str, scale: str = "paper", *, overrides: dict | None = None,
   owned = {"num_epochs": "--epochs", "seed": "--seeds"}
   if any(lr is not None for lr in changes.get("max_lrs", exp.max_lrs)):
     owned["optim.lr"] = "--max-lrs"
+  if exp.pairs:
+    owned.update({"model.arch": "--pairs", "model.arch_kwargs": "--pairs"})
   for key, flag in owned.items():
     if key in (overrides or {}):
+      other = "" if flag == "--pairs" else " (or --teacher-override for the teacher)"
       raise ValueError(f"--override {key}: every run of the grid sets it from the grid; use "
-                       f"{flag} (or --teacher-override for the teacher).")
+                       f"{flag}{other}.")
+  changes.update(_pair_changes(exp, pairs, teacher_overrides, teacher_path, teachers_path))
   if methods:
     _refuse_repeats("--methods", methods)
     unknown = [m for m in methods if m not in exp.arm_names]
@@ -222,11 +250,43 @@ def make_plan(name: str, scale: str = "paper", *, overrides: dict | None = None,
     extra["teacher:num_epochs"] = teacher_epochs
   if teacher_path:
     extra["teacher:path"] = os.path.abspath(teacher_path)
+  if teachers_path:
+    extra["teacher:dir"] = os.path.abspath(teachers_path)
   return Plan(experiment=exp, scale=sc, out=out or default_out(exp, sc, extra),
               overrides={**sc.overrides, **(overrides or {})},
               teacher_overrides={**sc.teacher_overrides, **(teacher_overrides or {})},
               teacher_epochs=teacher_epochs if teacher_epochs is not None else sc.teacher_epochs,
-              teacher_path=teacher_path)
+              teacher_path=teacher_path, teachers_path=teachers_path)
+
+
+def _pair_changes(exp: Experiment, pairs, teacher_overrides, teacher_path,
+                  teachers_path) -> dict:
+  """The pairs `pairs` picks (`teacher:student`), and the flags that only one kind of grid
+  takes: a pair grid has a teacher per pair (--teacher-dir), the others one (--teacher)."""
+  name = exp.name
+  if not exp.pairs:
+    if pairs or teachers_path:
+      pair_grids = ", ".join(e.name for e in EXPERIMENTS.values() if e.pairs)
+      raise ValueError(f"{'--pairs' if pairs else '--teacher-dir'}: {name} is not a grid of "
+                       f"teacher/student pairs (the pair grids: {pair_grids}); its one teacher "
+                       "is --teacher.")
+    return {}
+  if teacher_path:
+    raise ValueError(f"--teacher: {name} has a teacher per pair; give a folder holding one "
+                     "exported teacher per teacher architecture with --teacher-dir.")
+  for key in ("model.arch", "model.arch_kwargs"):
+    if key in (teacher_overrides or {}):
+      raise ValueError(f"--teacher-override {key}: every pair sets its teacher's architecture; "
+                       "pick pairs with --pairs.")
+  if not pairs:
+    return {}
+  _refuse_repeats("--pairs", pairs)
+  known = {p.key: p for p in exp.pairs}
+  unknown = [p for p in pairs if p not in known]
+  if unknown:
+    raise ValueError(f"--pairs: unknown pair {unknown[0]!r} for {name}; known (teacher:student): "
+                     f"{', '.join(known)}.")
+  return {"pairs": tuple(p for p in exp.pairs if p.key in pairs)}  # the grid's order
 
 
 # --- configs ------------------------------------------------------------------------------------
@@ -238,11 +298,19 @@ def method_config(method: str, dataset: str) -> ml_collections.ConfigDict:
   return load_config_file(path) if os.path.isfile(path) else base_config(dataset, method)
 
 
-def teacher_config(plan: Plan) -> ml_collections.ConfigDict:
+def arch_overrides(plan: Plan, arch: str) -> dict:
+  """model.arch (and its family keyword arguments at the plan's scale) of a pair's network."""
+  return {"model.arch": arch, "model.arch_kwargs": dict(plan.scale.arch_kwargs.get(arch, {}))}
+
+
+def teacher_config(plan: Plan, arch: str = "") -> ml_collections.ConfigDict:
   """The teacher's training config: configs/teacher_<data>.py, the plan's overrides (so a
-  narrower student gets an equally narrow teacher), then the teacher-only overrides."""
+  narrower student gets an equally narrow teacher), a pair grid's teacher architecture `arch`,
+  then the teacher-only overrides."""
   config = method_config("teacher", plan.experiment.dataset)
   apply_overrides(config, plan.overrides, skip_other_methods_fields=True)
+  if arch:
+    apply_overrides(config, arch_overrides(plan, arch))
   apply_overrides(config, plan.teacher_overrides)
   if plan.teacher_epochs is not None:
     config.num_epochs = int(plan.teacher_epochs)
@@ -265,7 +333,8 @@ def _set_teacher(config, model_config, checkpoint: str) -> None:
 def run_config(plan: Plan, spec: RunSpec) -> ml_collections.ConfigDict:
   """The config of one grid cell: the arm's method config, the plan's overrides, the
   experiment's and the arm's, then the cell's budget, seed, data share and max lr; its teacher
-  is the plan's, or the arm it starts from.
+  is the plan's, or the arm it starts from; in a pair grid the network is the pair's student and
+  the teacher is of the pair's teacher architecture.
 
   The data subset is drawn with data.subset_seed (not the run's seed), so every method and seed
   sees the same images and a smaller share is a subset of a larger one.
@@ -273,6 +342,9 @@ def run_config(plan: Plan, spec: RunSpec) -> ml_collections.ConfigDict:
   arm = plan.experiment.arm(spec.method)
   config = method_config(arm.method, plan.experiment.dataset)
   apply_overrides(config, plan.overrides, skip_other_methods_fields=True)
+  pair = plan.experiment.pair(spec.pair) if spec.pair else None
+  if pair:
+    apply_overrides(config, arch_overrides(plan, pair.student))
   apply_overrides(config, plan.experiment.overrides)
   apply_overrides(config, arm.overrides)
   config.num_epochs = int(spec.epochs)
@@ -285,6 +357,14 @@ def run_config(plan: Plan, spec: RunSpec) -> ml_collections.ConfigDict:
     trained = exported_model(plan.run_dir(start))
     config.method.init_from = trained
     _set_teacher(config, run_config(plan, start).model, trained)
+  elif pair and plan.teachers_path:
+    # an imported teacher's architecture is its model.json's (checked against the pair's by
+    # run.check_plan), whatever family keyword arguments the scale would give a trained one
+    config.teacher.checkpoint = plan.pair_teacher_checkpoint(pair.teacher)
+    config.teacher.config = ""
+  elif pair:
+    _set_teacher(config, teacher_config(plan, pair.teacher).model,
+                 plan.pair_teacher_checkpoint(pair.teacher))
   elif plan.teacher_path:
     # a given teacher's architecture is its model.json's (dnd_jax.teacher.load), not that of the
     # teacher the grid would train; an override of teacher.{depth,width,stem} is checked against it

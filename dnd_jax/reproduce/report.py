@@ -9,12 +9,12 @@ from dnd_jax.reproduce.plan import Plan
 from dnd_jax.reproduce.plots import plot_budgets, plot_epoch_curves, plot_fractions, plot_lrs
 from dnd_jax.reproduce.tables import (DATASET_LABELS, PAPER_CSV, _paper_rows, budgets_section,
                                       curves_section, fractions_section, load_paper, lr_section,
-                                      mean_std)
+                                      mean_std, pairs_section)
 
 # What an experiment's `sections` and `figures` name (`grids.Experiment`): named there, not
 # referenced, because the tables and figures read a `plan.Plan`, which is made of the grids.
 SECTIONS = {"budgets": budgets_section, "fractions": fractions_section,
-            "curves": curves_section, "lr": lr_section}
+            "curves": curves_section, "lr": lr_section, "pairs": pairs_section}
 FIGURES = {"curves": plot_epoch_curves, "budgets": plot_budgets, "fractions": plot_fractions,
            "lr": plot_lrs}
 
@@ -44,11 +44,12 @@ def write_report(plan: Plan, rows: list[dict], command: str | None = None,
            f"- Grid: methods {', '.join(exp.arm_names)}; epochs {', '.join(map(str, exp.epochs))}; "
            f"seeds {', '.join(map(str, exp.seeds))}; data fractions "
            f"{', '.join(f'{f:g}' for f in exp.fractions)}"
-           + (f"; max lrs {', '.join(f'{lr:g}' for lr in lrs)}" if lrs else "") + ".",
+           + (f"; max lrs {', '.join(f'{lr:g}' for lr in lrs)}" if lrs else "")
+           + (f"; pairs {', '.join(p.key for p in exp.pairs)}" if exp.pairs else "") + ".",
            f"- Config overrides: {json.dumps(plan.overrides) if plan.overrides else 'none'}.",
            f"- Runs finished: {len(done)} of {len(rows)}; device: {', '.join(devices) or 'n/a'}.",
            f"- Command: `{command or default_command}`"]
-  if teacher[2]:
+  if teacher[2] and not exp.pairs:  # a pair grid's teachers are its table's column
     paper_note = ""
     if paper_teacher:
       paper_note = (f" (the paper's {DATASET_LABELS.get(exp.paper[1], '')} teacher: "

@@ -52,25 +52,54 @@ def _teacher_digest(path: str) -> str:
   return checkpoints.variables_digest(variables)
 
 
+def pair_teachers(plan: Plan) -> list[str]:
+  """A pair grid's teacher architectures, each once, in the grid's order ([] elsewhere)."""
+  return list(dict.fromkeys(p.teacher for p in plan.experiment.pairs))
+
+
+def _check_given_pair_teachers(plan: Plan) -> None:
+  """--teacher-dir holds every teacher the pairs need, each of its pair's architecture."""
+  from dnd_jax import checkpoints  # noqa: PLC0415 (orbax: see _train)
+  for arch in pair_teachers(plan):
+    path = plan.pair_teacher_checkpoint(arch)
+    if not has_exported_model(path):
+      raise FileNotFoundError(
+          f"--teacher-dir {plan.teachers_path!r} holds no exported {arch} teacher "
+          f"({os.path.join(plan.teachers_path, arch)}/model.json); write one there with "
+          "scripts/import_torch_teacher.py --output, or leave out --teacher-dir to train it.")
+    found = checkpoints.read_model_meta(path)["architecture"].get("arch")
+    if found != arch:
+      raise ValueError(f"--teacher-dir: {path} holds a {found or 'ResNet'} network, not the "
+                       f"{arch} teacher its folder name says.")
+
+
 def check_plan(plan: Plan) -> None:
   """What a plan's runs can be found wrong with before any is trained, or reported: each cell's
-  config (its values, and the config stored in its workdir), the grid teacher's config, and the
-  teacher each finished cell was distilled from (another --teacher, or a retrained one, in the
-  same --out would otherwise mix two teachers' runs in one table)."""
-  if not plan.teacher_path:
+  config (its values, and the config stored in its workdir), the grid teachers' configs (or the
+  teachers --teacher-dir gives), and the teacher each finished cell was distilled from (another
+  --teacher, or a retrained one, in the same --out would otherwise mix two teachers' runs in one
+  table)."""
+  if plan.teachers_path:
+    _check_given_pair_teachers(plan)
+  elif plan.experiment.pairs:
+    for arch in pair_teachers(plan):
+      check_same_config(plan.pair_teacher_dir(arch), teacher_config(plan, arch))
+  elif not plan.teacher_path:
     check_same_config(plan.teacher_dir, teacher_config(plan))
-  digest = None
+  digests: dict[str, str] = {}
   for spec in expand(plan.experiment):
     config, workdir = run_config(plan, spec), plan.run_dir(spec)
     config_check.check(config)
     check_same_config(workdir, config)
     recorded = (summary_of(workdir) or {}).get("teacher_digest")
     if recorded and needs_grid_teacher(plan.experiment.arm(spec.method)):
-      digest = _teacher_digest(plan.teacher_checkpoint) if digest is None else digest
-      if digest and recorded != digest:
+      checkpoint = plan.teacher_checkpoint_of(spec)
+      if checkpoint not in digests:
+        digests[checkpoint] = _teacher_digest(checkpoint)
+      if digests[checkpoint] and recorded != digests[checkpoint]:
         raise ValueError(
             f"{workdir} holds a run distilled from another teacher than this grid's "
-            f"({plan.teacher_checkpoint}). Use another --out folder for this teacher, or delete "
+            f"({checkpoint}). Use another --out folder for this teacher, or delete "
             "that run folder to redo it.")
 
 
@@ -84,8 +113,18 @@ def _train(config, workdir):
   return train_and_evaluate(config, workdir)
 
 
-def ensure_teacher(plan: Plan, train_fn=None) -> str:
-  """The teacher's exported model folder, trained into <out>/teacher first if it is missing."""
+def ensure_teacher(plan: Plan, train_fn=None, arch: str = "") -> str:
+  """The teacher's exported model folder, trained into <out>/teacher (a pair grid's teacher of
+  architecture `arch`: <out>/teachers/<arch>) first if it is missing."""
+  if arch:
+    if plan.teachers_path:  # checked by check_plan
+      return plan.pair_teacher_checkpoint(arch)
+    from dnd_jax import teacher  # noqa: PLC0415 (orbax: see _train)
+    config = teacher_config(plan, arch)
+    check_same_config(plan.pair_teacher_dir(arch), config)
+    return teacher.train_into(
+        config, plan.pair_teacher_dir(arch), train_fn or _train,
+        why=f"== teacher: training the {arch} teacher for {config.num_epochs} epochs")
   if plan.teacher_path:
     if not has_exported_model(plan.teacher_path):
       raise FileNotFoundError(f"--teacher {plan.teacher_path!r} holds no exported model "
@@ -143,9 +182,18 @@ def run_plan(plan: Plan, train_fn=None, dry_run: bool = False) -> list[dict]:
       log.info(f"   {'done' if is_finished(plan.run_dir(s)) else 'todo'}  {plan.run_dir(s)}")
     return collect(plan)
   os.makedirs(plan.out, exist_ok=True)
-  if any(needs_grid_teacher(exp.arm(s.method)) for s in todo):
+  taught = [s for s in todo if needs_grid_teacher(exp.arm(s.method))]
+  if taught and not exp.pairs:
     ensure_teacher(plan, train_fn)
+  # a pair grid's teachers: each trained just before the first cell it teaches, so that a grid
+  # cut short has whole pairs rather than only teachers
+  ready = set()
   for spec in specs:
+    if exp.pairs and spec in taught:
+      arch = exp.pair(spec.pair).teacher
+      if arch not in ready:
+        ensure_teacher(plan, train_fn, arch)
+        ready.add(arch)
     run_cell(plan, spec, train_fn)
   rows = collect(plan)
   write_csv(rows, plan.csv_path)
@@ -154,6 +202,9 @@ def run_plan(plan: Plan, train_fn=None, dry_run: bool = False) -> list[dict]:
 
 # --- collecting ---------------------------------------------------------------------------------
 
+# a pair grid's CSV has a "pair" column (`Pair.name`) after "dataset"; the others have none, so
+# the committed CSVs of the other grids read and redraw as they are
+PAIR_FIELD = "pair"
 CSV_FIELDS = ("experiment", "scale", "dataset", "method", "epochs", "seed", "fraction", "max_lr",
               "data_fraction", "status", "final_accuracy", "best_accuracy", "best_epoch",
               "start_accuracy", "eval_split", "final_test_accuracy", "best_test_accuracy",
@@ -170,6 +221,7 @@ def collect(plan: Plan) -> list[dict]:
     record = config_record_of(workdir) or {}
     row = {"experiment": plan.experiment.name, "scale": plan.scale.name,
            "dataset": plan.experiment.dataset, "method": spec.method, "epochs": spec.epochs,
+           **({PAIR_FIELD: spec.pair} if spec.pair else {}),
            "seed": spec.seed, "fraction": spec.fraction, "max_lr": spec.max_lr,
            "data_fraction": record.get("data", {}).get("fraction"),
            "status": "finished" if summary else "missing", "workdir": workdir}
@@ -180,18 +232,27 @@ def collect(plan: Plan) -> list[dict]:
   return rows
 
 
+def csv_fields(rows: list[dict]) -> tuple[str, ...]:
+  """CSV_FIELDS, with the pair column where a row has a pair."""
+  if not any(row.get(PAIR_FIELD) for row in rows):
+    return CSV_FIELDS
+  at = CSV_FIELDS.index("dataset") + 1
+  return CSV_FIELDS[:at] + (PAIR_FIELD,) + CSV_FIELDS[at:]
+
+
 def write_csv(rows: list[dict], path: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   text = io.StringIO(newline="")
-  writer = csv.DictWriter(text, fieldnames=CSV_FIELDS)
+  fields = csv_fields(rows)
+  writer = csv.DictWriter(text, fieldnames=fields)
   writer.writeheader()
   for row in rows:
-    writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in CSV_FIELDS})
+    writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in fields})
   run_folder.write_atomic(path, text.getvalue())
 
 
 _INT_FIELDS = ("epochs", "seed", "best_epoch")
-_TEXT_FIELDS = ("experiment", "scale", "dataset", "method", "status", "eval_split",
+_TEXT_FIELDS = ("experiment", "scale", "dataset", PAIR_FIELD, "method", "status", "eval_split",
                 "device_kind", "workdir")
 
 

@@ -1,10 +1,12 @@
 """The report's tables and claims, in the paper's layout beside its published figures.
 
 Everything here reads only the grid's rows (`run.collect` or its CSV), the runs' per-epoch
-curves and summaries (`records`) and paper_results.csv (the paper's Tables 1-3 as data, shipped
-in this package), so `--report-only` can redraw a report without JAX work. Accuracy cells are mean +- sample standard deviation (ddof = 1) over the seeds
-that finished; a cell with one run shows its value alone, and a cell with fewer runs than the
-grid's seeds says how many it has. "Best" is the epoch with the highest evaluation accuracy (the
+curves and summaries (`records`), paper_results.csv (the paper's Tables 1-3 as data) and
+pairs_published.csv (other libraries' published figures for the pair grids, each row naming its
+source), both shipped in this package, so `--report-only` can redraw a report without JAX work.
+Accuracy cells are mean +- sample standard deviation (ddof = 1) over the seeds that finished; a
+cell with one run shows its value alone, and a cell with fewer runs than the grid's seeds says
+how many it has. "Best" is the epoch with the highest evaluation accuracy (the
 paper's "best model", selected on the test set unless data.val_fraction > 0), "final" the last.
 
 Each `*_section(plan, rows, paper)` returns the markdown lines of one experiment kind's report
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
   from dnd_jax.reproduce.plan import Plan
 
 PAPER_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_results.csv")
+PAIRS_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pairs_published.csv")
 DATASET_LABELS = {"cifar100": "CIFAR-100", "imagewoof": "Imagewoof",
                   "fashion_mnist": "Fashion-MNIST"}
 KEYS = ("method", "epochs", "fraction", "max_lr")  # a cell of the grid, the seeds aside
@@ -47,6 +50,17 @@ def load_paper(path: str = PAPER_CSV) -> list[dict]:
         row[k] = float(row[k]) if row.get(k) not in (None, "") else None
       rows.append(row)
   return rows
+
+
+def load_published_pairs(path: str = PAIRS_CSV) -> list[dict]:
+  """Published top-1 of teacher -> student pairs, kept apart from the paper's because they are
+  another library's (its `source`), for a method the DnD paper did not run them with; [] when
+  the file is absent."""
+  if not os.path.isfile(path):
+    return []
+  with open(path, newline="") as f:
+    return [{**row, "epochs": int(row["epochs"]), "acc_mean": float(row["acc_mean"])}
+            for row in csv.DictReader(f)]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
@@ -483,3 +497,93 @@ def lr_section(plan: Plan, rows: list[dict], paper: list[dict]) -> list[str]:
       "", lr_table(plan, rows, "best_accuracy"), "", "## At the last epoch", "",
       lr_table(plan, rows, "final_accuracy"), "", "## Against the paper's claims", ""]
           + [f"- {c}" for c in lr_claims(plan, rows)])
+
+
+# --- pair grids ---------------------------------------------------------------------------------
+
+_PAIR_KEYS = ("pair", "method", "epochs", "fraction", "max_lr")
+
+
+def _published_of(plan: Plan, published: list[dict]) -> dict:
+  """{pair name: published row} of the grid's data set."""
+  exp = plan.experiment
+  by_names = {(r["teacher"], r["student"]): r for r in published if r["dataset"] == exp.dataset}
+  return {p.name: by_names[(p.teacher, p.student)] for p in exp.pairs
+          if (p.teacher, p.student) in by_names}
+
+
+def pairs_table(plan: Plan, rows: list[dict], published: list[dict], epochs: int,
+                metric: str = "best_accuracy") -> str:
+  """A row per pair: the published figure (no column for `published` []), our teacher's
+  accuracy, then each arm's."""
+  exp = plan.experiment
+  acc = aggregate(rows, metric, _PAIR_KEYS)
+  teachers = aggregate(rows, "teacher_accuracy", ("pair",))
+  pub = _published_of(plan, published)
+  fraction, lr = max(exp.fractions), grid_lr(exp)
+  header = (["teacher -> student"] + (["published KD (%)"] if published else [])
+            + ["our teacher (%)"] + [exp.label(m) for m in exp.arm_names])
+  lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+  for pair in exp.pairs:
+    cells = [pair.display]
+    if published:
+      cells.append(f"{pub[pair.name]['acc_mean']:.2f}" if pair.name in pub else "—")
+    # every run of a pair reports the one teacher: its value, not a spread over the runs
+    teacher = teachers.get((pair.name,))
+    cells.append(fmt_acc(teacher[:1] + (float("nan"), 1) if teacher and teacher[2] else None))
+    cells += [fmt_acc(acc.get((pair.name, m, epochs, fraction, lr)), len(exp.seeds))
+              for m in exp.arm_names]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def pair_claims(plan: Plan, rows: list[dict], published: list[dict], epochs: int) -> list[str]:
+  """Over the pairs with both numbers: each proposed arm against the baseline here, and the
+  baseline here against the published figure."""
+  exp = plan.experiment
+  acc = aggregate(rows, "best_accuracy", _PAIR_KEYS)
+  fraction, lr = max(exp.fractions), grid_lr(exp)
+  get = lambda p, m: acc.get((p.name, m, epochs, fraction, lr), (float("nan"),))[0]  # noqa: E731
+  base = exp.baseline if exp.baseline in exp.arm_names else None
+  out = []
+  for m in [m for m in exp.proposed if m in exp.arm_names] if base else []:
+    diffs = [get(p, m) - get(p, base) for p in exp.pairs
+             if finite(get(p, m)) and finite(get(p, base))]
+    if diffs:
+      out.append(f"{exp.label(m)} − {exp.label(base)} at {epochs} "
+                 f"epoch{'s' if epochs != 1 else ''}, mean over {len(diffs)} "
+                 f"pair{'s' if len(diffs) != 1 else ''}: {_pp(sum(diffs) / len(diffs))} pts "
+                 f"(ahead in {sum(d > 0 for d in diffs)}).")
+  pub = _published_of(plan, published)
+  if base:
+    both = [p for p in exp.pairs if p.name in pub and finite(get(p, base))]
+    if both:
+      diff = sum(get(p, base) - pub[p.name]["acc_mean"] / 100 for p in both) / len(both)
+      theirs = "/".join(sorted({str(pub[p.name]["epochs"]) for p in both}))
+      out.append(f"{exp.label(base)} here at {epochs} epoch{'s' if epochs != 1 else ''} − "
+                 f"published KD ({theirs} epochs), mean over {len(both)} "
+                 f"pair{'s' if len(both) != 1 else ''}: {_pp(diff)} pts.")
+  return out
+
+
+def pairs_section(plan: Plan, rows: list[dict], paper: list[dict]) -> list[str]:
+  """The pair table at each budget; the published column is another library's vanilla KD (from
+  pairs_published.csv, its source named), not the DnD paper's."""
+  exp = plan.experiment
+  published = load_published_pairs()
+  used = list(_published_of(plan, published).values())
+  sources = sorted({f"{r['source']}, {r['epochs']} epochs" for r in used})
+  note = (f"\"published KD\" is {'; '.join(sources)}: the field's figure for the pair, not the "
+          "DnD paper's. " if sources else "")
+  lines = ["## Accuracy at the best epoch, pair by pair", "",
+           f"Mean ± std over seeds. {note}\"our teacher\" is each pair's teacher as its "
+           "distillation runs measured it.", ""]
+  plural = lambda e: f"{e} epoch{'s' if e != 1 else ''}"  # noqa: E731
+  for e in sorted(exp.epochs):
+    lines += [f"### {plural(e)}", "", pairs_table(plan, rows, published, e), ""]
+  lines += ["## Accuracy at the last epoch", ""]
+  for e in sorted(exp.epochs):
+    lines += [f"### {plural(e)}", "", pairs_table(plan, rows, [], e, "final_accuracy"), ""]
+  lines += ["## Against vanilla KD, here and published", ""]
+  return lines + [f"- {c}" for e in sorted(exp.epochs)
+                  for c in pair_claims(plan, rows, published, e)]
