@@ -5,7 +5,8 @@ workdir (the model, the method's steps, the optimiser, the teacher, the restored
 it over; the loop reads no config, so what a run does is decided in one place and the loop only
 does it. It compiles one program per partition of the method on first use
 (`steps.compile_partition_step`), changes partition where the method's phases change (mid-epoch
-if need be), and records each epoch as it ends.
+if need be), and records each epoch as it ends. Its batches come from a resident training set or
+a stream (`dnd_jax.batches`), behind one interface.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 from tqdm.auto import tqdm
 
-from dnd_jax import checkpoints, parallel, profiling, steps, tb
+from dnd_jax import batches as batch_sources, checkpoints, parallel, profiling, steps, tb
 from dnd_jax import workdir as run_folder
 from dnd_jax.timing import TimeSplit
 
@@ -39,7 +39,6 @@ class LoopSettings:
   checkpoint_every: int  # config.checkpoint.every_epochs
   refresh_steps: int  # config.log.refresh_steps: the progress bar's and TensorBoard's
   progress_bar: bool
-  seed: int  # the epochs' permutations derive from it
   compiler_options: dict | None  # the training steps' (`runtime.compiler_options`)
 
   @property
@@ -60,14 +59,15 @@ def mean_metrics(parts: list[dict]) -> dict:
 
 
 def run_epochs(settings: LoopSettings, spec: steps.StepSpec, *, workdir: str, mesh,
-               state: steps.TrainState, meta: dict, history: list[dict], train_images,
-               train_labels, n_train: int, teacher_vars, evaluate: Callable[[Any], tuple],
+               state: steps.TrainState, meta: dict, history: list[dict],
+               batches: batch_sources.ResidentBatches | batch_sources.StreamedBatches,
+               teacher_vars, evaluate: Callable[[Any], tuple],
                eval_split: str, lr_schedule, ckpts: checkpoints.TrainCheckpoints,
                tracer: profiling.StepTracer, tb_writer: tb.Writer, clock: TimeSplit):
   """Train from epoch `meta["epoch"]` to `settings.num_epochs`; return the state and history.
 
-  `train_images` and `train_labels` are placed on `mesh` (`parallel.put_dataset`) and the other
-  arrays replicated over it; `evaluate(variables)` is the (accuracy, loss) on the `eval_split`.
+  `batches` gives each dispatch its batch's arguments (`dnd_jax.batches`), the other arrays are
+  replicated over `mesh`; `evaluate(variables)` is the (accuracy, loss) on the `eval_split`.
   Each epoch adds its row to `history` and the metrics file, and updates `meta` (the epoch, the
   best accuracy, the time split), which every checkpoint saves. Returns once the last
   checkpoint is written.
@@ -78,32 +78,28 @@ def run_epochs(settings: LoopSettings, spec: steps.StepSpec, *, workdir: str, me
   phase_starts = method.phase_starts(total_steps)
   compiled: dict[tuple[int, int], Any] = {}
 
-  def phase_step(phase: int, perm, n: int = 1):
+  def phase_step(phase: int, n: int = 1):
     """The compiled step of a phase (n steps per dispatch), compiled (and timed) on first use."""
     if (phase, n) not in compiled:
       jax.block_until_ready(state)  # mid-epoch, the queued steps finish before compile time counts
       with clock("compile"):  # tracing included
         step = steps.compile_partition_step(
-            spec, phase, n, mesh, state, train_images, train_labels, perm, teacher_vars,
+            spec, phase, n, mesh, state, *batches.example_args(), teacher_vars,
             compiler_options=settings.compiler_options)
         compiled[phase, n] = (step.compiled, step.zero_sums)
     return compiled[phase, n]
 
   put = lambda x: jax.device_put(x, repl)  # noqa: E731
-  perm_key = jax.random.fold_in(jax.random.key(settings.seed), 2)
-  with clock("compile"):
-    make_perm = jax.jit(lambda key: jax.random.permutation(key, n_train).astype(jnp.int32),
-                        out_shardings=repl).lower(perm_key).compile()
   per_dispatch = settings.steps_per_dispatch
   refresh = settings.refresh_steps
   running_means = settings.progress_bar or tb_writer.enabled
 
   clock.startup_done()
   for epoch in range(meta["epoch"], settings.num_epochs):
-    perm = make_perm(jax.random.fold_in(perm_key, epoch))
+    batches.start_epoch(epoch)
     first_step = epoch * steps_per_epoch
     phase = method.phase_at(first_step, total_steps)
-    step_fn, zero_sums = phase_step(phase, perm, per_dispatch)
+    step_fn, zero_sums = phase_step(phase, per_dispatch)
     sums = put(zero_sums)
     finished_parts = []  # metric sums of earlier partitions, when a phase boundary falls mid-epoch
     compile_before, trace_before = clock.now["compile"], tracer.overhead_s
@@ -117,14 +113,15 @@ def run_epochs(settings: LoopSettings, spec: steps.StepSpec, *, workdir: str, me
       if phase + 1 < len(phase_starts) and global_step >= phase_starts[phase + 1]:
         phase += 1  # Progressive DnD changes partition mid-epoch when a boundary falls there
         finished_parts.append(sums)
-        step_fn, zero_sums = phase_step(phase, perm, per_dispatch)
+        step_fn, zero_sums = phase_step(phase, per_dispatch)
         sums = put(zero_sums)
       # several steps per dispatch while they stay inside the epoch and the partition, else one
       phase_end = phase_starts[phase + 1] if phase + 1 < len(phase_starts) else total_steps
       n = per_dispatch if min(steps_per_epoch - i, phase_end - global_step) >= per_dispatch else 1
-      run = step_fn if n == per_dispatch else phase_step(phase, perm, 1)[0]
+      run = step_fn if n == per_dispatch else phase_step(phase, 1)[0]
       tracer.before(global_step, n)
-      state, sums = run(state, sums, train_images, train_labels, perm, teacher_vars)
+      state, sums = run(state, sums, *batches.step_args(), teacher_vars)
+      batches.prefetch()  # the next batch is read and placed while this step runs
       i += n
       tracer.after(first_step + i, state)
       bar.update(n)

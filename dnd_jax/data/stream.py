@@ -1,0 +1,238 @@
+"""Streaming input on Grain: a data set too large to hold decoded is read batch by batch.
+
+`config.data.loader = "stream"` (the ImageNet configs) instead of the resident `"device"`: the
+image files are listed once (`image_folder.scan`), and each batch is decoded and cropped on the
+host, in Grain's worker processes (`data.workers`; 0 decodes in the training process), then sent
+to the devices as uint8, where the step normalises it as the resident path does.
+
+What makes it reproducible and resumable: an epoch's order is Grain's index shuffle of the
+training rows, seeded by (seed, epoch), and each image's random crop and flip are drawn from
+(seed, epoch, its position in that order). So the batches do not depend on the number of
+processes or workers, nor on where a run was stopped: a run resumed at an epoch rebuilds exactly
+the batches an uninterrupted run reads. An epoch is `floor(N / batch)` global batches, as on the
+resident path.
+
+Sharding over processes: process p of P reads the p-th block of `batch / P` rows of every global
+batch (`shard_batches`), the block its devices hold in a mesh ordered by process. The processes'
+shares tile the epoch without overlap, and the global batches are the same ones one process
+would read.
+
+Unreadable images: a file that does not decode stops the run with one line naming it; with
+`data.skip_corrupt` it is skipped instead (a training row takes the next readable file's place,
+an evaluation row is left out of the count) and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dnd_jax.data import image_folder
+from dnd_jax.data.files import DataError, MissingPackageError
+
+log = logging.getLogger(__name__)
+
+LOADERS = ("device", "stream")
+NAMES = (image_folder.NAME,)  # the data sets that stream
+# Grain's in-process read-ahead: threads decoding whole batches, and how many batches they may
+# hold ready (a few: an ImageNet batch of 256 at 224 px is 38 MB)
+READ_THREADS, READ_BUFFER = 4, 8
+
+
+def import_grain():
+  """Grain, an optional dependency (the `stream` extra): only a streamed run needs it."""
+  try:
+    return importlib.import_module("grain")
+  except ImportError as e:
+    raise MissingPackageError(
+        "config.data.loader='stream' needs Grain, which is not installed: pip install "
+        "'dnd_jax[stream]'.") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamData:
+  """What a run knows of a streamed data set before it reads an image: `Dataset`'s fields that
+  are not arrays. The evaluation split is the folder's `val/`, reported as "test" (it is what the
+  field reports ImageNet results on)."""
+
+  name: str
+  layout: image_folder.Layout
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  input_size: int
+  eval_split: str = "test"
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.input_size, self.input_size, 3)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.layout.classes)
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return self.layout.classes
+
+  @property
+  def n_train(self) -> int:
+    return len(self.layout.train.paths)
+
+  @property
+  def eval_labels(self) -> np.ndarray:
+    return self.layout.val.labels
+
+  @property
+  def rows_digest(self) -> str:
+    return self.layout.train.digest()[:16]
+
+  def eval_digest(self) -> str:
+    return self.layout.val.digest()
+
+
+def open_stream(data_config: Any) -> StreamData:
+  """The streamed data set `data_config` names, its folder scanned and checked (one `DataError`
+  for a layout problem, before any work)."""
+  if not data_config.get("dir"):
+    raise DataError(f"config.data.dir is not set: {image_folder.FIX}.")
+  import_grain()  # a missing package is one line now, not at the first batch
+  layout = image_folder.scan(Path(data_config.dir).expanduser())
+  return StreamData(name=data_config.name, layout=layout,
+                    mean=tuple(float(m) for m in data_config.mean),
+                    std=tuple(float(s) for s in data_config.std),
+                    input_size=int(data_config.image_size))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+  """The seed of an epoch's shuffle: a function of the run's seed and the epoch alone."""
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def shard_batches(rows, batch_size: int, num_batches: int, process_index: int,
+                  process_count: int):
+  """Process `process_index`'s block of each of the first `num_batches` global batches of the
+  Grain `MapDataset` `rows`: batches of `batch_size / process_count` rows, those its devices hold
+  (a mesh's devices are ordered by process)."""
+  if batch_size % process_count:
+    raise ValueError(f"config.batch_size={batch_size} does not divide over {process_count} "
+                     "processes.")
+  local = batch_size // process_count
+  return rows[:num_batches * batch_size].batch(local)[process_index::process_count]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reader:
+  """Decodes a row's file; with `skip`, an unreadable one is logged, counted and replaced by the
+  next readable row (training) or left out (evaluation). Picklable, for Grain's workers."""
+
+  root: Path
+  paths: tuple[str, ...]
+  labels: np.ndarray
+  skip: bool
+
+  def open(self, row: int, replace: bool):
+    """(image, label, files skipped); image None when an evaluation row is skipped."""
+    skipped = 0
+    while True:
+      try:
+        return image_folder.decode(self.root / self.paths[row]), int(self.labels[row]), skipped
+      except DataError as e:
+        if not self.skip:
+          raise
+        log.warning("Skipped an unreadable image: %s", str(e).split(" (")[0])
+        skipped += 1
+        if not replace or skipped >= len(self.paths):
+          return None, -1, skipped
+        row = (row + 1) % len(self.paths)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainView:
+  reader: _Reader
+  size: int
+  scale: tuple[float, float]
+  ratio: tuple[float, float]
+  flip: bool
+  seed: int
+  epoch: int
+
+  def __call__(self, position: int, row: int) -> dict:
+    image, label, skipped = self.reader.open(int(row), replace=True)
+    rng = np.random.default_rng([self.seed, self.epoch, position])
+    return {"image": image_folder.train_view(image, self.size, rng, self.scale, self.ratio,
+                                             self.flip),
+            "label": np.int32(label), "skipped": np.int32(skipped)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalView:
+  reader: _Reader
+  size: int
+
+  def __call__(self, row: int) -> dict:
+    if row >= len(self.reader.paths):  # padding of the last batch: never counted
+      return {"image": np.zeros((self.size, self.size, 3), np.uint8), "label": np.int32(-1),
+              "skipped": np.int32(0)}
+    image, label, skipped = self.reader.open(int(row), replace=False)
+    view = (np.zeros((self.size, self.size, 3), np.uint8) if image is None
+            else image_folder.eval_view(image, self.size))
+    return {"image": view, "label": np.int32(label), "skipped": np.int32(skipped)}
+
+
+def _reader(data: StreamData, split: image_folder.Split, data_config) -> _Reader:
+  return _Reader(data.layout.root, split.paths, split.labels,
+                 bool(data_config.get("skip_corrupt", False)))
+
+
+def _iterate(batches, workers: int):
+  grain = import_grain()
+  iterable = batches.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
+                                                       prefetch_buffer_size=READ_BUFFER))
+  if workers > 0:
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return iterable
+
+
+def train_rows(n: int, seed: int, epoch: int):
+  """The epoch's order of the training rows: Grain's index shuffle, seeded by (seed, epoch)."""
+  return import_grain().MapDataset.range(n).shuffle(seed=epoch_seed(seed, epoch))
+
+
+def train_batches(data: StreamData, data_config, *, seed: int, epoch: int, batch_size: int,
+                  process_index: int = 0, process_count: int = 1):
+  """This process's share of the epoch's `floor(N / batch_size)` training batches, decoded and
+  augmented: a Grain `IterDataset` of {"image": uint8 (b, H, W, 3), "label": int32 (b,),
+  "skipped": int32 (b,)}, b = batch_size / process_count."""
+  view = _TrainView(_reader(data, data.layout.train, data_config), data.input_size,
+                    tuple(data_config.rrc_scale), tuple(data_config.rrc_ratio),
+                    bool(data_config.get("flip", True)), seed, epoch)
+  rows = train_rows(data.n_train, seed, epoch).map_with_index(view)
+  return _iterate(shard_batches(rows, batch_size, data.n_train // batch_size, process_index,
+                                process_count), int(data_config.get("workers", 0)))
+
+
+def eval_batches(data: StreamData, data_config, *, batch_size: int, process_index: int = 0,
+                 process_count: int = 1):
+  """The evaluation split in batches of `batch_size`, the last padded with label -1 (never
+  counted), this process's block of each, as `train_batches` yields them."""
+  n = len(data.eval_labels)
+  num_batches = -(-n // batch_size)
+  rows = import_grain().MapDataset.range(num_batches * batch_size).map(
+      _EvalView(_reader(data, data.layout.val, data_config), data.input_size))
+  return _iterate(shard_batches(rows, batch_size, num_batches, process_index, process_count),
+                  int(data_config.get("workers", 0)))
+
+
+def throughput_views(data: StreamData, data_config, count: int):
+  """The first `count` training rows' decoded training views, unbatched, for measuring the
+  pipeline alone (scripts/stream_throughput.py)."""
+  view = _TrainView(_reader(data, data.layout.train, data_config), data.input_size,
+                    tuple(data_config.rrc_scale), tuple(data_config.rrc_ratio), True, 0, 0)
+  rows = import_grain().MapDataset.range(min(count, data.n_train)).map_with_index(view)
+  return _iterate(rows, int(data_config.get("workers", 0)))
+
