@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 def _place(sharding, batch: dict) -> tuple[jax.Array, jax.Array]:
   """A batch of this process's rows as global arrays split over the mesh (one process: the whole
   batch)."""
-  return tuple(jax.make_array_from_process_local_data(sharding, batch[k]) for k in ("image", "label"))
+  return tuple(jax.make_array_from_process_local_data(sharding, batch[k])
+               for k in ("image", "label"))
 
 
 class ResidentBatches:
@@ -64,12 +65,15 @@ class ResidentBatches:
 
 class StreamedBatches:
   """This process's share of each global batch from the Grain pipeline, placed on the mesh; one
-  batch per step (a streamed run dispatches one step at a time)."""
+  batch per step (a streamed run dispatches one step at a time). One pipeline for the rest of
+  the run, started at the first epoch the loop runs (`stream.train_batches`), so the next epoch's
+  first batch is read while the last step of an epoch runs, and worker processes start once."""
 
   def __init__(self, data: stream.StreamData, data_config, *, seed: int, batch_size: int,
-               steps_per_epoch: int, mesh):
+               steps_per_epoch: int, total_steps: int, mesh):
     self._data, self._data_config = data, data_config
-    self._seed, self._batch_size, self._steps = seed, batch_size, steps_per_epoch
+    self._seed, self._batch_size = seed, batch_size
+    self._steps_per_epoch, self._total_steps = steps_per_epoch, total_steps
     self._sharding = parallel.batch_sharded(mesh)
     self._reader = None
     self._next = None
@@ -77,14 +81,17 @@ class StreamedBatches:
     self.skipped = 0  # unreadable training images skipped (data.skip_corrupt), this process
 
   def start_epoch(self, epoch: int) -> None:
-    self._reader = iter(stream.train_batches(
-        self._data, self._data_config, seed=self._seed, epoch=epoch, batch_size=self._batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count()))
-    self._next, self._left = None, self._steps
+    if self._reader is None:
+      first_step = epoch * self._steps_per_epoch
+      self._reader = iter(stream.train_batches(
+          self._data, self._data_config, seed=self._seed, batch_size=self._batch_size,
+          first_step=first_step, total_steps=self._total_steps,
+          process_index=jax.process_index(), process_count=jax.process_count()))
+      self._left = self._total_steps - first_step
     self.prefetch()
 
   def prefetch(self) -> None:
-    """Reads and places the next batch of the epoch, if there is one and it is not read yet."""
+    """Reads and places the next batch of the run, if there is one and it is not read yet."""
     if self._next is not None or self._left == 0:
       return
     batch = next(self._reader)

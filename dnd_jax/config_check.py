@@ -257,9 +257,6 @@ def _loader_problems(config) -> list[str]:
   if data.source != "local":
     problems.append(f"config.data.source={data.source!r}: a streamed data set is read from "
                     "config.data.dir (source 'local').")
-  if not data.get("dir"):
-    problems.append("config.data.dir is not set: point it at the folder holding train/<class>/ "
-                    "and val/<class>/.")
   for name, neutral in (("fraction", 1.0), ("val_fraction", 0.0)):
     if data.get(name, neutral) != neutral:
       problems.append(f"config.data.{name}={data.get(name)!r}: a streamed data set trains on all "

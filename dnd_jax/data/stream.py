@@ -7,15 +7,16 @@ to the devices as uint8, where the step normalises it as the resident path does.
 
 What makes it reproducible and resumable: an epoch's order is Grain's index shuffle of the
 training rows, seeded by (seed, epoch), and each image's random crop and flip are drawn from
-(seed, epoch, its position in that order). So the batches do not depend on the number of
-processes or workers, nor on where a run was stopped: a run resumed at an epoch rebuilds exactly
-the batches an uninterrupted run reads. An epoch is `floor(N / batch)` global batches, as on the
-resident path.
+(seed, epoch, its position in that order). So a batch is a function of the global step alone, not
+of the number of processes or workers, nor of where a run was stopped: the pipeline's position is
+the train state's step, and a run resumed at step s builds it from s and reads exactly the batches
+an uninterrupted run reads (no iterator state of its own to checkpoint beside the step, and none
+that could disagree with it). An epoch is `floor(N / batch)` global batches, as on the resident
+path.
 
 Sharding over processes: process p of P reads the p-th block of `batch / P` rows of every global
-batch (`shard_batches`), the block its devices hold in a mesh ordered by process. The processes'
-shares tile the epoch without overlap, and the global batches are the same ones one process
-would read.
+batch (`local_positions`), the block its devices hold in a mesh ordered by process. The processes'
+shares tile the epoch without overlap, and the global batches are the ones one process would read.
 
 Unreadable images: a file that does not decode stops the run with one line naming it; with
 `data.skip_corrupt` it is skipped instead (a training row takes the next readable file's place,
@@ -31,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from absl import flags
 
-from dnd_jax.data import image_folder
+from dnd_jax.data import image_folder, sources
 from dnd_jax.data.files import DataError, MissingPackageError
 
 log = logging.getLogger(__name__)
@@ -96,12 +98,11 @@ class StreamData:
 
 
 def open_stream(data_config: Any) -> StreamData:
-  """The streamed data set `data_config` names, its folder scanned and checked (one `DataError`
+  """The streamed data set `data_config` names (its folder `data.dir`, else `<cache>/imagenet`,
+  as the resident data sets' default), its folder scanned and checked (one `DataError`
   for a layout problem, before any work)."""
-  if not data_config.get("dir"):
-    raise DataError(f"config.data.dir is not set: {image_folder.FIX}.")
   import_grain()  # a missing package is one line now, not at the first batch
-  layout = image_folder.scan(Path(data_config.dir).expanduser())
+  layout = image_folder.scan(sources.location(data_config))
   return StreamData(name=data_config.name, layout=layout,
                     mean=tuple(float(m) for m in data_config.mean),
                     std=tuple(float(s) for s in data_config.std),
@@ -113,16 +114,17 @@ def epoch_seed(seed: int, epoch: int) -> int:
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def shard_batches(rows, batch_size: int, num_batches: int, process_index: int,
-                  process_count: int):
-  """Process `process_index`'s block of each of the first `num_batches` global batches of the
-  Grain `MapDataset` `rows`: batches of `batch_size / process_count` rows, those its devices hold
-  (a mesh's devices are ordered by process)."""
+def local_positions(step_in_epoch: int, batch_size: int, process_index: int,
+                    process_count: int) -> range:
+  """The positions in the epoch's order that process `process_index` reads for one step: its
+  block of `batch_size / process_count` rows of the step's global batch, the block its devices
+  hold (a mesh's devices are ordered by process). Over the processes, the blocks tile the batch."""
   if batch_size % process_count:
     raise ValueError(f"config.batch_size={batch_size} does not divide over {process_count} "
                      "processes.")
   local = batch_size // process_count
-  return rows[:num_batches * batch_size].batch(local)[process_index::process_count]
+  start = step_in_epoch * batch_size + process_index * local
+  return range(start, start + local)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,37 +153,64 @@ class _Reader:
         row = (row + 1) % len(self.paths)
 
 
+def _stack(examples: list[dict]) -> dict:
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
 @dataclasses.dataclass(frozen=True)
-class _TrainView:
+class _TrainBatch:
+  """Global step -> this process's share of its batch: the rows at its `local_positions` in the
+  epoch's order (`train_rows`), each cropped and flipped with a generator seeded by (seed, epoch,
+  position). Picklable, for Grain's workers."""
+
   reader: _Reader
   size: int
   scale: tuple[float, float]
   ratio: tuple[float, float]
   flip: bool
   seed: int
-  epoch: int
+  batch_size: int
+  steps_per_epoch: int
+  process_index: int
+  process_count: int
 
-  def __call__(self, position: int, row: int) -> dict:
+  def example(self, epoch: int, position: int, row: int) -> dict:
     image, label, skipped = self.reader.open(int(row), replace=True)
-    rng = np.random.default_rng([self.seed, self.epoch, position])
+    rng = np.random.default_rng([self.seed, epoch, position])
     return {"image": image_folder.train_view(image, self.size, rng, self.scale, self.ratio,
                                              self.flip),
             "label": np.int32(label), "skipped": np.int32(skipped)}
 
+  def __call__(self, step: int) -> dict:
+    epoch, i = divmod(int(step), self.steps_per_epoch)
+    order = train_rows(len(self.reader.paths), self.seed, epoch)
+    return _stack([self.example(epoch, p, order[p]) for p in local_positions(
+        i, self.batch_size, self.process_index, self.process_count)])
+
 
 @dataclasses.dataclass(frozen=True)
-class _EvalView:
+class _EvalBatch:
+  """Batch index -> this process's share of that evaluation batch, rows past the split padded
+  with label -1 (never counted)."""
+
   reader: _Reader
   size: int
+  batch_size: int
+  process_index: int
+  process_count: int
 
-  def __call__(self, row: int) -> dict:
-    if row >= len(self.reader.paths):  # padding of the last batch: never counted
+  def example(self, row: int) -> dict:
+    if row >= len(self.reader.paths):
       return {"image": np.zeros((self.size, self.size, 3), np.uint8), "label": np.int32(-1),
               "skipped": np.int32(0)}
-    image, label, skipped = self.reader.open(int(row), replace=False)
+    image, label, skipped = self.reader.open(row, replace=False)
     view = (np.zeros((self.size, self.size, 3), np.uint8) if image is None
             else image_folder.eval_view(image, self.size))
     return {"image": view, "label": np.int32(label), "skipped": np.int32(skipped)}
+
+  def __call__(self, index: int) -> dict:
+    return _stack([self.example(row) for row in local_positions(
+        int(index), self.batch_size, self.process_index, self.process_count)])
 
 
 def _reader(data: StreamData, split: image_folder.Split, data_config) -> _Reader:
@@ -194,6 +223,10 @@ def _iterate(batches, workers: int):
   iterable = batches.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
                                                        prefetch_buffer_size=READ_BUFFER))
   if workers > 0:
+    # Grain's worker processes read its absl flags, which a library caller (a test, a notebook)
+    # has not parsed; the defaults are what they need
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return iterable
 
@@ -203,36 +236,35 @@ def train_rows(n: int, seed: int, epoch: int):
   return import_grain().MapDataset.range(n).shuffle(seed=epoch_seed(seed, epoch))
 
 
-def train_batches(data: StreamData, data_config, *, seed: int, epoch: int, batch_size: int,
-                  process_index: int = 0, process_count: int = 1):
-  """This process's share of the epoch's `floor(N / batch_size)` training batches, decoded and
-  augmented: a Grain `IterDataset` of {"image": uint8 (b, H, W, 3), "label": int32 (b,),
-  "skipped": int32 (b,)}, b = batch_size / process_count."""
-  view = _TrainView(_reader(data, data.layout.train, data_config), data.input_size,
-                    tuple(data_config.rrc_scale), tuple(data_config.rrc_ratio),
-                    bool(data_config.get("flip", True)), seed, epoch)
-  rows = train_rows(data.n_train, seed, epoch).map_with_index(view)
-  return _iterate(shard_batches(rows, batch_size, data.n_train // batch_size, process_index,
-                                process_count), int(data_config.get("workers", 0)))
+def train_batches(data: StreamData, data_config, *, seed: int, batch_size: int, first_step: int,
+                  total_steps: int, process_index: int = 0, process_count: int = 1):
+  """The run's training batches from global step `first_step` to `total_steps` (an epoch is
+  `floor(N / batch_size)` steps), this process's share of each: a Grain `IterDataset` of
+  {"image": uint8 (b, H, W, 3), "label": int32 (b,), "skipped": int32 (b,)},
+  b = batch_size / process_count. One pipeline for the whole run, so its worker processes
+  start once; a run resumed at step s starts it at s and reads what an uninterrupted run reads
+  from there."""
+  batch = _TrainBatch(_reader(data, data.layout.train, data_config), data.input_size,
+                      tuple(data_config.rrc_scale), tuple(data_config.rrc_ratio),
+                      bool(data_config.get("flip", True)), seed, batch_size,
+                      data.n_train // batch_size, process_index, process_count)
+  steps = import_grain().MapDataset.range(first_step, total_steps).map(batch)
+  return _iterate(steps, int(data_config.get("workers", 0)))
 
 
 def eval_batches(data: StreamData, data_config, *, batch_size: int, process_index: int = 0,
                  process_count: int = 1):
-  """The evaluation split in batches of `batch_size`, the last padded with label -1 (never
-  counted), this process's block of each, as `train_batches` yields them."""
-  n = len(data.eval_labels)
-  num_batches = -(-n // batch_size)
-  rows = import_grain().MapDataset.range(num_batches * batch_size).map(
-      _EvalView(_reader(data, data.layout.val, data_config), data.input_size))
-  return _iterate(shard_batches(rows, batch_size, num_batches, process_index, process_count),
+  """The evaluation split in batches of `batch_size`, the last padded with label -1, this
+  process's share of each, as `train_batches` yields them."""
+  num_batches = -(-len(data.eval_labels) // batch_size)
+  batch = _EvalBatch(_reader(data, data.layout.val, data_config), data.input_size, batch_size,
+                     process_index, process_count)
+  return _iterate(import_grain().MapDataset.range(num_batches).map(batch),
                   int(data_config.get("workers", 0)))
 
 
-def throughput_views(data: StreamData, data_config, count: int):
-  """The first `count` training rows' decoded training views, unbatched, for measuring the
-  pipeline alone (scripts/stream_throughput.py)."""
-  view = _TrainView(_reader(data, data.layout.train, data_config), data.input_size,
-                    tuple(data_config.rrc_scale), tuple(data_config.rrc_ratio), True, 0, 0)
-  rows = import_grain().MapDataset.range(min(count, data.n_train)).map_with_index(view)
-  return _iterate(rows, int(data_config.get("workers", 0)))
-
+def throughput_batches(data: StreamData, data_config, *, batch_size: int, num_batches: int):
+  """The first `num_batches` training batches as a run's pipeline reads them (one process), for
+  measuring the pipeline alone (scripts/stream_throughput.py)."""
+  return train_batches(data, data_config, seed=0, batch_size=batch_size, first_step=0,
+                       total_steps=num_batches)
