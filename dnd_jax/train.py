@@ -365,7 +365,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                             mesh, clock)
   state, history = loop.run_epochs(
       settings, spec, workdir=workdir, mesh=mesh, state=state, meta=meta, history=history,
-      batches=batches, teacher_vars=teacher_vars, evaluate=eval_accuracy, eval_split=dataset.eval_split,
+      batches=batches, teacher_vars=teacher_vars, evaluate=eval_accuracy,
+      eval_split=dataset.eval_split,
       lr_schedule=lr_schedule, ckpts=ckpts, tracer=tracer, tb_writer=tb_writer, clock=clock)
   tracer.close()
   tb_writer.close()

@@ -1,4 +1,4 @@
-"""DnD: five groups {1}{2}{3}{4}{5}, ResNet34 -> ResNet18, on ImageNet (an ImageNet-layout folder, streamed).
+"""DnD: five groups {1}{2}{3}{4}{5}, ResNet34 -> ResNet18, on ImageNet (streamed).
 
   python scripts/train.py --config configs/dnd_imagenet.py --workdir runs/dnd_imagenet \
     --config.data.dir=/data/imagenet

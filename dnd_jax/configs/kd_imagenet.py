@@ -1,4 +1,4 @@
-"""Vanilla KD (Hinton et al. 2015), ResNet34 -> ResNet18, on ImageNet (an ImageNet-layout folder, streamed).
+"""Vanilla KD (Hinton et al. 2015), ResNet34 -> ResNet18, on ImageNet (streamed).
 
   python scripts/train.py --config configs/kd_imagenet.py --workdir runs/kd_imagenet \
     --config.data.dir=/data/imagenet

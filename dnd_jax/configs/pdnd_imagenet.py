@@ -1,4 +1,4 @@
-"""Progressive DnD: 5 -> 3 -> 2 groups at 1/3 and 2/3 of the epochs, ResNet34 -> ResNet18, on ImageNet (an ImageNet-layout folder, streamed).
+"""Progressive DnD (5 -> 3 -> 2 groups), ResNet34 -> ResNet18, on ImageNet (streamed).
 
   python scripts/train.py --config configs/pdnd_imagenet.py --workdir runs/pdnd_imagenet \
     --config.data.dir=/data/imagenet

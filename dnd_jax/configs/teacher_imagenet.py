@@ -1,4 +1,4 @@
-"""Teacher training: ResNet34 with cross-entropy, on ImageNet (an ImageNet-layout folder, streamed).
+"""Teacher training: ResNet34 with cross-entropy, on ImageNet (streamed).
 
   python scripts/train.py --config configs/teacher_imagenet.py --workdir runs/teacher_imagenet \
     --config.data.dir=/data/imagenet

@@ -120,7 +120,8 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
   if name not in _DEFAULTS:
     raise ValueError(f"unknown data set {name!r}; known: {sorted(_DEFAULTS)}")
   config = ml_collections.ConfigDict(dict(
-      name=name, loader="device", source="local", dir=None, cache_dir=None, mirror=None, verify_checksums=True,
+      name=name, loader="device", source="local", dir=None, cache_dir=None, mirror=None,
+      verify_checksums=True,
       fraction=1.0, subset_seed=0, val_fraction=0.0,
       rrc_scale=(0.35, 1.0), rrc_ratio=(3 / 4, 4 / 3)))
   config.update(_DEFAULTS[name])
