@@ -7,7 +7,8 @@ Two sources behind one small interface, so that the loop is one loop:
   StreamedBatches  batches read by the Grain pipeline (`data.loader = "stream"`,
                    `dnd_jax.data.stream`) and placed on the mesh, one per step; the next one is
                    read and placed while the step runs.
-Either way the loop calls `start_epoch(epoch)`, then per dispatch `step_args()` (what the step
+Either way the loop calls `start_epoch(epoch, step)` (the epoch's first step to run: mid-epoch
+when the run resumes from a mid-epoch checkpoint), then per dispatch `step_args()` (what the step
 takes besides the state, its sums and the teacher), then `prefetch()` once the step is dispatched;
 `example_args()` are the next dispatch's arguments without taking them, to compile a step for.
 
@@ -50,7 +51,8 @@ class ResidentBatches:
           out_shardings=repl).lower(self._key).compile()
     self._perm = None
 
-  def start_epoch(self, epoch: int) -> None:
+  def start_epoch(self, epoch: int, step: int) -> None:
+    """The epoch's permutation; the step reads its own batch of it from the state's step."""
     self._perm = self._make_perm(jax.random.fold_in(self._key, epoch))
 
   def example_args(self) -> tuple:
@@ -80,9 +82,9 @@ class StreamedBatches:
     self._left = 0
     self.skipped = 0  # unreadable training images skipped (data.skip_corrupt), this process
 
-  def start_epoch(self, epoch: int) -> None:
+  def start_epoch(self, epoch: int, step: int) -> None:
     if self._reader is None:
-      first_step = epoch * self._steps_per_epoch
+      first_step = step
       self._reader = iter(stream.train_batches(
           self._data, self._data_config, seed=self._seed, batch_size=self._batch_size,
           first_step=first_step, total_steps=self._total_steps,

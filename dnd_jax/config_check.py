@@ -109,6 +109,10 @@ def check(config, workdir: str | None = None) -> None:
   for name in ("num_epochs", "batch_size", "checkpoint.every_epochs", "checkpoint.keep",
                "log.refresh_steps"):
     _positive_int(config, name, problems)
+  every_steps = config.get("checkpoint", {}).get("every_steps", 0)
+  if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 0:
+    problems.append(f"config.checkpoint.every_steps={every_steps!r} must be a whole number of "
+                    "steps, 0 (at epoch ends alone) or more.")
   if config.get("eval_batch_size") != 0:  # 0: sized for the device
     _positive_int(config, "eval_batch_size", problems)
   _positive_int(config, "steps_per_dispatch", problems)

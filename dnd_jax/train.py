@@ -88,7 +88,8 @@ def check_resumable(workdir: str, config, epoch: int, step: int, steps_per_epoch
                     n_train: int, recorded: dict | None = None,
                     current: dict | None = None) -> None:
   """A checkpoint of `epoch` done at `step` can go on with `config`: the same steps per epoch
-  (its step counts the schedules' steps, and the partition switches fall at the config's steps),
+  (its step counts the schedules' steps, and the partition switches fall at the config's steps;
+  a mid-epoch checkpoint records the steps of its epoch so far, and its steps per epoch),
   the same inputs where its meta (`recorded`) records them (`RUN_IDENTITY`: the training and
   validation rows, `Dataset.rows_digest`, and the teacher's weights) and no fewer epochs than it
   has done."""
@@ -96,9 +97,13 @@ def check_resumable(workdir: str, config, epoch: int, step: int, steps_per_epoch
   for key, why in RUN_IDENTITY.items():
     if recorded.get(key) and current.get(key) and recorded[key] != current[key]:
       raise run_folder.WorkdirError(f"{workdir} holds a run that {why}, or use another --workdir.")
-  if step != epoch * steps_per_epoch:
+  partial = recorded.get(loop.PARTIAL) or {}
+  done = step - partial.get("steps", 0)  # the steps of the epochs done
+  if step != epoch * steps_per_epoch + partial.get("steps", 0) or partial.get(
+      "steps_per_epoch", steps_per_epoch) != steps_per_epoch:
+    per_epoch = partial.get("steps_per_epoch") or done // max(epoch, 1)
     raise run_folder.WorkdirError(
-        f"{workdir} holds a run at epoch {epoch}, step {step} ({step // epoch} steps per epoch), "
+        f"{workdir} holds a run at epoch {epoch}, step {step} ({per_epoch} steps per epoch), "
         f"but this config gives {steps_per_epoch} steps per epoch (batch_size "
         f"{config.batch_size} over {n_train} training images): a run cannot change its batch "
         "size or training set midway. Resume with the batch_size and data.* of its config.json, "
@@ -292,7 +297,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # a resumed run continues its schedule with this config's budget and learning rate
   state = state.replace(opt_state=with_config_hyperparameters(state.opt_state, fresh_opt_state))
   tracer = profiling.StepTracer(workdir, config.log.get("profile_steps", ""))
-  tb_writer = tb.Writer(workdir, config.log, meta["epoch"] * steps_per_epoch)
+  tb_writer = tb.Writer(workdir, config.log, int(state.step))  # mid-epoch after a mid-epoch save
 
   put = lambda x: jax.device_put(x, repl)  # noqa: E731
   state = put(state)
@@ -353,7 +358,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       num_epochs=config.num_epochs, batch_size=config.batch_size,
       steps_per_epoch=steps_per_epoch,
       steps_per_dispatch=int(config.get("steps_per_dispatch", 1)),
-      checkpoint_every=config.checkpoint.every_epochs, refresh_steps=config.log.refresh_steps,
+      checkpoint_every=config.checkpoint.every_epochs,
+      checkpoint_every_steps=int(config.checkpoint.get("every_steps", 0)),
+      refresh_steps=config.log.refresh_steps,
       progress_bar=config.log.progress_bar,
       compiler_options=runtime.compiler_options(config.get("compiler_options")))
   spec = steps.StepSpec(model=model, teacher=teacher, method=method, method_config=config.method,

@@ -12,10 +12,11 @@ import sys
 import time
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from dnd_jax import config_check
+from dnd_jax import checkpoints, config_check, loop
 from dnd_jax.configs import base_config, load_config_file
 from dnd_jax.data import DataError, default_data_config, image_folder, stream
 from dnd_jax.train import read_metrics, train_and_evaluate
@@ -235,3 +236,28 @@ def test_a_streamed_run_killed_with_sigkill_resumes_to_the_same_metrics(folder, 
   assert kd["teacher_accuracy"] == whole["final_accuracy"]
   assert [r["epoch"] for r in read_metrics(str(tmp_path / "kd"))] == [1, 2]
   assert kd["dataset"] == "imagenet" and kd["eval_split"] == "test"
+
+
+@pytest.mark.slow
+def test_a_run_resumed_from_a_mid_epoch_checkpoint_ends_as_an_uninterrupted_one(folder, tmp_path):
+  """`checkpoint.every_steps`: the stream starts again at the checkpoint's step, and the epoch's
+  running metric sums go on from the checkpoint's, so the epoch ends with the same metrics."""
+  config = _config("teacher_imagenet", folder, num_epochs=2,
+                   **{"checkpoint.every_steps": 4, "checkpoint.keep": 10})
+  whole = train_and_evaluate(config, str(tmp_path))
+  expected = read_metrics(str(tmp_path))
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=10)
+  assert ckpts.state.all_steps() == [4, 6, 8, 12]  # 6 steps per epoch
+  meta = ckpts.state.restore(8, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  ckpts.close()
+  assert meta["epoch"] == 1 and meta[loop.PARTIAL]["steps"] == 2  # epoch 2, 2 of its 6 steps
+  # as if killed after step 8
+  shutil.rmtree(tmp_path / "checkpoints" / "12")
+  os.remove(tmp_path / "summary.json")
+  resumed = train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints_skipped").exists()  # it went on from step 8 itself
+  assert [r["epoch"] for r in read_metrics(str(tmp_path))] == [1, 2]
+  for a, b in zip(expected, read_metrics(str(tmp_path))):
+    for key in ("train_loss", "train_accuracy", "test_accuracy", "test_loss", "lr"):
+      assert a[key] == b[key], (a["epoch"], key)
+  assert resumed["final_accuracy"] == whole["final_accuracy"]

@@ -107,6 +107,9 @@ def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_epochs = 1
+  # also every this many steps inside an epoch (0: at epoch ends alone): a run killed mid-epoch
+  # then loses at most these steps, not the epoch (an epoch of ImageNet is hours on one GPU)
+  c.checkpoint.every_steps = 0
   c.checkpoint.keep = 3
 
   c.log = ml_collections.ConfigDict()
