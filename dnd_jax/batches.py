@@ -112,6 +112,13 @@ class StreamedBatches:
     args, self._next = self._next, None
     return args
 
+  def close(self) -> None:
+    """Stops the pipeline's workers now: left to the interpreter's exit, Grain's clean-up runs
+    after the modules it needs are gone and prints tracebacks after the run's last line."""
+    if self._reader is not None:
+      self._reader.close()
+      self._reader = None
+
 
 class StreamedEvaluation:
   """A network's (correct, summed cross-entropy, images counted) over the streamed evaluation

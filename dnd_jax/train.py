@@ -306,6 +306,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                             batch_size=config.batch_size,
                                             steps_per_epoch=steps_per_epoch,
                                             total_steps=total_steps, mesh=mesh)
+    closing.callback(batches.close)
     evaluate = None  # a streamed run has no validation split to evaluate the test split after
   else:
     # replicated in one process; in a multi-host run each host places only its share of the rows
