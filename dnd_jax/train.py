@@ -312,6 +312,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # replicated in one process; in a multi-host run each host places only its share of the rows
     train_images = parallel.put_dataset(dataset.train_images, mesh)
     train_labels = parallel.put_dataset(dataset.train_labels, mesh)
+    # each epoch's permutation of the rows derives from the seed
+    batches = batch_sources.ResidentBatches(train_images, train_labels, n_train, config.seed,
+                                            mesh, clock)
     eval_images, eval_labels = put(dataset.eval_images), put(dataset.eval_labels)
     evaluate = jax.jit(steps.make_evaluate(model, config.data, dataset.mean, dataset.std,
                                            config.eval_batch_size))
@@ -368,9 +371,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         data_config=config.data, tx=tx, mean=dataset.mean, std=dataset.std,
                         batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
                         adapters=stage_adapters, streamed=streamed)
-  if not streamed:  # the epochs' permutations of the rows derive from the seed
-    batches = batch_sources.ResidentBatches(train_images, train_labels, n_train, config.seed,
-                                            mesh, clock)
   state, history = loop.run_epochs(
       settings, spec, workdir=workdir, mesh=mesh, state=state, meta=meta, history=history,
       batches=batches, teacher_vars=teacher_vars, evaluate=eval_accuracy,
