@@ -24,6 +24,7 @@ import jax
 
 from dnd_jax import parallel, profiling, runtime, teacher as teacher_lib, workdir as run_folder
 from dnd_jax.data.sources import READERS, SOURCES
+from dnd_jax.data.stream import LOADERS, NAMES as STREAMED
 from dnd_jax.methods import get_method
 from dnd_jax.models import (ARCHS, STAGE_SIZES, STEMS, build_arch, build_model, family_kwargs,
                             resolve_dtype)
@@ -108,6 +109,10 @@ def check(config, workdir: str | None = None) -> None:
   for name in ("num_epochs", "batch_size", "checkpoint.every_epochs", "checkpoint.keep",
                "log.refresh_steps"):
     _positive_int(config, name, problems)
+  every_steps = config.get("checkpoint", {}).get("every_steps", 0)
+  if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 0:
+    problems.append(f"config.checkpoint.every_steps={every_steps!r} must be a whole number of "
+                    "steps, 0 (at epoch ends alone) or more.")
   if config.get("eval_batch_size") != 0:  # 0: sized for the device
     _positive_int(config, "eval_batch_size", problems)
   _positive_int(config, "steps_per_dispatch", problems)
@@ -157,8 +162,10 @@ def check(config, workdir: str | None = None) -> None:
     if config[block].get("width") is not None:
       _positive_int(config, f"{block}.width", problems)
   data = config.data
-  if data.name not in READERS:
-    problems.append(f"config.data.name={data.name!r}: use one of {sorted(READERS)}.")
+  problems += _loader_problems(config)
+  if data.name not in READERS and data.name not in STREAMED:
+    problems.append(f"config.data.name={data.name!r}: use one of "
+                    f"{sorted(READERS) + list(STREAMED)}.")
   if data.source not in SOURCES:
     problems.append(f"config.data.source={data.source!r}: use one of {list(SOURCES)}.")
   elif data.source == "tfds" and importlib.util.find_spec("tensorflow_datasets") is None:
@@ -231,6 +238,45 @@ def _network(block_name: str, block, problems: list[str]):
     problems.append(f"config.{block_name}.remat=True: {arch!r} does not rematerialise (the ResNet "
                     "family does); set --config.model.remat=False.")
   return model
+
+
+def _loader_problems(config) -> list[str]:
+  """What a streamed run needs (`dnd_jax.data.stream`), and which data sets stream: the resident
+  data sets never do, and the streamed ones only do. The streamed path draws no subsets or
+  validation split and runs one step per dispatch (its batch is an argument of each step)."""
+  data, problems = config.data, []
+  loader = data.get("loader", "device")
+  if loader not in LOADERS:
+    return [f"config.data.loader={loader!r}: use one of {list(LOADERS)}."]
+  if loader == "device":
+    if data.name in STREAMED:
+      problems.append(f"config.data.name={data.name!r} is read as a stream: set "
+                      "--config.data.loader=stream.")
+    return problems
+  if data.name not in STREAMED:
+    return [f"config.data.loader='stream' reads {list(STREAMED)} (an ImageNet-layout folder), not "
+            f"{data.name!r}: use --config.data.loader=device for it."]
+  if importlib.util.find_spec("grain") is None:
+    problems.append("config.data.loader='stream' needs Grain: pip install 'dnd_jax[stream]'.")
+  if data.source != "local":
+    problems.append(f"config.data.source={data.source!r}: a streamed data set is read from "
+                    "config.data.dir (source 'local').")
+  for name, neutral in (("fraction", 1.0), ("val_fraction", 0.0)):
+    if data.get(name, neutral) != neutral:
+      problems.append(f"config.data.{name}={data.get(name)!r}: a streamed data set trains on all "
+                      f"of train/ and evaluates on val/; leave it at {neutral}.")
+  if data.get("mean") is None or data.get("std") is None:
+    problems.append("config.data.mean and std must be set for a streamed data set (they are not "
+                    "computed from its images).")
+  if data.get("image_size") is None:
+    problems.append("config.data.image_size must be set for a streamed data set.")
+  if config.get("steps_per_dispatch", 1) != 1:
+    problems.append(f"config.steps_per_dispatch={config.steps_per_dispatch!r}: a streamed run "
+                    "dispatches one step per batch; use 1.")
+  workers = data.get("workers", 0)
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+    problems.append(f"config.data.workers={workers!r} must be a whole number, 0 or more.")
+  return problems
 
 
 def architecture_problems(config) -> list[str]:

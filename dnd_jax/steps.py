@@ -8,7 +8,9 @@ are summed and differentiated once; since no group sees another group's student 
 parameter's gradient comes from its own group (docs/design.md section 1). Where the teacher's and
 the student's stage shapes differ, a group's input passes through the stage adapter at its start
 (the group's own parameters too), and the group before it is trained towards that adapted feature
-(`dnd_jax.adapters`). The host only dispatches.
+(`dnd_jax.adapters`). The host only dispatches. A streamed run's step (`StepSpec.streamed`) takes
+its batch, cropped on the host by the streaming pipeline, as an argument instead; the rest is the
+same program.
 
 With `method.memory_lean` the groups are instead differentiated one after another
 (`sequential_group_grads`), so only one group's activations are alive at a time; `repeat_steps`
@@ -210,8 +212,12 @@ def sequential_group_grads(params, batch_stats, *, model: nn.Module, teacher: nn
 def make_train_step(*, model: nn.Module, teacher: nn.Module | None, method: Method,
                     groups: tuple[Group, ...], method_config, data_config, tx, mean, std,
                     batch_size: int, steps_per_epoch: int, batch_sharding=None,
-                    adapters: StageAdapters = adapters_lib.NONE):
+                    adapters: StageAdapters = adapters_lib.NONE, streamed: bool = False):
   """A pure function (state, images, labels, perm, teacher_vars) -> (new state, metrics).
+
+  `streamed`: (state, batch, labels, teacher_vars) -> (new state, metrics) instead, for batches
+  read by the streaming pipeline (`dnd_jax.data.stream`), which crops and flips them on the host:
+  the step only normalises them. Both share everything after the batch.
 
   `adapters` are the pair's stage adapters (`dnd_jax.adapters.for_pair`), whose variables the
   state holds beside the student's; none for a pair of equal stage shapes.
@@ -236,12 +242,17 @@ def make_train_step(*, model: nn.Module, teacher: nn.Module | None, method: Meth
   def step(state: TrainState, images_u8, labels_all, perm, teacher_vars):
     offset = (state.step % steps_per_epoch) * batch_size
     idx = jax.lax.dynamic_slice_in_dim(perm, offset, batch_size)
-    batch_u8, labels = images_u8[idx], labels_all[idx]
+    return batch_step(state, images_u8[idx], labels_all[idx], teacher_vars)
+
+  def batch_step(state: TrainState, batch_u8, labels, teacher_vars):
     if batch_sharding is not None:
       batch_u8 = jax.lax.with_sharding_constraint(batch_u8, batch_sharding)
       labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    images = augment.train_preprocess(batch_u8, key, data_config, mean, std)
+    if streamed:
+      images = augment.normalise(batch_u8, mean, std)
+    else:
+      key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+      images = augment.train_preprocess(batch_u8, key, data_config, mean, std)
 
     teacher_feats, teacher_logits_fn = None, None
     if teacher is not None:
@@ -270,7 +281,7 @@ def make_train_step(*, model: nn.Module, teacher: nn.Module | None, method: Meth
   # the caller's jitted, donated program (`accumulate_metrics`, `repeat_steps`) calls it with the
   # same shapes, so that trace is reused (a ResNet18 and a ResNet34 traced again cost seconds of
   # startup); XLA inlines the call, so the compiled program is the same.
-  return jax.jit(step)
+  return jax.jit(batch_step if streamed else step)
 
 
 def accumulate_metrics(step_fn):
@@ -348,6 +359,7 @@ class StepSpec:
   batch_size: int
   steps_per_epoch: int
   adapters: StageAdapters = adapters_lib.NONE  # the pair's stage adapters
+  streamed: bool = False  # batches from the streaming pipeline (`make_train_step`)
 
 
 def partition_step(spec: StepSpec, phase: int, mesh):
@@ -358,7 +370,8 @@ def partition_step(spec: StepSpec, phase: int, mesh):
       groups=spec.method.partition(phase), method_config=spec.method_config,
       data_config=spec.data_config, tx=spec.tx, mean=spec.mean, std=spec.std,
       batch_size=spec.batch_size, steps_per_epoch=spec.steps_per_epoch,
-      batch_sharding=parallel.batch_sharded(mesh), adapters=spec.adapters)
+      batch_sharding=parallel.batch_sharded(mesh), adapters=spec.adapters,
+      streamed=spec.streamed)
   return freeze.keep_frozen_statistics(step_fn, spec.method)
 
 
@@ -376,7 +389,8 @@ def compile_partition_step(spec: StepSpec, phase: int, n: int, mesh, state, *arg
                            compiler_options: dict | None = None) -> CompiledStep:
   """The program the training loop dispatches for the partition of `phase`: `n` steps
   (`dispatched_step`) with their metric sums, the state and sums replicated over `mesh`, lowered
-  for `state` and `args` (images, labels, permutation, teacher variables) and compiled with
+  for `state` and `args` (images, labels, permutation, teacher variables; a streamed step's batch,
+  labels and teacher variables) and compiled with
   `compiler_options` (`runtime.compiler_options` of the config's)."""
   step_fn = partition_step(spec, phase, mesh)
   sums = zero_metrics_like(step_fn, state, *args)

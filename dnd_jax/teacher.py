@@ -110,8 +110,9 @@ def planned_architecture(config) -> dict | None:
 # teacher's features are computed on the student's inputs, and it must not train on the images
 # the student validates on). The rest of the data block (the share of the data, the augmentation) is
 # the teacher config's own recipe unless the command line overrides it for the student run.
-DATA_ALWAYS_INHERITED = ("name", "source", "dir", "cache_dir", "mirror", "verify_checksums",
-                         "image_size", "stored_size", "mean", "std", "val_fraction", "subset_seed")
+DATA_ALWAYS_INHERITED = ("name", "loader", "source", "dir", "cache_dir", "mirror",
+                         "verify_checksums", "image_size", "stored_size", "mean", "std",
+                         "val_fraction", "subset_seed")
 
 
 def config_for_training(config, overrides=()) -> tuple[ml_collections.ConfigDict, list[str]]:

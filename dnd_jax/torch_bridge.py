@@ -54,7 +54,10 @@ STEM_KERNEL = {"cifar": 3, "imagenet": 7}
 # Where a training script may have put the state_dict inside a saved checkpoint dict.
 STATE_DICT_ENTRIES = ("state_dict", "model_state_dict", "model")
 # Known data sets' (num_classes, channels), used when the data config does not state them.
-DATASET_FACTS = {"cifar100": (100, 3), "imagewoof": (10, 3), "fashion_mnist": (10, 1)}
+# ImageNet's: ImageNet-1k, as torchvision's published weights are (a streamed folder of another
+# class count is checked against the teacher's when the run starts).
+DATASET_FACTS = {"cifar100": (100, 3), "imagewoof": (10, 3), "fashion_mnist": (10, 1),
+                 "imagenet": (1000, 3)}
 _MAX_LISTED = 12
 
 

@@ -20,10 +20,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from dnd_jax import adapters, checkpoints, config_check, freeze, loop, parallel, profiling, runtime
-from dnd_jax import steps
+from dnd_jax import adapters, batches as batch_sources, checkpoints, config_check, freeze, loop
+from dnd_jax import parallel, profiling, runtime, steps
 from dnd_jax import tb, teacher as teacher_lib, workdir as run_folder
-from dnd_jax.data import load_dataset
+from dnd_jax.data import load_dataset, stream
 from dnd_jax.runtime import is_primary
 from dnd_jax.methods import get_method
 from dnd_jax.models import build_model, init_variables, resolve_dtype
@@ -88,7 +88,8 @@ def check_resumable(workdir: str, config, epoch: int, step: int, steps_per_epoch
                     n_train: int, recorded: dict | None = None,
                     current: dict | None = None) -> None:
   """A checkpoint of `epoch` done at `step` can go on with `config`: the same steps per epoch
-  (its step counts the schedules' steps, and the partition switches fall at the config's steps),
+  (its step counts the schedules' steps, and the partition switches fall at the config's steps;
+  a mid-epoch checkpoint records the steps of its epoch so far, and its steps per epoch),
   the same inputs where its meta (`recorded`) records them (`RUN_IDENTITY`: the training and
   validation rows, `Dataset.rows_digest`, and the teacher's weights) and no fewer epochs than it
   has done."""
@@ -96,9 +97,13 @@ def check_resumable(workdir: str, config, epoch: int, step: int, steps_per_epoch
   for key, why in RUN_IDENTITY.items():
     if recorded.get(key) and current.get(key) and recorded[key] != current[key]:
       raise run_folder.WorkdirError(f"{workdir} holds a run that {why}, or use another --workdir.")
-  if step != epoch * steps_per_epoch:
+  partial = recorded.get(loop.PARTIAL) or {}
+  done = step - partial.get("steps", 0)  # the steps of the epochs done
+  if step != epoch * steps_per_epoch + partial.get("steps", 0) or partial.get(
+      "steps_per_epoch", steps_per_epoch) != steps_per_epoch:
+    per_epoch = partial.get("steps_per_epoch") or done // max(epoch, 1)
     raise run_folder.WorkdirError(
-        f"{workdir} holds a run at epoch {epoch}, step {step} ({step // epoch} steps per epoch), "
+        f"{workdir} holds a run at epoch {epoch}, step {step} ({per_epoch} steps per epoch), "
         f"but this config gives {steps_per_epoch} steps per epoch (batch_size "
         f"{config.batch_size} over {n_train} training images): a run cannot change its batch "
         "size or training set midway. Resume with the batch_size and data.* of its config.json, "
@@ -206,24 +211,17 @@ def finished_run(config: ml_collections.ConfigDict, workdir: str) -> dict | None
   return summary if config.num_epochs == summary.get("epochs") else None
 
 
-def _teacher_accuracy(config, dataset, teacher, teacher_vars, teacher_meta, eval_record: dict,
-                      eval_images, eval_labels, clock: TimeSplit) -> float:
+def _teacher_accuracy(config, dataset, teacher_meta, eval_record: dict, measure) -> float:
   """The teacher's accuracy on this run's evaluation split, said once with any warning about it.
 
   Its model.json holds it when it was measured on the same data (`eval_record`,
   `checkpoints.recorded_accuracy`); only otherwise is an evaluation of the teacher compiled and
-  run (compile and eval time)."""
+  run (`measure()`, compile and eval time)."""
   recorded = checkpoints.recorded_accuracy(teacher_meta, eval_record)
   if recorded is not None:
     accuracy, source = recorded, "as recorded in its model.json"
   else:
-    t_eval = jax.jit(steps.make_evaluate(teacher, config.data, dataset.mean, dataset.std,
-                                         config.eval_batch_size))
-    with clock("compile"):
-      t_eval = t_eval.lower(teacher_vars, eval_images, eval_labels).compile()
-    with clock("eval"):
-      correct, _ = t_eval(teacher_vars, eval_images, eval_labels)
-      accuracy, source = float(correct) / len(dataset.eval_labels), "measured"
+    accuracy, source = measure(), "measured"
   log.info(f"Teacher {dataset.eval_split} accuracy: {accuracy:.4f} ({source})")
   for warning in (teacher_lib.chance_warning(accuracy, dataset.num_classes),
                   teacher_lib.held_out_warning(config, teacher_meta, dataset)):
@@ -239,7 +237,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   runtime.enable_compilation_cache()
 
   dtype = resolve_dtype(config.model.dtype)
-  dataset = load_dataset(config.data)
+  # resident arrays, or a streamed data set's files listed and checked (`dnd_jax.data.stream`)
+  streamed = config.data.get("loader", "device") == "stream"
+  dataset = stream.open_stream(config.data) if streamed else load_dataset(config.data)
   image_shape = dataset.image_shape
   model = build_model(config.model, dataset.num_classes, dtype)
   # its config checked by check_before_start; its partitions for the networks' stage count
@@ -248,7 +248,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = parallel.make_mesh()  # the batch divides over it (check_before_start)
   repl = parallel.replicated(mesh)
 
-  n_train = len(dataset.train_labels)
+  n_train = dataset.n_train
   config_check.check_run_length(config, n_train, len(method.phases))
   steps_per_epoch = n_train // config.batch_size
   total_steps = steps_per_epoch * config.num_epochs
@@ -297,32 +297,63 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # a resumed run continues its schedule with this config's budget and learning rate
   state = state.replace(opt_state=with_config_hyperparameters(state.opt_state, fresh_opt_state))
   tracer = profiling.StepTracer(workdir, config.log.get("profile_steps", ""))
-  tb_writer = tb.Writer(workdir, config.log, meta["epoch"] * steps_per_epoch)
+  tb_writer = tb.Writer(workdir, config.log, int(state.step))  # mid-epoch after a mid-epoch save
 
   put = lambda x: jax.device_put(x, repl)  # noqa: E731
   state = put(state)
-  # replicated in one process; in a multi-host run each host places only its share of the rows
-  train_images = parallel.put_dataset(dataset.train_images, mesh)
-  train_labels = parallel.put_dataset(dataset.train_labels, mesh)
-  eval_images, eval_labels = put(dataset.eval_images), put(dataset.eval_labels)
+  if streamed:
+    batches = batch_sources.StreamedBatches(dataset, config.data, seed=config.seed,
+                                            batch_size=config.batch_size,
+                                            steps_per_epoch=steps_per_epoch,
+                                            total_steps=total_steps, mesh=mesh)
+    closing.callback(batches.close)
+    evaluate = None  # a streamed run has no validation split to evaluate the test split after
+  else:
+    # replicated in one process; in a multi-host run each host places only its share of the rows
+    train_images = parallel.put_dataset(dataset.train_images, mesh)
+    train_labels = parallel.put_dataset(dataset.train_labels, mesh)
+    # each epoch's permutation of the rows derives from the seed
+    batches = batch_sources.ResidentBatches(train_images, train_labels, n_train, config.seed,
+                                            mesh, clock)
+    eval_images, eval_labels = put(dataset.eval_images), put(dataset.eval_labels)
+    evaluate = jax.jit(steps.make_evaluate(model, config.data, dataset.mean, dataset.std,
+                                           config.eval_batch_size))
   teacher_vars = put(teacher_vars) if teacher_vars is not None else None
 
-  evaluate = jax.jit(steps.make_evaluate(model, config.data, dataset.mean, dataset.std,
-                                         config.eval_batch_size))
-  with clock("compile"):
-    evaluate_epoch = evaluate.lower(state.variables, eval_images, eval_labels).compile()
+  def evaluation(net, variables, jitted=None):
+    """(variables -> (accuracy, loss)) of `net` on the evaluation split, compiled now for
+    `variables` (`jitted`: the resident evaluation of `net`, when already made)."""
+    if streamed:
+      over_stream = batch_sources.StreamedEvaluation(dataset, config.data, net,
+                                                     config.eval_batch_size, mesh)
+      with clock("compile"):
+        over_stream.compile(variables)
 
-  def eval_accuracy(net_vars) -> tuple[float, float]:
-    with clock("eval"):
-      correct, ce = evaluate_epoch(net_vars, eval_images, eval_labels)
-      n = len(dataset.eval_labels)
-      return float(correct) / n, float(ce) / n
+      def run(net_vars) -> tuple[float, float]:
+        with clock("eval"):
+          correct, ce, n = over_stream(net_vars)
+          return correct / n, ce / n
 
+      return run
+    jitted = jitted or jax.jit(steps.make_evaluate(net, config.data, dataset.mean, dataset.std,
+                                                   config.eval_batch_size))
+    with clock("compile"):
+      compiled = jitted.lower(variables, eval_images, eval_labels).compile()
+
+    def run(net_vars) -> tuple[float, float]:
+      with clock("eval"):
+        correct, ce = compiled(net_vars, eval_images, eval_labels)
+        n = len(dataset.eval_labels)
+        return float(correct) / n, float(ce) / n
+
+    return run
+
+  eval_accuracy = evaluation(model, state.variables, evaluate)
   eval_record = checkpoints.evaluation_record(dataset, config.model.dtype)  # hashes the images
   if teacher is not None and "teacher_accuracy" not in meta:
-    meta["teacher_accuracy"] = _teacher_accuracy(config, dataset, teacher, teacher_vars,
-                                                 teacher_meta, eval_record, eval_images,
-                                                 eval_labels, clock)
+    meta["teacher_accuracy"] = _teacher_accuracy(
+        config, dataset, teacher_meta, eval_record,
+        lambda: evaluation(teacher, teacher_vars)(teacher_vars)[0])
   if method.trained_stages is not None and "start_accuracy" not in meta:
     # the trained network with its re-initialised stages, before any step: where the curve starts
     meta["start_accuracy"] = eval_accuracy(state.variables)[0]
@@ -331,17 +362,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       num_epochs=config.num_epochs, batch_size=config.batch_size,
       steps_per_epoch=steps_per_epoch,
       steps_per_dispatch=int(config.get("steps_per_dispatch", 1)),
-      checkpoint_every=config.checkpoint.every_epochs, refresh_steps=config.log.refresh_steps,
-      progress_bar=config.log.progress_bar, seed=config.seed,
+      checkpoint_every=config.checkpoint.every_epochs,
+      checkpoint_every_steps=int(config.checkpoint.get("every_steps", 0)),
+      refresh_steps=config.log.refresh_steps,
+      progress_bar=config.log.progress_bar,
       compiler_options=runtime.compiler_options(config.get("compiler_options")))
   spec = steps.StepSpec(model=model, teacher=teacher, method=method, method_config=config.method,
                         data_config=config.data, tx=tx, mean=dataset.mean, std=dataset.std,
                         batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
-                        adapters=stage_adapters)
+                        adapters=stage_adapters, streamed=streamed)
   state, history = loop.run_epochs(
       settings, spec, workdir=workdir, mesh=mesh, state=state, meta=meta, history=history,
-      train_images=train_images, train_labels=train_labels, n_train=n_train,
-      teacher_vars=teacher_vars, evaluate=eval_accuracy, eval_split=dataset.eval_split,
+      batches=batches, teacher_vars=teacher_vars, evaluate=eval_accuracy,
+      eval_split=dataset.eval_split,
       lr_schedule=lr_schedule, ckpts=ckpts, tracer=tracer, tb_writer=tb_writer, clock=clock)
   tracer.close()
   tb_writer.close()

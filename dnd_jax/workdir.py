@@ -49,7 +49,7 @@ DIAGNOSIS = "diagnosis"  # diagnosis.json and diagnosis.md
 # (where the decoded data is cached or downloaded from, how many images an evaluation batch holds).
 RESULT_NEUTRAL = ("log", "checkpoint", "teacher.checkpoint", "teacher.config",
                   "teacher.allow_other_inputs", "model.remat", "compiler_options",
-                  "data.cache_dir", "data.mirror", "eval_batch_size")
+                  "data.cache_dir", "data.mirror", "data.workers", "eval_batch_size")
 
 
 class WorkdirError(ValueError):

@@ -54,7 +54,7 @@ def test_a_non_editable_install_runs_every_config_from_any_folder(tmp_path):
                           capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
   n_configs, method, teacher, width, n_paper, n_pairs = result.stdout.split()
-  assert (int(n_configs), method, teacher, width) == (19, "pdnd", "teacher", "8")
+  assert (int(n_configs), method, teacher, width) == (23, "pdnd", "teacher", "8")
   assert int(n_paper) > 0 and int(n_pairs) == 11  # the pair grid's published figures too
 
 

@@ -5,7 +5,12 @@ trainer batches from arrays and augments on the accelerator (`augment.py`): no i
 tune, and the same seed gives the same batches on any machine.
 
 Config fields (`default_data_config(name)` gives the defaults for each data set):
-  name              "fashion_mnist" | "cifar100" | "imagewoof"
+  name              "fashion_mnist" | "cifar100" | "imagewoof" | "imagenet" (any ImageNet-layout
+                    folder, streamed: `dnd_jax.data.stream`)
+  loader            "device": the data set decoded whole, resident on the accelerator (this
+                    module); "stream": read batch by batch from its files on Grain (`imagenet`).
+  workers           streamed: Grain worker processes decoding batches (0: in the training process).
+  skip_corrupt      streamed: skip (and count) images that do not decode instead of stopping.
   source            "local": the official files in `dir`; "download": fetch them from the official
                     URL (or `mirror`) into `dir`, else <cache_dir>/<name>, check the published
                     checksum, then read them as "local" does; "tfds": TensorFlow Datasets (`pip
@@ -43,7 +48,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from dnd_jax.data import cifar100, fashion_mnist, imagewoof, sources
+from dnd_jax.data import cifar100, fashion_mnist, image_folder, imagewoof, sources
 from dnd_jax.data.files import DataError, MissingDataError
 
 __all__ = ["DataError", "Dataset", "MissingDataError", "default_data_config", "load_dataset",
@@ -77,6 +82,18 @@ class Dataset:
       h = w = self.input_size
     return (h, w, c)
 
+  @property
+  def n_train(self) -> int:
+    return len(self.train_labels)
+
+  def eval_digest(self) -> str:
+    """The SHA-256 of the evaluation split's images and labels: what an accuracy was measured on
+    (`checkpoints.evaluation_record`)."""
+    digest = hashlib.sha256()
+    for array in (self.eval_images, self.eval_labels):
+      digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
 
 _DEFAULTS = {
     fashion_mnist.NAME: dict(crop_padding=2, flip=True, random_resized_crop=False,
@@ -86,6 +103,10 @@ _DEFAULTS = {
                         image_size=None, stored_size=None, mean=cifar100.MEAN, std=cifar100.STD),
     imagewoof.NAME: dict(crop_padding=0, flip=True, random_resized_crop=True,
                          image_size=128, stored_size=160, mean=imagewoof.MEAN, std=imagewoof.STD),
+    # torchvision's ImageNet recipe (RandomResizedCrop(224) with its default scale, a flip)
+    image_folder.NAME: dict(loader="stream", workers=8, skip_corrupt=False, crop_padding=0,
+                            flip=True, random_resized_crop=True, image_size=224, stored_size=None,
+                            mean=image_folder.MEAN, std=image_folder.STD, rrc_scale=(0.08, 1.0)),
 }
 
 
@@ -99,7 +120,8 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
   if name not in _DEFAULTS:
     raise ValueError(f"unknown data set {name!r}; known: {sorted(_DEFAULTS)}")
   config = ml_collections.ConfigDict(dict(
-      name=name, source="local", dir=None, cache_dir=None, mirror=None, verify_checksums=True,
+      name=name, loader="device", source="local", dir=None, cache_dir=None, mirror=None,
+      verify_checksums=True,
       fraction=1.0, subset_seed=0, val_fraction=0.0,
       rrc_scale=(0.35, 1.0), rrc_ratio=(3 / 4, 4 / 3)))
   config.update(_DEFAULTS[name])

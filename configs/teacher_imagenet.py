@@ -1,0 +1,4 @@
+"""The packaged config `dnd_jax/configs/teacher_imagenet.py` (read its docstring); kept here so that
+`python scripts/train.py --config configs/teacher_imagenet.py` works from the repository root."""
+
+from dnd_jax.configs.teacher_imagenet import get_config  # noqa: F401

@@ -1,0 +1,263 @@
+"""The streaming input pipeline (data.loader = "stream") on a generated ImageNet-layout folder:
+shards that tile the batches, batches that depend on the step alone, bad input as one line, the
+throughput command, and a streamed run killed with SIGKILL that resumes to the same metrics."""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from dnd_jax import checkpoints, config_check, loop
+from dnd_jax.configs import base_config, load_config_file
+from dnd_jax.data import DataError, default_data_config, image_folder, stream
+from dnd_jax.train import read_metrics, train_and_evaluate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = ("n01", "n02", "n03")
+TRAIN_PER_CLASS, VAL_PER_CLASS = 16, 4
+
+
+def make_folder(root, train=TRAIN_PER_CLASS, val=VAL_PER_CLASS, seed=0):
+  """An ImageNet-layout folder of random JPEGs of 16 to 24 px a side, in several aspects."""
+  rng = np.random.default_rng(seed)
+  for split, n in (("train", train), ("val", val)):
+    for name in CLASSES:
+      os.makedirs(root / split / name, exist_ok=True)
+      for i in range(n):
+        h, w = rng.integers(16, 25, 2)
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f"{name}_{i}.JPEG", quality=90)
+  return root
+
+
+@pytest.fixture
+def caplog(caplog, monkeypatch):
+  """pytest's caplog, reached by the package's records (they do not propagate: dnd_jax/logs.py)."""
+  monkeypatch.setattr(logging.getLogger("dnd_jax"), "propagate", True)
+  return caplog
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  return make_folder(tmp_path_factory.mktemp("imagenet"))
+
+
+def data_config(where, **overrides):
+  c = default_data_config("imagenet")
+  c.dir, c.image_size, c.workers = str(where), 8, 0
+  c.update(overrides)
+  return c
+
+
+def _batches(data, config, batch_size=8, first_step=0, total_steps=6, process_index=0,
+             process_count=1):
+  return list(stream.train_batches(data, config, seed=0, batch_size=batch_size,
+                                   first_step=first_step, total_steps=total_steps,
+                                   process_index=process_index, process_count=process_count))
+
+
+def test_process_shards_tile_each_global_batch_without_overlap(folder):
+  for count in (1, 2, 4):
+    for step in range(3):
+      blocks = [list(stream.local_positions(step, 8, p, count)) for p in range(count)]
+      assert sorted(sum(blocks, [])) == list(range(step * 8, step * 8 + 8))
+  config = data_config(folder)
+  data = stream.open_stream(config)
+  steps = data.n_train // 8  # 6 per epoch
+  whole = _batches(data, config, total_steps=2 * steps)  # two epochs
+  halves = [_batches(data, config, total_steps=2 * steps, process_index=p, process_count=2)
+            for p in range(2)]
+  for step, batch in enumerate(whole):
+    for key in ("image", "label"):  # process 0's block, then process 1's: the one-process batch
+      np.testing.assert_array_equal(
+          np.concatenate([halves[0][step][key], halves[1][step][key]]), batch[key])
+  for epoch in range(2):  # each training row once per epoch, over both processes
+    order = stream.train_rows(data.n_train, 0, epoch)
+    rows = [order[q] for step in range(steps) for p in range(2)
+            for q in stream.local_positions(step, 8, p, 2)]
+    assert len(set(rows)) == len(rows) == steps * 8
+    labels = np.concatenate([b["label"] for b in whole[epoch * steps:(epoch + 1) * steps]])
+    np.testing.assert_array_equal(labels, data.layout.train.labels[rows])
+  assert not np.array_equal(whole[0]["label"], whole[steps]["label"])  # reshuffled per epoch
+
+
+def test_a_batch_depends_on_its_step_alone(folder):
+  """What makes a run resumable at any step: the pipeline started at step 4 (a resumed run)
+  reads what the one started at 0 reads from step 4 on, crops and flips included."""
+  config = data_config(folder)
+  data = stream.open_stream(config)
+  from_start = _batches(data, config, total_steps=9)
+  resumed = _batches(data, config, first_step=4, total_steps=9)
+  for a, b in zip(from_start[4:], resumed, strict=True):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+  assert from_start[0]["image"].shape == (8, 8, 8, 3) and from_start[0]["image"].dtype == np.uint8
+
+
+def test_the_evaluation_split_is_read_once_padded_to_whole_batches(folder):
+  config = data_config(folder)
+  data = stream.open_stream(config)
+  batches = list(stream.eval_batches(data, config, batch_size=5))
+  labels = np.concatenate([b["label"] for b in batches])
+  assert len(labels) == 15 and list(labels[12:]) == [-1, -1, -1]
+  np.testing.assert_array_equal(labels[:12], data.eval_labels)
+
+
+def test_layout_problems_are_one_line_before_any_work(tmp_path):
+  root = make_folder(tmp_path / "d", train=1, val=1)
+  (root / "train" / "n04").mkdir()
+  (root / "val" / "n04").mkdir()
+  with pytest.raises(DataError, match=r"train/n04 holds no images"):
+    image_folder.scan(root)
+  shutil.rmtree(root / "val" / "n04")
+  with pytest.raises(DataError, match=r"classes of train/ and val/ differ \(only in train: n04; "
+                                      r"only in val: none\)"):
+    image_folder.scan(root)
+  shutil.rmtree(root / "train" / "n04")
+  shutil.rmtree(root / "val")
+  with pytest.raises(DataError, match=r"val not found: the folder has no val split"):
+    image_folder.scan(root)
+  # through the command: one `error:` line, exit code 2
+  (root / "val").mkdir()
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--config",
+       os.path.join(REPO, "configs", "teacher_imagenet.py"), "--workdir", str(tmp_path / "run"),
+       f"--config.data.dir={root}"], capture_output=True, text=True)
+  assert result.returncode == 2, result.stderr
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "classes of train/ and val/ differ" in errors[0], result.stderr
+
+
+def test_a_corrupt_image_stops_the_run_naming_it_or_is_skipped_and_counted(tmp_path, caplog):
+  root = make_folder(tmp_path / "d", train=4, val=1)
+  bad = root / "train" / "n02" / "n02_1.JPEG"
+  bad.write_bytes(bad.read_bytes()[:200])  # truncated
+  config = data_config(root)
+  data = stream.open_stream(config)  # listing reads no image
+  with pytest.raises(DataError, match=rf"{bad}: cannot decode this image .*skip_corrupt=True"):
+    _batches(data, config, batch_size=4, total_steps=3)
+  config.skip_corrupt = True
+  batches = _batches(data, config, batch_size=4, total_steps=3)
+  assert sum(int(b["skipped"].sum()) for b in batches) == 1
+  assert all(b["image"].shape == (4, 8, 8, 3) for b in batches)  # its place taken by another
+  assert f"Skipped an unreadable image: {bad}" in caplog.text
+
+
+def test_the_config_check_knows_which_data_sets_stream():
+  wrong = base_config("fashion_mnist", "teacher")
+  wrong.data.loader = "stream"
+  with pytest.raises(config_check.ConfigError, match="loader='stream' reads \\['imagenet'\\]"):
+    config_check.check(wrong)
+  resident = base_config("imagenet", "teacher")
+  resident.data.loader = "device"
+  with pytest.raises(config_check.ConfigError, match="set --config.data.loader=stream"):
+    config_check.check(resident)
+  config = base_config("imagenet", "kd")
+  config.steps_per_dispatch, config.data.val_fraction = 2, 0.1
+  with pytest.raises(config_check.ConfigError, match="val_fraction=0.1.*steps_per_dispatch=2"):
+    config_check.check(config)
+  config_check.check(base_config("imagenet", "pdnd"))
+
+
+def test_the_throughput_command_measures_the_pipeline(folder, tmp_path):
+  out = tmp_path / "throughput.json"
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "scripts", "stream_throughput.py"), "--dir",
+       str(folder), "--image-size", "8", "--batch-size", "8", "--batches", "2", "--images", "8",
+       "--json", str(out)], capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  assert "images/s per core" in result.stdout
+  figures = json.loads(out.read_text())
+  assert figures["images_per_s"] > 0 and figures["images_per_s_per_core"] > 0
+
+
+# CIFAR's ResNet8 rather than tiny_config's ResNet18: the stream's shapes (RGB, 3 classes) share
+# no compiled program with the other tests, and ResNet8's compile in half the time
+TINY = {"model.arch": "resnet8", "data.image_size": 8,
+        "data.workers": 0, "batch_size": 8, "eval_batch_size": 12, "log.progress_bar": False,
+        "checkpoint.keep": 2, "teacher.config": ""}
+
+
+def _config(name: str, folder, **overrides):
+  config = load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
+  for key, value in {**TINY, "data.dir": str(folder), **overrides}.items():
+    target = config
+    *path, last = key.split(".")
+    for part in path:
+      target = target[part]
+    target[last] = value
+  return config
+
+
+def _cli(name: str, folder, workdir, **overrides):
+  settings = {**TINY, "data.dir": str(folder), **overrides}
+  return [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--config",
+          os.path.join(REPO, "configs", f"{name}.py"), "--workdir", str(workdir),
+          *(f"--config.{k}={v}" for k, v in settings.items())]
+
+
+@pytest.mark.slow
+def test_a_streamed_run_killed_with_sigkill_resumes_to_the_same_metrics(folder, tmp_path):
+  epochs = {"num_epochs": 8}
+  whole = train_and_evaluate(_config("teacher_imagenet", folder, **epochs), str(tmp_path / "whole"))
+  killed = tmp_path / "killed"
+  args = _cli("teacher_imagenet", folder, killed, **epochs)
+  proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if len(read_metrics(str(killed))) >= 2:  # two epochs done, six to go
+      break
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+  subprocess.run(args, check=True, capture_output=True)
+  expected, resumed = read_metrics(str(tmp_path / "whole")), read_metrics(str(killed))
+  assert [r["epoch"] for r in resumed] == list(range(1, 9))
+  for a, b in zip(expected, resumed):
+    for key in ("train_loss", "train_accuracy", "test_accuracy", "test_loss", "lr"):
+      assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (a["epoch"], key)
+  assert json.loads((killed / "summary.json").read_text())["final_accuracy"] == \
+      whole["final_accuracy"]
+
+  # a distillation run streams from the same folder, its teacher's accuracy from its model.json
+  kd = train_and_evaluate(_config("kd_imagenet", folder, num_epochs=2, **{
+      "teacher.checkpoint": str(tmp_path / "whole" / "model"), "teacher.arch": "resnet8"}),
+      str(tmp_path / "kd"))
+  assert kd["teacher_accuracy"] == whole["final_accuracy"]
+  assert [r["epoch"] for r in read_metrics(str(tmp_path / "kd"))] == [1, 2]
+  assert kd["dataset"] == "imagenet" and kd["eval_split"] == "test"
+
+
+@pytest.mark.slow
+def test_a_run_resumed_from_a_mid_epoch_checkpoint_ends_as_an_uninterrupted_one(folder, tmp_path):
+  """`checkpoint.every_steps`: the stream starts again at the checkpoint's step, and the epoch's
+  running metric sums go on from the checkpoint's, so the epoch ends with the same metrics."""
+  config = _config("teacher_imagenet", folder, num_epochs=2,
+                   **{"checkpoint.every_steps": 4, "checkpoint.keep": 10})
+  whole = train_and_evaluate(config, str(tmp_path))
+  expected = read_metrics(str(tmp_path))
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=10)
+  assert ckpts.state.all_steps() == [4, 6, 8, 12]  # 6 steps per epoch
+  meta = ckpts.state.restore(8, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  ckpts.close()
+  assert meta["epoch"] == 1 and meta[loop.PARTIAL]["steps"] == 2  # epoch 2, 2 of its 6 steps
+  # as if killed after step 8
+  shutil.rmtree(tmp_path / "checkpoints" / "12")
+  os.remove(tmp_path / "summary.json")
+  resumed = train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints_skipped").exists()  # it went on from step 8 itself
+  assert [r["epoch"] for r in read_metrics(str(tmp_path))] == [1, 2]
+  for a, b in zip(expected, read_metrics(str(tmp_path))):
+    for key in ("train_loss", "train_accuracy", "test_accuracy", "test_loss", "lr"):
+      assert a[key] == b[key], (a["epoch"], key)
+  assert resumed["final_accuracy"] == whole["final_accuracy"]
