@@ -120,6 +120,17 @@ def base_config(dataset: str, method: str) -> ml_collections.ConfigDict:
   return c
 
 
+def imagenet_config(method: str, num_epochs: int) -> ml_collections.ConfigDict:
+  """A streamed ImageNet run of `method` (configs/*_imagenet.py): the paper's Imagewoof setting
+  scaled to ImageNet, that is the ImageNet stem, batch 256 and the paper's learning rate scaled by
+  the batch (64 -> 256: x4, the README's rule), for `num_epochs` (mdistiller's ImageNet budget of
+  100 for the students; torchvision's 90 for a teacher trained here)."""
+  config = base_config("imagenet", method)
+  config.num_epochs = num_epochs
+  config.optim.lr *= config.batch_size / BATCH_SIZE["imagewoof"]
+  return config
+
+
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
