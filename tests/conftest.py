@@ -10,7 +10,11 @@ measurements are in docs/development.md.
 """
 
 import fcntl
+import json
 import os
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -107,6 +111,44 @@ def wait_for_first_checkpoint(workdir, procs, timeout: float) -> None:
     if os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder)):
       return
     time.sleep(0.05)
+
+
+def start_processes(script: str, args: list[str], processes: int) -> list:
+  """`processes` runs of `python script *args` as one JAX job over a local coordinator (one CPU
+  device each, gloo collectives), started through the environment that
+  `dnd_jax.runtime.setup_runtime` reads, as a cluster starts `scripts/train.py`; one process is
+  a plain run. Each is expected to print a JSON report as its last line (`finish_processes`)."""
+  tests = os.path.dirname(os.path.abspath(__file__))
+  base = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+      [os.path.dirname(tests), tests, os.environ.get("PYTHONPATH", "")]))
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = []
+  for i in range(processes):
+    env = dict(base)
+    if processes > 1:
+      env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", DND_JAX_NUM_PROCESSES=str(processes),
+                 DND_JAX_PROCESS_ID=str(i))
+    procs.append(subprocess.Popen([sys.executable, script, *args], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  return procs
+
+
+def finish_processes(procs, timeout: float = 900) -> list[dict]:
+  """Each process's JSON report, with its log (stderr) under "log"; the processes are killed if
+  one fails or runs past `timeout`."""
+  reports = []
+  try:
+    for p in procs:
+      out, err = p.communicate(timeout=timeout)
+      assert p.returncode == 0, err[-4000:]
+      reports.append({**json.loads(out.strip().splitlines()[-1]), "log": err})
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return reports
 
 
 @pytest.fixture(scope="session")

@@ -15,18 +15,15 @@ training set it placed and the run's summary; only process 0 writes the run's fi
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import tiny_config, wait_for_first_checkpoint
+from conftest import finish_processes, start_processes, tiny_config, wait_for_first_checkpoint
 from dnd_jax import checkpoints, torch_bridge
 from dnd_jax.train import read_metrics, train_and_evaluate
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the suite: 2; 4 by hand (see the docstring)
 PROCESSES = int(os.environ.get("DND_JAX_TEST_PROCESSES", "2"))
 
@@ -54,41 +51,8 @@ def _worker(config_json: str, workdir: str) -> dict:
           "summary": summary}
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def _start(config, workdir, processes: int) -> list:
-  base = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
-      [REPO, os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
-  port = _free_port()
-  procs = []
-  for i in range(processes):
-    env = dict(base)
-    if processes > 1:
-      env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", DND_JAX_NUM_PROCESSES=str(processes),
-                 DND_JAX_PROCESS_ID=str(i))
-    procs.append(subprocess.Popen([sys.executable, __file__, config.to_json(), str(workdir)],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True))
-  return procs
-
-
-def _finish(procs) -> list[dict]:
-  """Each process's report, with its log (stderr) under "log"."""
-  reports = []
-  try:
-    for p in procs:
-      out, err = p.communicate(timeout=900)
-      assert p.returncode == 0, err[-4000:]
-      reports.append({**json.loads(out.strip().splitlines()[-1]), "log": err})
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  return reports
+  return start_processes(__file__, [config.to_json(), str(workdir)], processes)
 
 
 def _assert_same_metrics(history, reference, epochs):
@@ -142,7 +106,7 @@ def test_processes_train_pdnd_like_one_process_and_resume_after_one_is_killed(ti
   assert 1 <= len(read_metrics(str(workdir))) < epochs
 
   # the same command again: every process restores the checkpoint and the run completes
-  multi = _finish(_start(config, workdir, processes))
+  multi = finish_processes(_start(config, workdir, processes))
   resumed_from = [line for line in multi[0]["log"].splitlines() if line.startswith("Resuming")]
   assert resumed_from and "from epoch 0" not in resumed_from[0], multi[0]["log"][-2000:]
   assert sorted(r["process"] for r in multi) == list(range(processes))

@@ -1,6 +1,7 @@
 """The streaming input pipeline (data.loader = "stream") on a generated ImageNet-layout folder:
 shards that tile the batches, batches that depend on the step alone, bad input as one line, the
-throughput command, and a streamed run killed with SIGKILL that resumes to the same metrics."""
+throughput command, a streamed run killed with SIGKILL that resumes to the same metrics, and the
+same run over two processes, each streaming its share."""
 
 import json
 import logging
@@ -16,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
+from conftest import finish_processes, start_processes
 from dnd_jax import checkpoints, config_check, loop
 from dnd_jax.configs import base_config, load_config_file
 from dnd_jax.data import DataError, default_data_config, image_folder, stream
@@ -205,12 +207,23 @@ def _cli(name: str, folder, workdir, **overrides):
           *(f"--config.{k}={v}" for k, v in settings.items())]
 
 
+EPOCHS = {"num_epochs": 8}
+
+
+@pytest.fixture(scope="module")
+def whole_run(folder, tmp_path_factory):
+  """A streamed teacher run of 8 epochs in this process: what the killed and resumed run, and the
+  run over two processes, must reproduce."""
+  workdir = tmp_path_factory.mktemp("whole")
+  return workdir, train_and_evaluate(_config("teacher_imagenet", folder, **EPOCHS), str(workdir))
+
+
 @pytest.mark.slow
-def test_a_streamed_run_killed_with_sigkill_resumes_to_the_same_metrics(folder, tmp_path):
-  epochs = {"num_epochs": 8}
-  whole = train_and_evaluate(_config("teacher_imagenet", folder, **epochs), str(tmp_path / "whole"))
+def test_a_streamed_run_killed_with_sigkill_resumes_to_the_same_metrics(folder, whole_run,
+                                                                        tmp_path):
+  whole_dir, whole = whole_run
   killed = tmp_path / "killed"
-  args = _cli("teacher_imagenet", folder, killed, **epochs)
+  args = _cli("teacher_imagenet", folder, killed, **EPOCHS)
   proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
@@ -221,7 +234,7 @@ def test_a_streamed_run_killed_with_sigkill_resumes_to_the_same_metrics(folder, 
   proc.wait()
   assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
   subprocess.run(args, check=True, capture_output=True)
-  expected, resumed = read_metrics(str(tmp_path / "whole")), read_metrics(str(killed))
+  expected, resumed = read_metrics(str(whole_dir)), read_metrics(str(killed))
   assert [r["epoch"] for r in resumed] == list(range(1, 9))
   for a, b in zip(expected, resumed):
     for key in ("train_loss", "train_accuracy", "test_accuracy", "test_loss", "lr"):
@@ -231,11 +244,46 @@ def test_a_streamed_run_killed_with_sigkill_resumes_to_the_same_metrics(folder, 
 
   # a distillation run streams from the same folder, its teacher's accuracy from its model.json
   kd = train_and_evaluate(_config("kd_imagenet", folder, num_epochs=2, **{
-      "teacher.checkpoint": str(tmp_path / "whole" / "model"), "teacher.arch": "resnet8"}),
+      "teacher.checkpoint": str(whole_dir / "model"), "teacher.arch": "resnet8"}),
       str(tmp_path / "kd"))
   assert kd["teacher_accuracy"] == whole["final_accuracy"]
   assert [r["epoch"] for r in read_metrics(str(tmp_path / "kd"))] == [1, 2]
   assert kd["dataset"] == "imagenet" and kd["eval_split"] == "test"
+
+
+def _worker(config_json: str, workdir: str) -> dict:
+  """One process of a streamed run over several (this file run as a script)."""
+  import jax  # noqa: PLC0415
+  import ml_collections  # noqa: PLC0415
+
+  from dnd_jax.runtime import setup_runtime  # noqa: PLC0415
+
+  setup_runtime()
+  summary = train_and_evaluate(ml_collections.ConfigDict(json.loads(config_json)), workdir)
+  return {"process": jax.process_index(), "processes": jax.process_count(),
+          "devices": jax.device_count(), "summary": summary}
+
+
+@pytest.mark.slow
+def test_two_processes_stream_their_shares_and_train_as_one_process_does(folder, whole_run,
+                                                                         tmp_path):
+  """Each process reads only its block of every global batch (the blocks tile it:
+  test_process_shards_tile_each_global_batch_without_overlap) and of the evaluation split, and
+  places it with the other process's as one global batch: the run's metrics are those of one
+  process reading every batch whole."""
+  whole_dir, whole = whole_run
+  workdir = tmp_path / "two"
+  config = _config("teacher_imagenet", folder, **EPOCHS)
+  reports = finish_processes(start_processes(__file__, [config.to_json(), str(workdir)], 2))
+  assert sorted(r["process"] for r in reports) == [0, 1]
+  assert all(r["processes"] == 2 and r["devices"] == 2 for r in reports)
+  expected, history = read_metrics(str(whole_dir)), read_metrics(str(workdir))
+  assert [r["epoch"] for r in history] == list(range(1, 9))  # written once, by process 0
+  for a, b in zip(expected, history):
+    for key in ("train_loss", "train_accuracy", "test_accuracy", "test_loss"):
+      assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["epoch"], key)
+  for r in reports:
+    assert r["summary"]["final_accuracy"] == pytest.approx(whole["final_accuracy"])
 
 
 @pytest.mark.slow
@@ -261,3 +309,7 @@ def test_a_run_resumed_from_a_mid_epoch_checkpoint_ends_as_an_uninterrupted_one(
     for key in ("train_loss", "train_accuracy", "test_accuracy", "test_loss", "lr"):
       assert a[key] == b[key], (a["epoch"], key)
   assert resumed["final_accuracy"] == whole["final_accuracy"]
+
+
+if __name__ == "__main__":
+  print(json.dumps(_worker(sys.argv[1], sys.argv[2])))
