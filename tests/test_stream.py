@@ -287,23 +287,30 @@ def test_two_processes_stream_their_shares_and_train_as_one_process_does(folder,
 
 
 @pytest.mark.slow
-def test_a_run_resumed_from_a_mid_epoch_checkpoint_ends_as_an_uninterrupted_one(folder, tmp_path):
-  """`checkpoint.every_steps`: the stream starts again at the checkpoint's step, and the epoch's
-  running metric sums go on from the checkpoint's, so the epoch ends with the same metrics."""
-  config = _config("teacher_imagenet", folder, num_epochs=2,
-                   **{"checkpoint.every_steps": 4, "checkpoint.keep": 10})
+def test_a_run_resumed_from_a_mid_epoch_checkpoint_ends_as_an_uninterrupted_one(folder, whole_run,
+                                                                                tmp_path):
+  """`checkpoint.every_steps` in a Progressive DnD run: the stream starts again at the
+  checkpoint's step, and the epoch's running metric sums go on from the checkpoint's, those of a
+  partition finished earlier in the epoch included, so both epochs end with the same metrics."""
+  config = _config("pdnd_imagenet", folder, num_epochs=2, **{
+      "teacher.checkpoint": str(whole_run[0] / "model"), "teacher.arch": "resnet8",
+      "checkpoint.every_steps": 5, "checkpoint.keep": 10})
   whole = train_and_evaluate(config, str(tmp_path))
   expected = read_metrics(str(tmp_path))
+  assert [r["phase"] for r in expected] == [1, 2]  # partitions from steps 0, 4 and 8
   ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=10)
-  assert ckpts.state.all_steps() == [4, 6, 8, 12]  # 6 steps per epoch
-  meta = ckpts.state.restore(8, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  assert ckpts.state.all_steps() == [5, 6, 10, 12]  # 6 steps per epoch
+  meta = ckpts.state.restore(5, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   ckpts.close()
-  assert meta["epoch"] == 1 and meta[loop.PARTIAL]["steps"] == 2  # epoch 2, 2 of its 6 steps
-  # as if killed after step 8
-  shutil.rmtree(tmp_path / "checkpoints" / "12")
+  partial = meta[loop.PARTIAL]
+  assert meta["epoch"] == 0 and partial["steps"] == 5  # epoch 1, 5 of its 6 steps
+  assert len(partial["finished_parts"]) == 1  # the first partition's sums (steps 0-3)
+  # as if killed after step 5
+  for step in (6, 10, 12):
+    shutil.rmtree(tmp_path / "checkpoints" / str(step))
   os.remove(tmp_path / "summary.json")
   resumed = train_and_evaluate(config, str(tmp_path))
-  assert not (tmp_path / "checkpoints_skipped").exists()  # it went on from step 8 itself
+  assert not (tmp_path / "checkpoints_skipped").exists()  # it went on from step 5 itself
   assert [r["epoch"] for r in read_metrics(str(tmp_path))] == [1, 2]
   for a, b in zip(expected, read_metrics(str(tmp_path))):
     for key in ("train_loss", "train_accuracy", "test_accuracy", "test_loss", "lr"):
