@@ -104,11 +104,23 @@ def run_epochs(settings: LoopSettings, spec: steps.StepSpec, *, workdir: str, me
   refresh = settings.refresh_steps
   running_means = settings.progress_bar or tb_writer.enabled
 
-  def save_mid_epoch(epoch: int, i: int, sums, finished_parts, time_s: float) -> None:
+  def on_host(part: dict) -> dict:  # metric sums as a checkpoint's meta holds them
+    return {k: float(v) for k, v in jax.device_get(part).items()}
+
+  def restored(part: dict) -> dict:  # ... and as the device held them, so they add up exactly
+    return {k: np.float32(v) for k, v in part.items()}
+
+  def train_time() -> float:
+    """The epoch's training time so far: a partition compiled mid-epoch is compile time, writing
+    a profile is no training time, and a mid-epoch checkpoint is checkpoint time."""
+    return (time.perf_counter() - t0 - (clock.now["compile"] - compile_before)
+            - (tracer.overhead_s - trace_before) - (clock.now["checkpoint"] - checkpoint_before))
+
+  def save_mid_epoch(epoch: int, i: int, sums, finished_parts) -> None:
     """A checkpoint `i` steps into `epoch`, with the epoch so far in its meta (`PARTIAL`)."""
-    host = lambda part: {k: float(v) for k, v in jax.device_get(part).items()}  # noqa: E731
+    time_s = train_time()  # as dispatched, before waiting for the sums
     partial = {"epoch": epoch, "steps": i, "steps_per_epoch": steps_per_epoch,
-               "sums": host(sums), "finished_parts": [host(p) for p in finished_parts],
+               "sums": on_host(sums), "finished_parts": [on_host(p) for p in finished_parts],
                "train_time_s": time_s}
     with clock("checkpoint"):
       ckpts.save(int(state.step), state, {**meta, **clock.totals(), PARTIAL: partial})
@@ -122,11 +134,9 @@ def run_epochs(settings: LoopSettings, spec: steps.StepSpec, *, workdir: str, me
     batches.start_epoch(epoch, first_step + i)
     phase = method.phase_at(first_step + i, total_steps)
     step_fn, zero_sums = phase_step(phase, per_dispatch)
-    # the running sums as the checkpoint's device held them, so they go on adding up exactly
-    sums = put({k: np.float32(v) for k, v in partial["sums"].items()} if partial else zero_sums)
+    sums = put(restored(partial["sums"]) if partial else zero_sums)
     # metric sums of earlier partitions, when a phase boundary falls mid-epoch
-    finished_parts = ([{k: np.float32(v) for k, v in p.items()}
-                       for p in partial["finished_parts"]] if partial else [])
+    finished_parts = [restored(p) for p in partial["finished_parts"]] if partial else []
     compile_before, trace_before = clock.now["compile"], tracer.overhead_s
     checkpoint_before = clock.now["checkpoint"]
     bar = tqdm(total=steps_per_epoch, initial=i,
@@ -159,16 +169,9 @@ def run_epochs(settings: LoopSettings, spec: steps.StepSpec, *, workdir: str, me
         tb_writer.steps(first_step + i, m, float(lr_schedule(first_step + i - 1)), rate)
       if (every_steps and i < steps_per_epoch
           and (first_step + i) // every_steps > (first_step + i - n) // every_steps):
-        save_mid_epoch(epoch, i, sums, finished_parts, time.perf_counter() - t0
-                       - (clock.now["compile"] - compile_before)
-                       - (tracer.overhead_s - trace_before)
-                       - (clock.now["checkpoint"] - checkpoint_before))
+        save_mid_epoch(epoch, i, sums, finished_parts)
     train = mean_metrics(finished_parts + [sums])  # waits for the epoch's last step
-    # a partition compiled mid-epoch is compile time, writing a profile is no training time, and
-    # a mid-epoch checkpoint is checkpoint time
-    epoch_time = (time.perf_counter() - t0 - (clock.now["compile"] - compile_before)
-                  - (tracer.overhead_s - trace_before)
-                  - (clock.now["checkpoint"] - checkpoint_before))
+    epoch_time = train_time()
     bar.close()
     if not math.isfinite(train["loss"]):  # the run's `closing` commits the saves in flight
       raise FloatingPointError(
