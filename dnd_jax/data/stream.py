@@ -261,10 +261,3 @@ def eval_batches(data: StreamData, data_config, *, batch_size: int, process_inde
                      process_index, process_count)
   return _iterate(import_grain().MapDataset.range(num_batches).map(batch),
                   int(data_config.get("workers", 0)))
-
-
-def throughput_batches(data: StreamData, data_config, *, batch_size: int, num_batches: int):
-  """The first `num_batches` training batches as a run's pipeline reads them (one process), for
-  measuring the pipeline alone (scripts/stream_throughput.py)."""
-  return train_batches(data, data_config, seed=0, batch_size=batch_size, first_step=0,
-                       total_steps=num_batches)
