@@ -81,6 +81,16 @@ def _positive_int(config, name: str, problems: list[str]) -> None:
     problems.append(f"config.{name}={value!r} must be a positive whole number.")
 
 
+def _count(config, name: str, problems: list[str], what: str = "a whole number",
+           zero: str = "") -> None:
+  """A count that may be 0 (`zero` says what 0 means); `_positive_int` for one that may not."""
+  value = _get(config, name)
+  if value is _ABSENT:
+    return
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    problems.append(f"config.{name}={value!r} must be {what}, 0 or more{zero}.")
+
+
 def _finite(config, name: str, problems: list[str], positive: bool = False) -> None:
   value = _get(config, name)
   if value is _ABSENT:
@@ -109,10 +119,8 @@ def check(config, workdir: str | None = None) -> None:
   for name in ("num_epochs", "batch_size", "checkpoint.every_epochs", "checkpoint.keep",
                "log.refresh_steps"):
     _positive_int(config, name, problems)
-  every_steps = config.get("checkpoint", {}).get("every_steps", 0)
-  if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 0:
-    problems.append(f"config.checkpoint.every_steps={every_steps!r} must be a whole number of "
-                    "steps, 0 (at epoch ends alone) or more.")
+  _count(config, "checkpoint.every_steps", problems, "a whole number of steps",
+         " (0: at epoch ends alone)")
   if config.get("eval_batch_size") != 0:  # 0: sized for the device
     _positive_int(config, "eval_batch_size", problems)
   _positive_int(config, "steps_per_dispatch", problems)
@@ -188,10 +196,7 @@ def check(config, workdir: str | None = None) -> None:
         and (name == "mean" or v > 0) for v in values)):
       what = "finite numbers above 0" if name == "std" else "finite numbers"
       problems.append(f"config.data.{name}={values!r} must be a list of {what}, one per channel.")
-  padding = data.get("crop_padding", 0)
-  if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-    problems.append(f"config.data.crop_padding={padding!r} must be a whole number of pixels, 0 or "
-                    "more (0: no crop).")
+  _count(config, "data.crop_padding", problems, "a whole number of pixels", " (0: no crop)")
   for name, top in (("rrc_scale", 1.0), ("rrc_ratio", math.inf)):  # (lo, hi) of a random draw
     pair = data.get(name)
     if pair is None:
@@ -273,9 +278,7 @@ def _loader_problems(config) -> list[str]:
   if config.get("steps_per_dispatch", 1) != 1:
     problems.append(f"config.steps_per_dispatch={config.steps_per_dispatch!r}: a streamed run "
                     "dispatches one step per batch; use 1.")
-  workers = data.get("workers", 0)
-  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-    problems.append(f"config.data.workers={workers!r} must be a whole number, 0 or more.")
+  _count(config, "data.workers", problems, zero=" (0: decoded in the training process)")
   return problems
 
 
