@@ -116,25 +116,19 @@ def _train(config, workdir):
 def ensure_teacher(plan: Plan, train_fn=None, arch: str = "") -> str:
   """The teacher's exported model folder, trained into <out>/teacher (a pair grid's teacher of
   architecture `arch`: <out>/teachers/<arch>) first if it is missing."""
-  if arch:
-    if plan.teachers_path:  # checked by check_plan
-      return plan.pair_teacher_checkpoint(arch)
-    from dnd_jax import teacher  # noqa: PLC0415 (orbax: see _train)
-    config = teacher_config(plan, arch)
-    check_same_config(plan.pair_teacher_dir(arch), config)
-    return teacher.train_into(
-        config, plan.pair_teacher_dir(arch), train_fn or _train,
-        why=f"== teacher: training the {arch} teacher for {config.num_epochs} epochs")
-  if plan.teacher_path:
+  if arch and plan.teachers_path:  # checked by check_plan
+    return plan.pair_teacher_checkpoint(arch)
+  if not arch and plan.teacher_path:
     if not has_exported_model(plan.teacher_path):
       raise FileNotFoundError(f"--teacher {plan.teacher_path!r} holds no exported model "
                               "(model.json); give the <workdir>/model folder of a teacher run.")
     return plan.teacher_path
   from dnd_jax import teacher  # noqa: PLC0415 (orbax: see _train)
-  config = teacher_config(plan)
-  check_same_config(plan.teacher_dir, config)
+  config = teacher_config(plan, arch)
+  workdir = plan.pair_teacher_dir(arch) if arch else plan.teacher_dir
+  check_same_config(workdir, config)
   return teacher.train_into(
-      config, plan.teacher_dir, train_fn or _train,
+      config, workdir, train_fn or _train,
       why=f"== teacher: training the {_network_name(config.model)} teacher for "
           f"{config.num_epochs} epochs")
 
