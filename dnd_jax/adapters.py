@@ -164,12 +164,15 @@ def for_pair(student: nn.Module, teacher: nn.Module, method, image_shape) -> Sta
   starts at stage k > 1 (where the previous group, in that phase, ends) and teacher stage k-1's
   output has another shape than student stage k-1's. Shapes come from an abstract evaluation of
   both networks; the adapters compute in the student's dtype."""
+  if student.num_stages != teacher.num_stages:
+    raise ValueError(f"The student has {student.num_stages} stages and the teacher "
+                     f"{teacher.num_stages}: distillation pairs stage k of one with stage k of the "
+                     "other.")
+  firsts = sorted({first for _, groups in method.phases for first, _ in groups if first > 1})
+  if not firsts:  # one group from the input (KD, AT, ...): no stage boundary, nothing to trace
+    return NONE
   s_shapes = [s[1:] for s in stage_output_shapes(student, image_shape)]
   t_shapes = [t[1:] for t in stage_output_shapes(teacher, image_shape)]
-  if len(s_shapes) != len(t_shapes):
-    raise ValueError(f"The student has {len(s_shapes)} stages and the teacher {len(t_shapes)}: "
-                     "distillation pairs stage k of one with stage k of the other.")
-  firsts = sorted({first for _, groups in method.phases for first, _ in groups if first > 1})
   make = functools.partial(Connector, dtype=student.dtype, bn_momentum=student.bn_momentum)
   adapters = StageAdapters(tuple((f"in{k}", make(tuple(s_shapes[k - 2])), tuple(t_shapes[k - 2]))
                                  for k in firsts if s_shapes[k - 2] != t_shapes[k - 2]))

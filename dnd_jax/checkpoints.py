@@ -250,8 +250,7 @@ def load_model_as(path: str, arch: dict, image_shape,
   architecture `arch` (`architecture`'s fields). Every command that loads a saved network builds
   it here, so what "this folder's network" means is decided once."""
   model = network(arch, dtype)
-  abstract = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), image_shape))
-  variables, meta = load_model(path, arch, abstract)
+  variables, meta = load_model(path, arch, models.abstract_variables(model, image_shape))
   return model, variables, meta
 
 

@@ -26,7 +26,7 @@ from dnd_jax import adapters, freeze, parallel, profiling, runtime, steps
 from dnd_jax.configs import base_config
 from dnd_jax.data import augment, cifar100
 from dnd_jax.methods import get_method
-from dnd_jax.models import DTYPES, build_model, init_variables
+from dnd_jax.models import DTYPES, abstract_variables, build_model, init_variables
 from dnd_jax.optim import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -273,8 +273,8 @@ class JaxBench:
 
     if abstract:
       def variables(depth, teacher=False):
-        return jax.eval_shape(lambda: init_variables(
-            self.model(depth, jnp.float32, teacher=teacher), jax.random.key(0), self.image_shape))
+        return abstract_variables(self.model(depth, jnp.float32, teacher=teacher),
+                                  self.image_shape)
       place = lambda tree: tree  # noqa: E731
       state = jax.eval_shape(lambda v: steps.create_train_state(with_adapters(v), tx),
                              variables(config.model.depth))

@@ -49,7 +49,8 @@ __all__ = [
     "BATCH_COUNTER", "BatchNorm", "conv_init", "dense_init", "torch_linear_bias_init",
     "with_batch_counters", "without_batch_counters", "NUM_STAGES", "STAGE_SIZES", "STEMS",
     "BasicBlock", "Head", "ResidualStage", "ResNet", "DTYPES", "resolve_dtype", "build_model",
-    "init_variables", "stage_output_shapes", "ARCHS", "build_arch", "family_kwargs",
+    "init_variables", "abstract_variables", "stage_output_shapes", "ARCHS", "build_arch",
+    "family_kwargs",
 ]
 
 # config.model.dtype: the compute dtype (parameters, BatchNorm statistics and losses stay float32)
@@ -103,12 +104,30 @@ def init_variables(model, key: jax.Array, image_shape: Sequence[int]) -> dict:
   return dict(jax.jit(functools.partial(model.init, train=False))(rbg_key, dummy))
 
 
+def abstract_variables(model, image_shape: Sequence[int]) -> dict:
+  """`init_variables`'s shapes and dtypes, found without running the model (what a checkpoint is
+  restored into)."""
+  return _abstract_variables(model, tuple(image_shape))
+
+
+@functools.lru_cache(maxsize=64)
+def _abstract_variables(model, image_shape: tuple) -> dict:
+  # cached: a process that loads one teacher for several runs (a grid, the tests) traces it once
+  return jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_shape))
+
+
 def stage_output_shapes(model, image_shape: Sequence[int], batch: int = 2) -> list[tuple]:
   """Shapes of the stage outputs, found without running the model."""
+  return list(_stage_output_shapes(model, tuple(image_shape), batch))
+
+
+@functools.lru_cache(maxsize=64)
+def _stage_output_shapes(model, image_shape: tuple, batch: int) -> tuple:
   dummy = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
-  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), dummy)
-  outs = jax.eval_shape(functools.partial(model.apply, method="stages"), variables, dummy)
-  return [tuple(o.shape) for o in outs]
+  # one trace (initialisation and the stages together): tracing a network costs ~0.5 s
+  outs, _ = jax.eval_shape(functools.partial(model.init_with_output, method="stages",
+                                             train=False), jax.random.key(0), dummy)
+  return tuple(tuple(o.shape) for o in outs)
 
 
 def _factory(cls, **published) -> Callable[..., nn.Module]:
