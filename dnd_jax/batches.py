@@ -123,7 +123,11 @@ class StreamedBatches:
 class StreamedEvaluation:
   """A network's (correct, summed cross-entropy, images counted) over the streamed evaluation
   split. The batch is `eval_batch_size` (0: sized for the device, as the resident evaluation
-  sizes it) made to divide over the mesh."""
+  sizes it) made to divide over the mesh.
+
+  One pipeline reads the split over and over, each call one whole pass: a pipeline per call
+  would start its worker processes (`data.workers`) at every evaluation, seconds each time.
+  `close` stops it."""
 
   def __init__(self, data: stream.StreamData, data_config, model, eval_batch_size: int, mesh):
     n = len(data.eval_labels)
@@ -135,6 +139,7 @@ class StreamedEvaluation:
     self._evaluate = jax.jit(steps.make_evaluate(model, data_config, data.mean, data.std,
                                                  self.batch_size))
     self._compiled = None
+    self._batches = None  # the pipeline, started at the first evaluation
 
   def compile(self, variables) -> None:
     """Compiles the batch's evaluation for `variables` (placed as they will be)."""
@@ -146,11 +151,14 @@ class StreamedEvaluation:
   def __call__(self, variables) -> tuple[float, float, int]:
     if self._compiled is None:
       self.compile(variables)
+    if self._batches is None:
+      self._batches = iter(stream.eval_batches(
+          self._data, self._data_config, batch_size=self.batch_size,
+          process_index=jax.process_index(), process_count=jax.process_count(), passes=None))
     correct, ce, skipped = 0, 0.0, 0
     sums = []
-    for batch in stream.eval_batches(self._data, self._data_config, batch_size=self.batch_size,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count()):
+    for _ in range(stream.eval_batch_count(self._data, self.batch_size)):
+      batch = next(self._batches)
       skipped += int(np.sum(batch["skipped"]))
       sums.append(self._compiled(variables, *_place(self._sharding, batch)))
     for c, e in jax.device_get(sums):
@@ -159,3 +167,9 @@ class StreamedEvaluation:
       log.warning(f"Skipped {skipped} unreadable evaluation image(s) (data.skip_corrupt); the "
                   "accuracy is over the rest.")
     return correct, ce, len(self._data.eval_labels) - skipped
+
+  def close(self) -> None:
+    """Stops the pipeline's workers (as `StreamedBatches.close`)."""
+    if self._batches is not None:
+      self._batches.close()
+      self._batches = None

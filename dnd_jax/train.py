@@ -326,6 +326,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if streamed:
       over_stream = batch_sources.StreamedEvaluation(dataset, config.data, net,
                                                      config.eval_batch_size, mesh)
+      closing.callback(over_stream.close)
       with clock("compile"):
         over_stream.compile(variables)
 

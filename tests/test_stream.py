@@ -114,6 +114,39 @@ def test_the_evaluation_split_is_read_once_padded_to_whole_batches(folder):
   np.testing.assert_array_equal(labels[:12], data.eval_labels)
 
 
+def test_one_evaluation_pipeline_serves_every_evaluation_of_a_run(folder):
+  """The evaluation's Grain workers start once (at the first evaluation), not at every epoch's,
+  and each evaluation is one whole pass: the same counts every time, those of a pass read in
+  this process."""
+  import multiprocessing  # noqa: PLC0415
+
+  import jax  # noqa: PLC0415
+
+  from dnd_jax import batches, parallel  # noqa: PLC0415
+  from dnd_jax.models import ResNet, init_variables  # noqa: PLC0415
+
+  config = data_config(folder, workers=1)
+  data = stream.open_stream(config)
+  model = ResNet(depth=18, num_classes=len(CLASSES), width=4)
+  variables = init_variables(model, jax.random.key(0), data.image_shape)
+  evaluation = batches.StreamedEvaluation(data, config, model, 5, parallel.make_mesh())
+  try:
+    first = evaluation(variables)
+    workers = set(multiprocessing.active_children())
+    assert workers  # data.workers=1: the pipeline's worker process
+    assert [evaluation(variables) for _ in range(2)] == [first, first]
+    assert set(multiprocessing.active_children()) == workers  # the same workers, none new
+  finally:
+    evaluation.close()
+  # one pass in this process (no workers), by an evaluation of its own: the same counts
+  in_process = batches.StreamedEvaluation(data, data_config(folder), model, 5,
+                                          parallel.make_mesh())
+  try:
+    assert in_process(variables) == first
+  finally:
+    in_process.close()
+  assert first[2] == len(data.eval_labels) == 12 and 0 <= first[0] <= 12 and first[1] > 0
+
 def test_layout_problems_are_one_line_before_any_work(tmp_path):
   root = make_folder(tmp_path / "d", train=1, val=1)
   (root / "train" / "n04").mkdir()

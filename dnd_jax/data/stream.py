@@ -252,12 +252,19 @@ def train_batches(data: StreamData, data_config, *, seed: int, batch_size: int, 
   return _iterate(steps, int(data_config.get("workers", 0)))
 
 
+def eval_batch_count(data: StreamData, batch_size: int) -> int:
+  """The batches of one pass over the evaluation split (the last padded)."""
+  return -(-len(data.eval_labels) // batch_size)
+
+
 def eval_batches(data: StreamData, data_config, *, batch_size: int, process_index: int = 0,
-                 process_count: int = 1):
+                 process_count: int = 1, passes: int | None = 1):
   """The evaluation split in batches of `batch_size`, the last padded with label -1, this
-  process's share of each, as `train_batches` yields them."""
-  num_batches = -(-len(data.eval_labels) // batch_size)
+  process's share of each, as `train_batches` yields them; `passes` times over (None: without
+  end, each pass `eval_batch_count` batches in the same order)."""
   batch = _EvalBatch(_reader(data, data.layout.val, data_config), data.input_size, batch_size,
                      process_index, process_count)
-  return _iterate(import_grain().MapDataset.range(num_batches).map(batch),
-                  int(data_config.get("workers", 0)))
+  batches = import_grain().MapDataset.range(eval_batch_count(data, batch_size)).map(batch)
+  if passes != 1:
+    batches = batches.repeat(passes)
+  return _iterate(batches, int(data_config.get("workers", 0)))
