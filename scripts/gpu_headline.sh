@@ -31,7 +31,10 @@ if [ ! -d "$FASHION_DIR" ] && [ -d /usr/share/datasets/fashion-mnist ]; then
   FASHION_DIR=/usr/share/datasets/fashion-mnist
 fi
 if [ "$GPU_TOY" = 1 ]; then
-  FAKE_SIZE=(--train 256 --test 64)
+  # 32 training images, one batch: the plumbing plus real steps, and Progressive DnD's one
+  # epoch is one step, so it compiles one partition's step (of 256 images, all three: ~20 s more
+  # on 2 CPU cores, testing nothing more); the OneCycle runs (teacher, KD) need 2 steps, 2 epochs
+  FAKE_SIZE=(--train 32 --test 64)
   # ResNet18 teachers, as the suite's other tiny runs (a ResNet34 compiles about 1.7x the
   # convolutions, and the plumbing does not depend on the teacher's depth)
   SIZE=(--config.model.width=4 --config.teacher.width=4 --config.data.image_size=8
@@ -43,14 +46,15 @@ if [ "$GPU_TOY" = 1 ]; then
   FASHION_SIZE=(--config.data.fraction=0.05 --config.eval_batch_size=1000)
   # the runs that differ from the real ones only in size: no cached PDnD rerun (PDnD runs 1
   # epoch already), one Fashion-MNIST student (each compile takes long on a CPU)
-  PDND_EPOCHS=(--config.num_epochs=1) KD_EPOCHS=1 FASHION_TEACHER_EPOCHS=1 CACHED_RERUN=0
+  PDND_EPOCHS=(--config.num_epochs=1) KD_EPOCHS=2 CIFAR_TEACHER_EPOCHS=2
+  FASHION_TEACHER_EPOCHS=1 CACHED_RERUN=0
   FASHION_BUDGETS=${FASHION_BUDGETS:-1} FASHION_METHODS=${FASHION_METHODS:-kd}
 else
   # Estimates for an H100 in fp32 (TF32), not measurements: a full-width teacher epoch on 50,000
   # images 10-20 s after a 30-60 s compile; a PDnD or KD epoch 3-6 s; the 60-epoch PDnD run
   # 3-6 minutes end to end (the target is 4); a Fashion-MNIST epoch about as long as CIFAR's.
   FAKE_SIZE=() SIZE=() FAKE_EVAL=() FASHION_SIZE=() PDND_EPOCHS=()
-  KD_EPOCHS=${KD_EPOCHS:-5} FASHION_TEACHER_EPOCHS=${FASHION_TEACHER_EPOCHS:-5} CACHED_RERUN=1
+  KD_EPOCHS=${KD_EPOCHS:-5} CIFAR_TEACHER_EPOCHS=1 FASHION_TEACHER_EPOCHS=${FASHION_TEACHER_EPOCHS:-5} CACHED_RERUN=1
   FASHION_BUDGETS=${FASHION_BUDGETS:-1 2 4} FASHION_METHODS=${FASHION_METHODS:-kd dnd pdnd}
 fi
 # shellcheck disable=SC2206
@@ -80,8 +84,8 @@ part_a() {
   rm -rf "$data" "$WORK/data_cache"
   gpu_part fake_cifar100 60 "$PY" scripts/make_fake_cifar100.py "$data" "${FAKE_SIZE[@]}" \
     || { gpu_log "error: could not write the random-pixel CIFAR-100"; exit 3; }
-  train_run a teacher_cifar 120 "1 epoch, only to give the students a teacher" \
-    --config configs/teacher_cifar.py --config.num_epochs=1 "${on_data[@]}" \
+  train_run a teacher_cifar 120 "$CIFAR_TEACHER_EPOCHS epoch$([ "$CIFAR_TEACHER_EPOCHS" = 1 ] || echo s), only to give the students a teacher" \
+    --config configs/teacher_cifar.py --config.num_epochs="$CIFAR_TEACHER_EPOCHS" "${on_data[@]}" \
     || { gpu_log "error: the CIFAR-100 teacher could not be trained: part a stops; see $LOG"; exit 3; }
   local students=("${on_data[@]}" --config.teacher.checkpoint="$teacher")
   train_run a pdnd_cifar 300 "the main command, 60 epochs" \
