@@ -4,6 +4,8 @@
 #   bash scripts/gpu_headline.sh a      # the main command's wall clock (random-pixel CIFAR-100)
 #   bash scripts/gpu_headline.sh b      # real Fashion-MNIST: teacher, then KD/DnD/PDnD x 3 budgets
 #   bash scripts/gpu_headline.sh        # a, then b with what is left of the 9-minute budget
+#   bash scripts/gpu_headline.sh c      # data efficiency: 10% and 20% of Fashion-MNIST, 3 seeds
+#   bash scripts/gpu_headline.sh d      # seeded budgets: 1, 2 and 4 epochs, 3 seeds
 #
 # a  writes a data set in the official CIFAR-100 python format with random pixels (accuracy is
 #    chance, wall time is the figure), trains the teacher for 1 epoch (reported apart), then runs
@@ -13,13 +15,17 @@
 # b  trains the Fashion-MNIST teacher once (carried in data/fashion-mnist, git-ignored; on a
 #    machine with Debian's dataset-fashion-mnist it is read from /usr/share/datasets), then KD, DnD
 #    and Progressive DnD (FASHION_METHODS) at each budget of FASHION_BUDGETS, cheapest first.
-# Every run is the ordinary `scripts/train.py` in a fresh workdir under $GPU_WORK, under its own
+# c, d scripts/reproduce.py grids (grid_part below): one process each, its own teacher first;
+#    each part writes NAME.md (the report) and NAME.tgz (CSV, figure, the runs' summaries) and
+#    logs the share of startup and compilation in its runs' wall time. Run each as its own
+#    device command (each is sized for 8 minutes).
+# Every run of a and b is the ordinary `scripts/train.py` in a fresh workdir under $GPU_WORK, under its own
 # time limit; after each one, scripts/gpu/record_run.py adds it (process wall clock plus its whole
 # summary.json) to $OUT/headline.json, .csv and .md. Exit 3 when a part's teacher could not be
 # trained (nothing else of the part can run); other codes: scripts/gpu/common.sh. GPU_TOY=1:
 # toy sizes (the CPU test). GPU_HEADLINE_FLAGS: extra config flags for every run (e.g.
 # "--config.model.dtype=bfloat16"). Files back: env.txt, headline.{json,csv,md},
-# gpu_headline.log, fashion_budgets.png.
+# gpu_headline.log, fashion_budgets.png; c and d: efficiency.{md,tgz}, seeded_budgets.{md,tgz}.
 
 GPU_SCRIPT=gpu_headline
 source "$(dirname "${BASH_SOURCE[0]}")/gpu/common.sh"
@@ -49,6 +55,12 @@ if [ "$GPU_TOY" = 1 ]; then
   PDND_EPOCHS=(--config.num_epochs=1) KD_EPOCHS=2 CIFAR_TEACHER_EPOCHS=2
   FASHION_TEACHER_EPOCHS=1 CACHED_RERUN=0
   FASHION_BUDGETS=${FASHION_BUDGETS:-1} FASHION_METHODS=${FASHION_METHODS:-kd}
+  # c and d: the tiny scale (width 4, 8 px, 2% of the data: 1,200 images), DnD alone, one seed,
+  # half and all of the data (a tenth would be less than a batch); the runs of tests/
+  # test_reproduce.py's tiny grid, so that in the CPU test the suite's compilation cache holds
+  # all but the half-data run's programs
+  GRID_SCALE=tiny GRID_METHODS=${GRID_METHODS:-dnd} GRID_SEEDS=1 GRID_TEACHER_EPOCHS=1
+  EFFICIENCY_FRACTIONS=0.5,1.0 EFFICIENCY_EPOCHS=1 BUDGET_EPOCHS=1,2
 else
   # Estimates for an H100 in fp32 (TF32), not measurements: a full-width teacher epoch on 50,000
   # images 10-20 s after a 30-60 s compile; a PDnD or KD epoch 3-6 s; the 60-epoch PDnD run
@@ -56,6 +68,15 @@ else
   FAKE_SIZE=() SIZE=() FAKE_EVAL=() FASHION_SIZE=() PDND_EPOCHS=()
   KD_EPOCHS=${KD_EPOCHS:-5} CIFAR_TEACHER_EPOCHS=1 FASHION_TEACHER_EPOCHS=${FASHION_TEACHER_EPOCHS:-5} CACHED_RERUN=1
   FASHION_BUDGETS=${FASHION_BUDGETS:-1 2 4} FASHION_METHODS=${FASHION_METHODS:-kd dnd pdnd}
+  # c and d at full width on all of Fashion-MNIST at 28 px, 3 seeds, the teacher as part b's
+  # (5 epochs). c: each method's Fashion-MNIST budget (the configs' 20 epochs: the paper's
+  # CIFAR-100 budget of 200 over ten) on 10% and 20% of the training set, checkpoints every 5
+  # epochs (a save costs about a training epoch's tenth on a GPU, x 360 epochs); d: 1, 2 and 4
+  # epochs. Estimates, not measurements: c about 6-7 minutes on an H200 (18 runs, ~3.2 M
+  # training images at ~20k images/s, ten programs to compile), d about 5.
+  GRID_SCALE=paper GRID_METHODS=${GRID_METHODS:-kd,dnd,pdnd} GRID_SEEDS=3 GRID_TEACHER_EPOCHS=5
+  EFFICIENCY_FRACTIONS=0.1,0.2 EFFICIENCY_EPOCHS=${EFFICIENCY_EPOCHS:-20}
+  BUDGET_EPOCHS=${BUDGET_EPOCHS:-1,2,4}
 fi
 # shellcheck disable=SC2206
 FLAGS=(${GPU_HEADLINE_FLAGS:-})
@@ -116,10 +137,59 @@ part_b() {
   done
 }
 
+# grid_part PART NAME LIMIT_S EXPERIMENT ARGS...: scripts/reproduce.py's EXPERIMENT grid on
+# Fashion-MNIST (GRID_METHODS x GRID_SEEDS seeds, ARGS narrowing it) in $WORK/NAME, in one process,
+# so that its runs share compiled programs; the grid's teacher trained first, unless part c of
+# this machine's session left one. Then, whether the grid finished or its limit cut it off, the
+# report of every finished run (tables with mean +- standard deviation, the paper's differences,
+# the figure, the CSV) into $OUT/NAME.md and $OUT/NAME.tgz with the runs' summaries and metrics,
+# and one line on the share of startup and compilation in the runs' wall time.
+grid_part() {
+  local part=$1 name=$2 limit=$3 experiment=$4 rc
+  local out=$WORK/$name teacher=$WORK/efficiency/teacher
+  shift 4
+  if [ ! -d "$FASHION_DIR" ]; then
+    gpu_log "error: no Fashion-MNIST in $FASHION_DIR (see part b)"
+    return 3
+  fi
+  local grid=("$experiment" --scale "$GRID_SCALE" --methods "$GRID_METHODS" --seeds "$GRID_SEEDS"
+              --out "$out" --override data.dir="$FASHION_DIR" "$@")
+  if [ "$name" != efficiency ] && [ -f "$teacher/summary.json" ]; then
+    grid+=(--teacher "$teacher/model")
+  else
+    grid+=(--teacher-epochs "$GRID_TEACHER_EPOCHS")
+  fi
+  gpu_part "$name" "$limit" "$PY" scripts/reproduce.py "${grid[@]}"
+  rc=$?
+  "$PY" scripts/reproduce.py "${grid[@]}" --report-only >>"$LOG" 2>&1 \
+    || gpu_log "error: no report of part $part's finished runs (see $LOG)"
+  if [ -f "$out/$experiment.csv" ]; then
+    cp "$out/$experiment.md" "$OUT/$name.md"
+    tar czf "$OUT/$name.tgz" --exclude=checkpoints --exclude=best --exclude=model \
+      --exclude=tensorboard --exclude=lock -C "$out" .
+    gpu_log "part $part ($name): $("$PY" scripts/gpu/grid_share.py "$out/$experiment.csv")"
+  fi
+  return $rc
+}
+
+# c: data efficiency (the paper's Table 3) on 10% and 20% of Fashion-MNIST
+part_c() {
+  grid_part c efficiency 480 table3_fashion --fractions "$EFFICIENCY_FRACTIONS" \
+    --epochs "$EFFICIENCY_EPOCHS" \
+    $([ "$GRID_SCALE" = paper ] && echo --override checkpoint.every_epochs=5)
+}
+
+# d: seeded budgets (the paper's Table 2 differences) at 1, 2 and 4 epochs on all the data
+part_d() {
+  grid_part d seeded_budgets 480 table2_fashion --epochs "$BUDGET_EPOCHS"
+}
+
 gpu_install_wheels
 gpu_record_env "$@"
 mkdir -p "$WORK"
 case ",$PARTS," in *,a,*) part_a ;; esac
 case ",$PARTS," in *,b,*) part_b ;; esac
+case ",$PARTS," in *,c,*) part_c ;; esac
+case ",$PARTS," in *,d,*) part_d ;; esac
 [ -f "$OUT/headline.md" ] && cat "$OUT/headline.md"
 gpu_finish

@@ -142,3 +142,30 @@ def test_gpu_headline_part_b_trains_the_teacher_once_then_students(tmp_path):
   assert runs["kd_fashion_e1"]["summary"]["teacher_accuracy"] is not None
   pytest.importorskip("matplotlib")
   assert (out / "fashion_budgets.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_gpu_headline_grid_parts_report_every_finished_run_and_the_compile_share(tmp_path):
+  """Parts c (data efficiency) and d (seeded budgets): scripts/reproduce.py grids in one process
+  each, d reusing c's teacher; each part's report, CSV, figure and run summaries come back, and
+  its line on the share of startup and compilation."""
+  out = tmp_path / "out"
+  done = run_script("gpu_headline.sh", out, "c,d", GPU_WORK=str(tmp_path / "work"))
+  assert done.returncode == 0, done.stdout + done.stderr
+  assert sorted(os.listdir(out)) == ["efficiency.md", "efficiency.tgz", "env.txt",
+                                     "gpu_headline.log", "seeded_budgets.md",
+                                     "seeded_budgets.tgz"]
+  for part, name, csv_name, cells in (("c", "efficiency", "table3_fashion", 2),
+                                      ("d", "seeded_budgets", "table2_fashion", 2)):
+    line = next(l for l in done.stdout.splitlines() if f"part {part} ({name}):" in l)
+    assert f"{cells} of {cells} runs finished; startup " in line and line.endswith("%)")
+    with tarfile.open(out / f"{name}.tgz") as tar:
+      names = tar.getnames()
+      rows = tar.extractfile(f"./{csv_name}.csv").read().decode().splitlines()
+    assert len(rows) == 1 + cells and all(",finished," in r for r in rows[1:])
+    assert any(n.startswith("./figures/") and n.endswith(".png") for n in names)
+    assert sum(n.endswith("/summary.json") for n in names) == cells + (part == "c")  # + teacher
+    assert not [n for n in names if "/checkpoints" in n or n.endswith("/model")]
+    assert "Against the paper's claims" in (out / f"{name}.md").read_text()
+  log = (out / "gpu_headline.log").read_text()
+  assert "--teacher-epochs 1" in log and f"--teacher {tmp_path}/work/efficiency/teacher/model" in log

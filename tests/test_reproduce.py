@@ -173,6 +173,24 @@ def test_run_plan_trains_teacher_once_and_skips_finished_runs(tmp_path):
   assert calls == []  # everything finished: nothing trains, not even the teacher
 
 
+def test_a_grid_cut_off_keeps_a_csv_of_every_run_it_finished(tmp_path):
+  """The CSV is rewritten after every run, not once at the end: a grid stopped by a time limit
+  (the GPU scripts' parts) or a lost machine keeps its finished runs' rows."""
+  plan = ex.make_plan("table2_fashion", "tiny", methods=["kd", "dnd"], out=str(tmp_path))
+  finish = _fake_trainer([])
+
+  def cut_off(config, workdir):
+    if os.path.basename(workdir) == "dnd_e1_f1_s0":
+      raise KeyboardInterrupt  # the limit's signal, as the second run starts
+    return finish(config, workdir)
+
+  with pytest.raises(KeyboardInterrupt):
+    run.run_plan(plan, train_fn=cut_off)
+  rows = run.read_csv(plan.csv_path)
+  assert [(r["method"], r["status"]) for r in rows] == [("kd", "finished"), ("dnd", "missing")]
+  assert rows[0]["final_accuracy"] == 0.5
+
+
 def test_changed_config_is_refused_not_mixed(tmp_path):
   plan = ex.make_plan("table2_fashion", "tiny", methods=["kd"], out=str(tmp_path))
   run.run_plan(plan, train_fn=_fake_trainer([]))

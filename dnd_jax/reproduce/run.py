@@ -189,6 +189,9 @@ def run_plan(plan: Plan, train_fn=None, dry_run: bool = False) -> list[dict]:
         ensure_teacher(plan, train_fn, arch)
         ready.add(arch)
     run_cell(plan, spec, train_fn)
+    # after every cell: a grid cut off (a time limit, a lost machine) leaves a CSV of every run
+    # it finished
+    write_csv(collect(plan), plan.csv_path)
   rows = collect(plan)
   write_csv(rows, plan.csv_path)
   return rows
