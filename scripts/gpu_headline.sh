@@ -140,10 +140,11 @@ part_b() {
 # grid_part PART NAME LIMIT_S EXPERIMENT ARGS...: scripts/reproduce.py's EXPERIMENT grid on
 # Fashion-MNIST (GRID_METHODS x GRID_SEEDS seeds, ARGS narrowing it) in $WORK/NAME, in one process,
 # so that its runs share compiled programs; the grid's teacher trained first, unless part c of
-# this machine's session left one. Then, whether the grid finished or its limit cut it off, the
-# report of every finished run (tables with mean +- standard deviation, the paper's differences,
-# the figure, the CSV) into $OUT/NAME.md and $OUT/NAME.tgz with the runs' summaries and metrics,
-# and one line on the share of startup and compilation in the runs' wall time.
+# this machine's session left one. Then, whether the grid finished or its limit cut it off
+# (`--report-only` then draws it), the report of every finished run (tables with mean +-
+# standard deviation, the paper's differences, the figure, the CSV) into $OUT/NAME.md and
+# $OUT/NAME.tgz with the runs' summaries and metrics, and one line on the share of startup and
+# compilation in the runs' wall time.
 grid_part() {
   local part=$1 name=$2 limit=$3 experiment=$4 rc
   local out=$WORK/$name teacher=$WORK/efficiency/teacher
@@ -161,8 +162,11 @@ grid_part() {
   fi
   gpu_part "$name" "$limit" "$PY" scripts/reproduce.py "${grid[@]}"
   rc=$?
-  "$PY" scripts/reproduce.py "${grid[@]}" --report-only >>"$LOG" 2>&1 \
-    || gpu_log "error: no report of part $part's finished runs (see $LOG)"
+  # a finished grid has written its report; one cut off, only its runs and its CSV
+  if [ "$rc" != 0 ]; then
+    "$PY" scripts/reproduce.py "${grid[@]}" --report-only >>"$LOG" 2>&1 \
+      || gpu_log "error: no report of part $part's finished runs (see $LOG)"
+  fi
   if [ -f "$out/$experiment.csv" ]; then
     cp "$out/$experiment.md" "$OUT/$name.md"
     tar czf "$OUT/$name.tgz" --exclude=checkpoints --exclude=best --exclude=model \
