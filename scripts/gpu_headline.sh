@@ -19,8 +19,8 @@
 #    each part writes NAME.md (the report) and NAME.tgz (CSV, figure, the runs' summaries) and
 #    logs the share of startup and compilation in its runs' wall time. Run each as its own
 #    device command (each is sized for 8 minutes).
-# Every run of a and b is the ordinary `scripts/train.py` in a fresh workdir under $GPU_WORK, under its own
-# time limit; after each one, scripts/gpu/record_run.py adds it (process wall clock plus its whole
+# Every run of a and b is the ordinary `scripts/train.py` in a fresh workdir under $GPU_WORK,
+# under its own time limit; after each one, scripts/gpu/record_run.py adds it (process wall clock plus its whole
 # summary.json) to $OUT/headline.json, .csv and .md. Exit 3 when a part's teacher could not be
 # trained (nothing else of the part can run); other codes: scripts/gpu/common.sh. GPU_TOY=1:
 # toy sizes (the CPU test). GPU_HEADLINE_FLAGS: extra config flags for every run (e.g.
@@ -66,7 +66,8 @@ else
   # images 10-20 s after a 30-60 s compile; a PDnD or KD epoch 3-6 s; the 60-epoch PDnD run
   # 3-6 minutes end to end (the target is 4); a Fashion-MNIST epoch about as long as CIFAR's.
   FAKE_SIZE=() SIZE=() FAKE_EVAL=() FASHION_SIZE=() PDND_EPOCHS=()
-  KD_EPOCHS=${KD_EPOCHS:-5} CIFAR_TEACHER_EPOCHS=1 FASHION_TEACHER_EPOCHS=${FASHION_TEACHER_EPOCHS:-5} CACHED_RERUN=1
+  KD_EPOCHS=${KD_EPOCHS:-5} CIFAR_TEACHER_EPOCHS=1 CACHED_RERUN=1
+  FASHION_TEACHER_EPOCHS=${FASHION_TEACHER_EPOCHS:-5}
   FASHION_BUDGETS=${FASHION_BUDGETS:-1 2 4} FASHION_METHODS=${FASHION_METHODS:-kd dnd pdnd}
   # c and d at full width on all of Fashion-MNIST at 28 px, 3 seeds, the teacher as part b's
   # (5 epochs). c: each method's Fashion-MNIST budget (the configs' 20 epochs: the paper's
@@ -105,7 +106,8 @@ part_a() {
   rm -rf "$data" "$WORK/data_cache"
   gpu_part fake_cifar100 60 "$PY" scripts/make_fake_cifar100.py "$data" "${FAKE_SIZE[@]}" \
     || { gpu_log "error: could not write the random-pixel CIFAR-100"; exit 3; }
-  train_run a teacher_cifar 120 "$CIFAR_TEACHER_EPOCHS epoch$([ "$CIFAR_TEACHER_EPOCHS" = 1 ] || echo s), only to give the students a teacher" \
+  local note="$CIFAR_TEACHER_EPOCHS epoch$([ "$CIFAR_TEACHER_EPOCHS" = 1 ] || echo s)"
+  train_run a teacher_cifar 120 "$note, only to give the students a teacher" \
     --config configs/teacher_cifar.py --config.num_epochs="$CIFAR_TEACHER_EPOCHS" "${on_data[@]}" \
     || { gpu_log "error: the CIFAR-100 teacher could not be trained: part a stops; see $LOG"; exit 3; }
   local students=("${on_data[@]}" --config.teacher.checkpoint="$teacher")

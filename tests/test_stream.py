@@ -5,6 +5,7 @@ same run over two processes, each streaming its share."""
 
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
@@ -12,15 +13,18 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
 from conftest import finish_processes, start_processes
-from dnd_jax import checkpoints, config_check, loop
+from dnd_jax import batches as batch_sources
+from dnd_jax import checkpoints, config_check, loop, parallel
 from dnd_jax.configs import base_config, load_config_file
 from dnd_jax.data import DataError, default_data_config, image_folder, stream
+from dnd_jax.models import ResNet, init_variables
 from dnd_jax.train import read_metrics, train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,18 +122,11 @@ def test_one_evaluation_pipeline_serves_every_evaluation_of_a_run(folder):
   """The evaluation's Grain workers start once (at the first evaluation), not at every epoch's,
   and each evaluation is one whole pass: the same counts every time, those of a pass read in
   this process."""
-  import multiprocessing  # noqa: PLC0415
-
-  import jax  # noqa: PLC0415
-
-  from dnd_jax import batches, parallel  # noqa: PLC0415
-  from dnd_jax.models import ResNet, init_variables  # noqa: PLC0415
-
   config = data_config(folder, workers=1)
   data = stream.open_stream(config)
   model = ResNet(depth=18, num_classes=len(CLASSES), width=4)
   variables = init_variables(model, jax.random.key(0), data.image_shape)
-  evaluation = batches.StreamedEvaluation(data, config, model, 5, parallel.make_mesh())
+  evaluation = batch_sources.StreamedEvaluation(data, config, model, 5, parallel.make_mesh())
   try:
     first = evaluation(variables)
     workers = set(multiprocessing.active_children())
@@ -139,13 +136,14 @@ def test_one_evaluation_pipeline_serves_every_evaluation_of_a_run(folder):
   finally:
     evaluation.close()
   # one pass in this process (no workers), by an evaluation of its own: the same counts
-  in_process = batches.StreamedEvaluation(data, data_config(folder), model, 5,
-                                          parallel.make_mesh())
+  in_process = batch_sources.StreamedEvaluation(data, data_config(folder), model, 5,
+                                                parallel.make_mesh())
   try:
     assert in_process(variables) == first
   finally:
     in_process.close()
   assert first[2] == len(data.eval_labels) == 12 and 0 <= first[0] <= 12 and first[1] > 0
+
 
 def test_layout_problems_are_one_line_before_any_work(tmp_path):
   root = make_folder(tmp_path / "d", train=1, val=1)

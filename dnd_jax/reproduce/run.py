@@ -182,6 +182,7 @@ def run_plan(plan: Plan, train_fn=None, dry_run: bool = False) -> list[dict]:
   # a pair grid's teachers: each trained just before the first cell it teaches, so that a grid
   # cut short has whole pairs rather than only teachers
   ready = set()
+  rows = []
   for spec in specs:
     if exp.pairs and spec in taught:
       arch = exp.pair(spec.pair).teacher
@@ -191,9 +192,8 @@ def run_plan(plan: Plan, train_fn=None, dry_run: bool = False) -> list[dict]:
     run_cell(plan, spec, train_fn)
     # after every cell: a grid cut off (a time limit, a lost machine) leaves a CSV of every run
     # it finished
-    write_csv(collect(plan), plan.csv_path)
-  rows = collect(plan)
-  write_csv(rows, plan.csv_path)
+    rows = collect(plan)
+    write_csv(rows, plan.csv_path)
   return rows
 
 
