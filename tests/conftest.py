@@ -23,14 +23,19 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_backend_optimization_level=1").strip()
 # One cache per test session, shared by pytest-xdist's workers (the README's command runs two):
-# their run id names it; without xdist, a fresh folder.
+# their run id names it; without xdist, a fresh folder. A test file run as a script by a test
+# (the multi-process workers) imports this module too and finds the session's folder in
+# DND_JAX_TEST_CACHE: the folder is part of a program's cache key (XLA's options name a folder
+# inside it), so a folder of its own would share nothing.
 _run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-if _run_id:
+if os.environ.get("DND_JAX_TEST_CACHE"):
+  _cache = os.environ["DND_JAX_TEST_CACHE"]
+elif _run_id:
   _cache = os.path.join(tempfile.gettempdir(), f"dnd_jax_test_xla_cache_{_run_id}")
   os.makedirs(_cache, exist_ok=True)
 else:
   _cache = tempfile.mkdtemp(prefix="dnd_jax_test_xla_cache_")
-os.environ["DND_JAX_COMPILATION_CACHE"] = _cache
+os.environ["DND_JAX_COMPILATION_CACHE"] = os.environ["DND_JAX_TEST_CACHE"] = _cache
 # every program into the cache, in this process and in the subprocesses that inherit this
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 

@@ -35,6 +35,27 @@ def _max_diffs(a, b) -> dict:
   return {"abs": max(diffs), "rel": max(d / max(s, 1e-6) for d, s in zip(diffs, scale))}
 
 
+def _random_like(shapes, seed: int):
+  """Weights of the shapes of `shapes` (a tree of jax.ShapeDtypeStruct) drawn on the host: the
+  comparison needs some weights, not the initialisers', and the initialisers' programs cost
+  seconds each to compile here. Kernels at He scale, BatchNorm's scale near 1 and its variance 1."""
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, shape):
+    name = getattr(path[-1], "key", "")
+    if name == "var":
+      values = np.ones(shape.shape)
+    elif name == "scale":
+      values = 1 + 0.1 * rng.standard_normal(shape.shape)
+    elif name == "kernel":
+      values = rng.standard_normal(shape.shape) * np.sqrt(2 / max(np.prod(shape.shape[:-1]), 1))
+    else:  # biases, BatchNorm's shift and mean
+      values = 0.1 * rng.standard_normal(shape.shape)
+    return values.astype(shape.dtype)
+
+  return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
 def _worker() -> dict:
   """Runs under 4 forced CPU devices: one KD and one DnD step (the pair's) on 1 and on 4
   devices."""
@@ -42,15 +63,14 @@ def _worker() -> dict:
   from dnd_jax import adapters, steps  # noqa: PLC0415
   from dnd_jax.configs import base_config  # noqa: PLC0415
   from dnd_jax.methods import get_method  # noqa: PLC0415
-  from dnd_jax.models import ResNet, build_arch, init_variables  # noqa: PLC0415
+  from dnd_jax.models import ResNet, abstract_variables, build_arch  # noqa: PLC0415
   from dnd_jax.optim import make_optimizer  # noqa: PLC0415
   from test_pairs import STUDENT, TEACHER  # noqa: PLC0415
 
   assert jax.device_count() == DEVICES, jax.devices()
   report = {}
   model = ResNet(depth=18, num_classes=10, width=4)  # KD's student, and a teacher of its shape
-  init = jax.jit(lambda key: init_variables(model, key, IMAGE))
-  s_vars, t_vars = jax.device_get((init(jax.random.key(0)), init(jax.random.key(1))))
+  s_vars, t_vars = (_random_like(abstract_variables(model, IMAGE), seed) for seed in (0, 1))
   images = np.asarray(jax.random.randint(jax.random.key(2), (N_TRAIN, *IMAGE), 0, 256), np.uint8)
   labels = np.arange(N_TRAIN, dtype=np.int32) % 10
   perm = np.asarray(jax.random.permutation(jax.random.key(3), N_TRAIN), np.int32)
@@ -59,11 +79,9 @@ def _worker() -> dict:
   pair_student = build_arch(STUDENT["arch"], 10, **STUDENT["arch_kwargs"])
   pair_teacher = build_arch(TEACHER["arch"], 10, **TEACHER["arch_kwargs"])
   pair = adapters.for_pair(pair_student, pair_teacher, get_method("dnd").for_stages(4), IMAGE)
-  pair_vars = jax.device_get(adapters.attach(
-      jax.jit(lambda key: init_variables(pair_student, key, IMAGE))(jax.random.key(0)),
-      pair.init(jax.random.key(4))))
-  pair_t_vars = jax.device_get(
-      jax.jit(lambda key: init_variables(pair_teacher, key, IMAGE))(jax.random.key(1)))
+  pair_vars = adapters.attach(_random_like(abstract_variables(pair_student, IMAGE), 2),
+                              _random_like(jax.eval_shape(pair.init, jax.random.key(4)), 3))
+  pair_t_vars = _random_like(abstract_variables(pair_teacher, IMAGE), 4)
   cases = {"kd": (model, model, s_vars, t_vars, adapters.NONE),
            "pair": (pair_student, pair_teacher, pair_vars, pair_t_vars, pair)}
 

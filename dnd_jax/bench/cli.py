@@ -4,6 +4,7 @@ requested row with the files rewritten after each, `--append` and `--recount-flo
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import logging
 import os
@@ -37,10 +38,10 @@ PRESETS = {
 def _versions() -> dict:
   import flax  # noqa: PLC0415
   import jaxlib  # noqa: PLC0415
-  try:
-    import torch  # noqa: PLC0415
-    torch_version = torch.__version__
-  except ImportError:
+  try:  # from the installed package's metadata: importing torch takes seconds, and a JAX-only
+    # benchmark (--torch none) never needs it
+    torch_version = importlib.metadata.version("torch")
+  except importlib.metadata.PackageNotFoundError:
     torch_version = "not installed"
   return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
           "torch": torch_version, "python": platform.python_version()}
