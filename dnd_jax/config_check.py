@@ -266,10 +266,10 @@ def _loader_problems(config) -> list[str]:
   if data.source != "local":
     problems.append(f"config.data.source={data.source!r}: a streamed data set is read from "
                     "config.data.dir (source 'local').")
-  for name, neutral in (("fraction", 1.0), ("val_fraction", 0.0)):
-    if data.get(name, neutral) != neutral:
-      problems.append(f"config.data.{name}={data.get(name)!r}: a streamed data set trains on all "
-                      f"of train/ and evaluates on val/; leave it at {neutral}.")
+  if data.get("val_fraction", 0.0) != 0.0:
+    problems.append(f"config.data.val_fraction={data.get('val_fraction')!r}: a streamed data "
+                    "set trains on train/ (or data.fraction of it) and evaluates on val/; leave "
+                    "it at 0.0.")
   if data.get("mean") is None or data.get("std") is None:
     problems.append("config.data.mean and std must be set for a streamed data set (they are not "
                     "computed from its images).")

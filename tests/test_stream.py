@@ -22,6 +22,7 @@ from PIL import Image
 from conftest import finish_processes, start_processes
 from dnd_jax import batches as batch_sources
 from dnd_jax import checkpoints, config_check, loop, parallel
+from dnd_jax import workdir as run_folder
 from dnd_jax.configs import base_config, load_config_file
 from dnd_jax.data import DataError, default_data_config, image_folder, stream
 from dnd_jax.models import ResNet, init_variables
@@ -185,6 +186,41 @@ def test_a_corrupt_image_stops_the_run_naming_it_or_is_skipped_and_counted(tmp_p
   assert f"Skipped an unreadable image: {bad}" in caplog.text
 
 
+def test_a_fraction_of_a_streamed_set_is_a_seeded_share_of_every_class(folder):
+  """`data.fraction` on a stream: the paper's data-efficiency setting (its Table 3) on an
+  ImageNet-layout folder, drawn as the resident data sets draw theirs."""
+  whole = stream.open_stream(data_config(folder))
+  half = stream.open_stream(data_config(folder, fraction=0.5))
+  quarter = stream.open_stream(data_config(folder, fraction=0.25))
+  assert half.n_train == len(CLASSES) * TRAIN_PER_CLASS // 2
+  assert np.bincount(half.layout.train.labels).tolist() == [TRAIN_PER_CLASS // 2] * len(CLASSES)
+  for path, label in zip(half.layout.train.paths, half.layout.train.labels):
+    assert path.split("/")[1] == CLASSES[label]  # each file keeps its class
+  assert set(quarter.layout.train.paths) < set(half.layout.train.paths)
+  assert set(half.layout.train.paths) < set(whole.layout.train.paths)
+  again = stream.open_stream(data_config(folder, fraction=0.5))
+  assert again.layout.train.paths == half.layout.train.paths  # seeded
+  other = stream.open_stream(data_config(folder, fraction=0.5, subset_seed=1))
+  assert set(other.layout.train.paths) != set(half.layout.train.paths)
+  assert half.layout.val.paths == whole.layout.val.paths  # the evaluation split stays whole
+  assert len({whole.rows_digest, half.rows_digest, other.rows_digest}) == 3  # no resume across
+
+
+@pytest.mark.slow
+def test_a_streamed_run_trains_on_its_fraction_and_does_not_resume_on_another(folder, tmp_path):
+  """One epoch on half of train/ (the stream's other runs' programs: the same shapes), then the
+  same workdir with all of it: refused, as a resident run with another data.fraction is (an
+  unfinished one by the rows' digest, which differs: the test above)."""
+  config = _config("teacher_imagenet", folder, num_epochs=1, **{"data.fraction": 0.5})
+  train_and_evaluate(config, str(tmp_path))
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=2)
+  assert ckpts.latest_step() == len(CLASSES) * TRAIN_PER_CLASS // 2 // config.batch_size
+  ckpts.close()
+  whole = _config("teacher_imagenet", folder, num_epochs=2)
+  with pytest.raises(run_folder.WorkdirError, match=r"another config \(data.fraction 0.5 -> 1.0\)"):
+    train_and_evaluate(whole, str(tmp_path))
+
+
 def test_the_config_check_knows_which_data_sets_stream():
   wrong = base_config("fashion_mnist", "teacher")
   wrong.data.loader = "stream"
@@ -199,6 +235,9 @@ def test_the_config_check_knows_which_data_sets_stream():
   with pytest.raises(config_check.ConfigError, match="val_fraction=0.1.*steps_per_dispatch=2"):
     config_check.check(config)
   config_check.check(base_config("imagenet", "pdnd"))
+  share = base_config("imagenet", "kd")
+  share.data.fraction = 0.1
+  config_check.check(share)
 
 
 def test_the_throughput_command_measures_the_pipeline(folder, tmp_path):

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from dnd_jax.data import image_folder, sources
+from dnd_jax.data import image_folder, sources, split_indices
 from dnd_jax.data.files import DataError, MissingPackageError
 
 log = logging.getLogger(__name__)
@@ -100,13 +100,26 @@ class StreamData:
 def open_stream(data_config: Any) -> StreamData:
   """The streamed data set `data_config` names (its folder `data.dir`, else `<cache>/imagenet`,
   as the resident data sets' default), its folder scanned and checked (one `DataError`
-  for a layout problem, before any work)."""
+  for a layout problem, before any work), its training files cut to `data.fraction`."""
   import_grain()  # a missing package is one line now, not at the first batch
   layout = image_folder.scan(sources.location(data_config))
+  fraction = data_config.get("fraction", 1.0)
+  if fraction != 1.0:
+    layout = train_share(layout, fraction, data_config.get("subset_seed", 0))
   return StreamData(name=data_config.name, layout=layout,
                     mean=tuple(float(m) for m in data_config.mean),
                     std=tuple(float(s) for s in data_config.std),
                     input_size=int(data_config.image_size))
+
+
+def train_share(layout: image_folder.Layout, fraction: float, seed: int) -> image_folder.Layout:
+  """`layout` with `fraction` of its training files, drawn per class as the resident data sets
+  draw theirs (`dnd_jax.data.split_indices`: seeded, and with one seed a smaller share is a
+  subset of a larger one); val/ stays whole. The run's data digest is that of the share, so a
+  run does not resume on another one."""
+  rows, _ = split_indices(layout.train.labels, fraction, 0.0, seed)
+  train = image_folder.Split(tuple(layout.train.paths[i] for i in rows), layout.train.labels[rows])
+  return dataclasses.replace(layout, train=train)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
