@@ -4,7 +4,9 @@ The model is ours (a folder with `model.json`, e.g. `<workdir>/model` or one wri
 scripts/import_torch_teacher.py) or a PyTorch torchvision-layout checkpoint file, converted in
 memory by `dnd_jax.torch_bridge` with its architecture read off the tensors. The images go through
 the trainer's evaluation preprocessing (`config.data`: size, mean and std from the training split),
-so the number equals what a training run with that config would report for the same network.
+so the number equals what a training run with that config would report for the same network. A
+streamed data set (`data.loader=stream`, ImageNet) is read through the run's evaluation pipeline,
+one pass over its val/ folder, instead of being held whole.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dnd_jax import checkpoints, steps, torch_bridge
-from dnd_jax.data import augment, load_dataset
+from dnd_jax.data import augment, load_dataset, stream
 from dnd_jax.models import ResNet, resolve_dtype
 from dnd_jax.teacher import held_out_difference
 
@@ -47,12 +49,14 @@ def evaluate_model(path: str, config, split: str = "test") -> dict:
   """Accuracy, per-class accuracy, the confusion matrix and inference images/s of one model."""
   if split not in ("test", "validation"):
     raise ValueError(f"split={split!r}: use 'test' or 'validation'.")
+  streamed = config.data.get("loader", "device") == "stream"
+  if split == "validation" and streamed:
+    raise ValueError(f"split='validation': a streamed data set ({config.data.name}) holds no "
+                     "validation split (its val/ folder is the test split); use --split=test.")
   if split == "validation" and not config.data.get("val_fraction", 0.0):
     raise ValueError("split='validation' needs a held-out split: set "
                      "--config.data.val_fraction (e.g. 0.1) as in the training run.")
-  dataset = load_dataset(config.data)
-  images, labels = ((dataset.eval_images, dataset.eval_labels) if split == "validation"
-                    else (dataset.test_images, dataset.test_labels))
+  dataset = stream.open_stream(config.data) if streamed else load_dataset(config.data)
   model, variables, arch, meta = load_any_model(path, dataset.image_shape,
                                                 resolve_dtype(config.model.get("dtype", "float32")))
   if arch["num_classes"] != dataset.num_classes or arch["in_channels"] != dataset.image_shape[-1]:
@@ -70,6 +74,27 @@ def evaluate_model(path: str, config, split: str = "test") -> dict:
         f"held-out rows val_fraction {held_out.get('val_fraction')}, subset_seed "
         f"{held_out.get('subset_seed')} (this run: {ours['val_fraction']}, "
         f"{ours['subset_seed']}): it trained on some of these validation images")
+  predict = _streamed_predictions if streamed else _resident_predictions
+  labels, predictions, seconds = predict(model, variables, dataset, config, split)
+  n = len(labels)
+  k = dataset.num_classes
+  confusion = np.zeros((k, k), np.int64)
+  np.add.at(confusion, (labels, predictions), 1)
+  per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+  return {"model": path, "architecture": arch, "dataset": dataset.name, "split": split,
+          "images": n, "accuracy": float(confusion.trace() / n),
+          "per_class_accuracy": {name: float(a) for name, a in
+                                 zip(dataset.class_names or [str(i) for i in range(k)], per_class)},
+          "confusion": confusion.tolist(), "images_per_s": n / seconds,
+          "trained_on_other_inputs": other_inputs,
+          "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}"}
+
+
+def _resident_predictions(model, variables, dataset, config, split: str):
+  """(labels, predicted labels, seconds) of the resident split, all of it in one dispatch; the
+  seconds those of a second, compiled and warm, pass."""
+  images, labels = ((dataset.eval_images, dataset.eval_labels) if split == "validation"
+                    else (dataset.test_images, dataset.test_labels))
   n = len(labels)
   batch = steps.resolve_eval_batch_size(int(config.eval_batch_size), n, images.shape[1:], model)
 
@@ -84,18 +109,35 @@ def evaluate_model(path: str, config, split: str = "test") -> dict:
   jax.block_until_ready(predict(*on_device))  # compile and warm up
   t0 = time.perf_counter()
   predictions = np.asarray(jax.block_until_ready(predict(*on_device)))[:n]
+  return labels, predictions, time.perf_counter() - t0
+
+
+def _streamed_predictions(model, variables, data: stream.StreamData, config, split: str):
+  """(labels, predicted labels, seconds) of a streamed data set's val/ folder, read once through
+  the training run's evaluation pipeline (`stream.eval_batches`: resize and centre crop on the
+  host, normalisation on the device). The seconds are the pass's, decoding included (the step is
+  compiled first); images that do not decode under `data.skip_corrupt` are left out, as a
+  training run's evaluation leaves them out."""
+  del split  # the test split: checked by evaluate_model
+  n = len(data.eval_labels)
+  batch = steps.resolve_eval_batch_size(int(config.eval_batch_size), n, data.image_shape, model)
+
+  def predict(variables, images_u8):
+    x = augment.eval_preprocess(images_u8, config.data, data.mean, data.std)
+    return jnp.argmax(model.apply(variables, x), -1)
+
+  variables = jax.device_put(variables)
+  compiled = jax.jit(predict).lower(
+      variables, jax.ShapeDtypeStruct((batch, *data.image_shape), jnp.uint8)).compile()
+  t0 = time.perf_counter()
+  labels, predictions = [], []
+  for b in stream.eval_batches(data, config.data, batch_size=batch):
+    predictions.append(compiled(variables, b["image"]))
+    labels.append(b["label"])
+  labels, predictions = np.concatenate(labels), np.concatenate(jax.device_get(predictions))
   seconds = time.perf_counter() - t0
-  k = dataset.num_classes
-  confusion = np.zeros((k, k), np.int64)
-  np.add.at(confusion, (labels, predictions), 1)
-  per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
-  return {"model": path, "architecture": arch, "dataset": dataset.name, "split": split,
-          "images": n, "accuracy": float(confusion.trace() / n),
-          "per_class_accuracy": {name: float(a) for name, a in
-                                 zip(dataset.class_names or [str(i) for i in range(k)], per_class)},
-          "confusion": confusion.tolist(), "images_per_s": n / seconds,
-          "trained_on_other_inputs": other_inputs,
-          "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}"}
+  kept = labels >= 0  # the last batch's padding and any skipped image
+  return labels[kept], predictions[kept], seconds
 
 
 def plot_confusion(result: dict, path: str) -> None:

@@ -25,6 +25,7 @@ from dnd_jax import checkpoints, config_check, loop, parallel
 from dnd_jax import workdir as run_folder
 from dnd_jax.configs import base_config, load_config_file
 from dnd_jax.data import DataError, default_data_config, image_folder, stream
+from dnd_jax.evaluate import evaluate_model
 from dnd_jax.models import ResNet, init_variables
 from dnd_jax.train import read_metrics, train_and_evaluate
 
@@ -204,6 +205,22 @@ def test_a_fraction_of_a_streamed_set_is_a_seeded_share_of_every_class(folder):
   assert set(other.layout.train.paths) != set(half.layout.train.paths)
   assert half.layout.val.paths == whole.layout.val.paths  # the evaluation split stays whole
   assert len({whole.rows_digest, half.rows_digest, other.rows_digest}) == 3  # no resume across
+
+
+@pytest.mark.slow
+def test_an_exported_model_is_evaluated_on_the_streamed_val_folder(folder, whole_run):
+  """scripts/evaluate.py's evaluation of a streamed run's model: its accuracy on val/ is the one
+  the run reported, and the confusion matrix counts every image once."""
+  whole_dir, whole = whole_run
+  config = _config("teacher_imagenet", folder, **EPOCHS)
+  result = evaluate_model(str(whole_dir / "model"), config)
+  assert result["accuracy"] == pytest.approx(whole["final_accuracy"])
+  assert result["images"] == len(CLASSES) * VAL_PER_CLASS and result["split"] == "test"
+  assert np.asarray(result["confusion"]).sum(1).tolist() == [VAL_PER_CLASS] * len(CLASSES)
+  assert sorted(result["per_class_accuracy"]) == list(CLASSES)
+  assert result["trained_on_other_inputs"] == []
+  with pytest.raises(ValueError, match="holds no validation split .* use --split=test"):
+    evaluate_model(str(whole_dir / "model"), config, split="validation")
 
 
 @pytest.mark.slow
