@@ -130,7 +130,7 @@ class StreamedEvaluation:
   `close` stops it."""
 
   def __init__(self, data: stream.StreamData, data_config, model, eval_batch_size: int, mesh):
-    n = len(data.eval_labels)
+    n = data.n_eval
     size = steps.resolve_eval_batch_size(eval_batch_size, n, data.image_shape, model)
     devices = mesh.devices.size
     self.batch_size = -(-size // devices) * devices
@@ -166,7 +166,7 @@ class StreamedEvaluation:
     if skipped:
       log.warning(f"Skipped {skipped} unreadable evaluation image(s) (data.skip_corrupt); the "
                   "accuracy is over the rest.")
-    return correct, ce, len(self._data.eval_labels) - skipped
+    return correct, ce, self._data.n_eval - skipped
 
   def close(self) -> None:
     """Stops the pipeline's workers (as `StreamedBatches.close`)."""

@@ -119,7 +119,7 @@ def evaluation_record(dataset, dtype: str) -> dict:
   (`dnd_jax.data.stream.StreamData`), which are not read whole.
   """
   return {**input_record(dataset), "split": dataset.eval_split,
-          "examples": len(dataset.eval_labels), "dtype": str(dtype),
+          "examples": dataset.n_eval, "dtype": str(dtype),
           "sha256": dataset.eval_digest()}
 
 

@@ -263,9 +263,13 @@ def _loader_problems(config) -> list[str]:
             f"{data.name!r}: use --config.data.loader=device for it."]
   if importlib.util.find_spec("grain") is None:
     problems.append("config.data.loader='stream' needs Grain: pip install 'dnd_jax[stream]'.")
-  if data.source != "local":
-    problems.append(f"config.data.source={data.source!r}: a streamed data set is read from "
-                    "config.data.dir (source 'local').")
+  if data.source not in ("local", "tfds"):
+    problems.append(f"config.data.source={data.source!r}: a streamed data set is read from a "
+                    "folder (source 'local') or from TFDS's prepared records (source 'tfds').")
+  if data.source == "tfds" and data.get("fraction", 1.0) != 1.0:
+    problems.append(f"config.data.fraction={data.fraction!r} with source 'tfds': drawing a share "
+                    "per class would read every record's label; train on a share of the "
+                    "unpacked folders (source 'local') instead.")
   if data.get("val_fraction", 0.0) != 0.0:
     problems.append(f"config.data.val_fraction={data.get('val_fraction')!r}: a streamed data "
                     "set trains on train/ (or data.fraction of it) and evaluates on val/; leave "

@@ -119,8 +119,8 @@ def _streamed_predictions(model, variables, data: stream.StreamData, config, spl
   compiled first); images that do not decode under `data.skip_corrupt` are left out, as a
   training run's evaluation leaves them out."""
   del split  # the test split: checked by evaluate_model
-  n = len(data.eval_labels)
-  batch = steps.resolve_eval_batch_size(int(config.eval_batch_size), n, data.image_shape, model)
+  batch = steps.resolve_eval_batch_size(int(config.eval_batch_size), data.n_eval,
+                                        data.image_shape, model)
 
   def predict(variables, images_u8):
     x = augment.eval_preprocess(images_u8, config.data, data.mean, data.std)

@@ -117,7 +117,7 @@ def test_the_evaluation_split_is_read_once_padded_to_whole_batches(folder):
   batches = list(stream.eval_batches(data, config, batch_size=5))
   labels = np.concatenate([b["label"] for b in batches])
   assert len(labels) == 15 and list(labels[12:]) == [-1, -1, -1]
-  np.testing.assert_array_equal(labels[:12], data.eval_labels)
+  np.testing.assert_array_equal(labels[:12], data.layout.val.labels)
 
 
 def test_one_evaluation_pipeline_serves_every_evaluation_of_a_run(folder):
@@ -144,7 +144,7 @@ def test_one_evaluation_pipeline_serves_every_evaluation_of_a_run(folder):
     assert in_process(variables) == first
   finally:
     in_process.close()
-  assert first[2] == len(data.eval_labels) == 12 and 0 <= first[0] <= 12 and first[1] > 0
+  assert first[2] == data.n_eval == 12 and 0 <= first[0] <= 12 and first[1] > 0
 
 
 def test_layout_problems_are_one_line_before_any_work(tmp_path):
@@ -236,6 +236,88 @@ def test_a_streamed_run_trains_on_its_fraction_and_does_not_resume_on_another(fo
   whole = _config("teacher_imagenet", folder, num_epochs=2)
   with pytest.raises(run_folder.WorkdirError, match=r"another config \(data.fraction 0.5 -> 1.0\)"):
     train_and_evaluate(whole, str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(folder, tmp_path_factory):
+  """`folder`'s images as TFDS prepares an image data set (ArrayRecord files of JPEG bytes,
+  `image` and `label` features, train and validation splits), written without TensorFlow."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  pytest.importorskip("array_record")
+  layout = image_folder.scan(folder)
+
+  class DndTinyImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(encoding_format="jpeg"),
+          "label": tfds.features.ClassLabel(names=list(CLASSES)),
+          "file_name": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(layout.train),
+              "validation": self._generate_examples(layout.val)}
+
+    def _generate_examples(self, split):
+      for path, label in zip(split.paths, split.labels):  # the files' bytes: no re-encoding
+        yield path, {"image": (folder / path).read_bytes(), "label": int(label),
+                     "file_name": path}
+
+  where = tmp_path_factory.mktemp("tfds")
+  DndTinyImages(data_dir=str(where), file_format="array_record").download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+          compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  return where
+
+
+def _tfds_config(where, **overrides):
+  return data_config(None, **{"source": "tfds", "dir": str(where), "tfds_name": "dnd_tiny_images",
+                              **overrides})
+
+
+def test_tfds_records_stream_the_folders_images(folder, tfds_dir):
+  """ImageNet as TFDS prepares it (`data.source=tfds`): the same images and labels as the
+  unpacked folders, in TFDS's record order, and the same evaluation views."""
+  records = stream.open_stream(_tfds_config(tfds_dir))
+  files = stream.open_stream(data_config(folder))
+  assert records.class_names == CLASSES and records.num_classes == len(CLASSES)
+  assert (records.n_train, records.n_eval) == (files.n_train, files.n_eval)
+  assert records.rows_digest != files.rows_digest  # records and files are not one run's rows
+
+  def views(data):
+    pairs = []
+    for b in stream.eval_batches(data, data_config(folder), batch_size=5):
+      pairs += [(image.tobytes(), int(label)) for image, label in zip(b["image"], b["label"])
+                if label >= 0]
+    return sorted(pairs)
+
+  assert views(records) == views(files)
+  batch = next(iter(stream.train_batches(records, data_config(folder), seed=0, batch_size=8,
+                                         first_step=0, total_steps=1)))
+  assert batch["image"].shape == (8, 8, 8, 3) and set(batch["label"]) <= {0, 1, 2}
+
+
+def test_tfds_records_that_are_missing_or_unusable_are_one_line(tfds_dir, tmp_path):
+  with pytest.raises(DataError, match="'imagenet2012' is not prepared in .*--config.data.dir"):
+    stream.open_stream(_tfds_config(tmp_path, tfds_name="imagenet2012"))
+  with pytest.raises(DataError, match="TFDS has no prepared 'no_such_set' in .*--config.data.dir"):
+    stream.open_stream(_tfds_config(tfds_dir, tfds_name="no_such_set"))
+  config = base_config("imagenet", "kd")
+  config.data.source, config.data.fraction = "tfds", 0.1
+  with pytest.raises(config_check.ConfigError, match="fraction=0.1 with source 'tfds'"):
+    config_check.check(config)
+
+
+@pytest.mark.slow
+def test_a_run_streams_tfds_records_and_its_model_evaluates_on_them(tfds_dir, tmp_path):
+  config = _config("teacher_imagenet", None, num_epochs=1, **{
+      "data.source": "tfds", "data.dir": str(tfds_dir), "data.tfds_name": "dnd_tiny_images"})
+  summary = train_and_evaluate(config, str(tmp_path))
+  assert summary["epochs"] == 1
+  result = evaluate_model(str(tmp_path / "model"), config)
+  assert result["accuracy"] == pytest.approx(summary["final_accuracy"])
+  assert result["images"] == len(CLASSES) * VAL_PER_CLASS
 
 
 def test_the_config_check_knows_which_data_sets_stream():

@@ -11,6 +11,8 @@ Config fields (`default_data_config(name)` gives the defaults for each data set)
                     module); "stream": read batch by batch from its files on Grain (`imagenet`).
   workers           streamed: Grain worker processes decoding batches (0: in the training process).
   skip_corrupt      streamed: skip (and count) images that do not decode instead of stopping.
+  tfds_name         streamed with source "tfds": the prepared TFDS data set read ("imagenet2012";
+                    any with `image` and `label` features and train/validation splits).
   source            "local": the official files in `dir`; "download": fetch them from the official
                     URL (or `mirror`) into `dir`, else <cache_dir>/<name>, check the published
                     checksum, then read them as "local" does; "tfds": TensorFlow Datasets (`pip
@@ -86,6 +88,10 @@ class Dataset:
   def n_train(self) -> int:
     return len(self.train_labels)
 
+  @property
+  def n_eval(self) -> int:
+    return len(self.eval_labels)
+
   def eval_digest(self) -> str:
     """The SHA-256 of the evaluation split's images and labels: what an accuracy was measured on
     (`checkpoints.evaluation_record`)."""
@@ -106,7 +112,8 @@ _DEFAULTS = {
     # torchvision's ImageNet recipe (RandomResizedCrop(224) with its default scale, a flip)
     image_folder.NAME: dict(loader="stream", workers=8, skip_corrupt=False, crop_padding=0,
                             flip=True, random_resized_crop=True, image_size=224, stored_size=None,
-                            mean=image_folder.MEAN, std=image_folder.STD, rrc_scale=(0.08, 1.0)),
+                            mean=image_folder.MEAN, std=image_folder.STD, rrc_scale=(0.08, 1.0),
+                            tfds_name="imagenet2012"),
 }
 
 

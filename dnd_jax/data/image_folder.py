@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import math
 import os
 from pathlib import Path
@@ -48,6 +49,12 @@ class Split:
   paths: tuple[str, ...]  # relative to the folder
   labels: np.ndarray  # int32
 
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def files(self, root: Path) -> FolderFiles:
+    return FolderFiles(root, self.paths, self.labels)
+
   def digest(self) -> str:
     """Which files, under which labels: what a resumed run must go on with, and what a model's
     evaluation record says it was measured on."""
@@ -55,6 +62,22 @@ class Split:
     for path, label in zip(self.paths, self.labels):
       h.update(f"{path}\0{int(label)}\n".encode())
     return h.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderFiles:
+  """A split's rows as the stream reads them: row -> (decoded image, label). Picklable, for
+  Grain's workers."""
+
+  root: Path
+  paths: tuple[str, ...]
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def read(self, row: int) -> tuple[Image.Image, int]:
+    return decode(self.root / self.paths[row]), int(self.labels[row])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,16 +132,17 @@ def scan(where: Path) -> Layout:
   return Layout(where, tuple(classes["train"]), splits["train"], splits["val"])
 
 
-def decode(path: Path) -> Image.Image:
-  """The image at `path` as RGB, read whole; a `DataError` naming the file when it does not
-  decode (truncated, corrupt, not an image)."""
+def decode(path: Path | bytes, name: str | None = None) -> Image.Image:
+  """The image at `path` (or encoded in `path`'s bytes, a record named `name`) as RGB, read
+  whole; a `DataError` naming the file when it does not decode (truncated, corrupt, not an
+  image)."""
   try:
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as image:
       image.load()  # decodes now: a truncated file fails here rather than half-read later
       return image.convert("RGB")
   except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise DataError(f"{path}: cannot decode this image ({e}); replace or remove it, or set "
-                    "--config.data.skip_corrupt=True to skip unreadable images.") from e
+    raise DataError(f"{name or path}: cannot decode this image ({e}); replace or remove it, or "
+                    "set --config.data.skip_corrupt=True to skip unreadable images.") from e
 
 
 def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,

@@ -28,19 +28,19 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from absl import flags
 
-from dnd_jax.data import image_folder, sources, split_indices
+from dnd_jax.data import image_folder, sources, split_indices, tfds_source
 from dnd_jax.data.files import DataError, MissingPackageError
 
 log = logging.getLogger(__name__)
 
 LOADERS = ("device", "stream")
 NAMES = (image_folder.NAME,)  # the data sets that stream
+TFDS_NAME = "imagenet2012"  # what TFDS names ImageNet (data.source=tfds, data.tfds_name)
 # Grain's in-process read-ahead: threads decoding whole batches, and how many batches they may
 # hold ready (a few: an ImageNet batch of 256 at 224 px is 38 MB)
 READ_THREADS, READ_BUFFER = 4, 8
@@ -63,7 +63,7 @@ class StreamData:
   field reports ImageNet results on)."""
 
   name: str
-  layout: image_folder.Layout
+  layout: image_folder.Layout | tfds_source.RecordLayout  # a folder, or TFDS's records
   mean: tuple[float, ...]
   std: tuple[float, ...]
   input_size: int
@@ -83,11 +83,11 @@ class StreamData:
 
   @property
   def n_train(self) -> int:
-    return len(self.layout.train.paths)
+    return len(self.layout.train)
 
   @property
-  def eval_labels(self) -> np.ndarray:
-    return self.layout.val.labels
+  def n_eval(self) -> int:
+    return len(self.layout.val)
 
   @property
   def rows_digest(self) -> str:
@@ -99,10 +99,15 @@ class StreamData:
 
 def open_stream(data_config: Any) -> StreamData:
   """The streamed data set `data_config` names (its folder `data.dir`, else `<cache>/imagenet`,
-  as the resident data sets' default), its folder scanned and checked (one `DataError`
+  as the resident data sets' default; with `data.source=tfds`, TFDS's prepared
+  `data.tfds_name` in the data_dir `data.dir`), its files listed and checked (one `DataError`
   for a layout problem, before any work), its training files cut to `data.fraction`."""
   import_grain()  # a missing package is one line now, not at the first batch
-  layout = image_folder.scan(sources.location(data_config))
+  if data_config.source == "tfds":
+    layout = tfds_source.record_layout(data_config.get("tfds_name") or TFDS_NAME,
+                                       sources.location(data_config))
+  else:
+    layout = image_folder.scan(sources.location(data_config))
   fraction = data_config.get("fraction", 1.0)
   if fraction != 1.0:
     layout = train_share(layout, fraction, data_config.get("subset_seed", 0))
@@ -142,28 +147,30 @@ def local_positions(step_in_epoch: int, batch_size: int, process_index: int,
 
 @dataclasses.dataclass(frozen=True)
 class _Reader:
-  """Decodes a row's file; with `skip`, an unreadable one is logged, counted and replaced by the
-  next readable row (training) or left out (evaluation). Picklable, for Grain's workers."""
+  """Decodes a row's image (a folder's file or a TFDS record: `files`); with `skip`, an
+  unreadable one is logged, counted and replaced by the next readable row (training) or left out
+  (evaluation). Picklable, for Grain's workers."""
 
-  root: Path
-  paths: tuple[str, ...]
-  labels: np.ndarray
+  files: image_folder.FolderFiles | tfds_source.RecordFiles
   skip: bool
+
+  def __len__(self) -> int:
+    return len(self.files)
 
   def open(self, row: int, replace: bool):
     """(image, label, files skipped); image None when an evaluation row is skipped."""
     skipped = 0
     while True:
       try:
-        return image_folder.decode(self.root / self.paths[row]), int(self.labels[row]), skipped
+        return (*self.files.read(row), skipped)
       except DataError as e:
         if not self.skip:
           raise
-        log.warning("Skipped an unreadable image: %s", str(e).split(" (")[0])
+        log.warning("Skipped an unreadable image: %s", str(e).split(": cannot decode")[0])
         skipped += 1
-        if not replace or skipped >= len(self.paths):
+        if not replace or skipped >= len(self.files):
           return None, -1, skipped
-        row = (row + 1) % len(self.paths)
+        row = (row + 1) % len(self.files)
 
 
 def _stack(examples: list[dict]) -> dict:
@@ -196,7 +203,7 @@ class _TrainBatch:
 
   def __call__(self, step: int) -> dict:
     epoch, i = divmod(int(step), self.steps_per_epoch)
-    order = train_rows(len(self.reader.paths), self.seed, epoch)
+    order = train_rows(len(self.reader), self.seed, epoch)
     return _stack([self.example(epoch, p, order[p]) for p in local_positions(
         i, self.batch_size, self.process_index, self.process_count)])
 
@@ -213,7 +220,7 @@ class _EvalBatch:
   process_count: int
 
   def example(self, row: int) -> dict:
-    if row >= len(self.reader.paths):
+    if row >= len(self.reader):
       return {"image": np.zeros((self.size, self.size, 3), np.uint8), "label": np.int32(-1),
               "skipped": np.int32(0)}
     image, label, skipped = self.reader.open(row, replace=False)
@@ -226,9 +233,8 @@ class _EvalBatch:
         int(index), self.batch_size, self.process_index, self.process_count)])
 
 
-def _reader(data: StreamData, split: image_folder.Split, data_config) -> _Reader:
-  return _Reader(data.layout.root, split.paths, split.labels,
-                 bool(data_config.get("skip_corrupt", False)))
+def _reader(data: StreamData, split, data_config) -> _Reader:
+  return _Reader(split.files(data.layout.root), bool(data_config.get("skip_corrupt", False)))
 
 
 def _iterate(batches, workers: int):
@@ -267,7 +273,7 @@ def train_batches(data: StreamData, data_config, *, seed: int, batch_size: int, 
 
 def eval_batch_count(data: StreamData, batch_size: int) -> int:
   """The batches of one pass over the evaluation split (the last padded)."""
-  return -(-len(data.eval_labels) // batch_size)
+  return -(-data.n_eval // batch_size)
 
 
 def eval_batches(data: StreamData, data_config, *, batch_size: int, process_index: int = 0,

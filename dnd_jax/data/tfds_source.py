@@ -1,4 +1,6 @@
-"""Arrays from TensorFlow Datasets, for users who already keep their data sets in a TFDS folder.
+"""TensorFlow Datasets, for users who already keep their data sets in a TFDS folder: the resident
+data sets' arrays (`read`), and a streamed one's records (`record_layout`: ImageNet as TFDS
+prepares `imagenet2012`, or any prepared image data set with `image` and `label` features).
 
 Only `tfds.data_source` is used: it reads prepared ArrayRecord files with NumPy and PIL, so reading
 works without TensorFlow. Preparing a data set (TFDS's own download and conversion) is another
@@ -9,11 +11,16 @@ use source=local/download, which need neither. TFDS has no Imagewoof builder.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import importlib
+import json
 from pathlib import Path
 
 import numpy as np
 
+from dnd_jax.data import image_folder
 from dnd_jax.data.files import DataError, MissingPackageError
 
 TFDS_NAMES = {"fashion_mnist": "fashion_mnist", "cifar100": "cifar100"}
@@ -65,3 +72,112 @@ def read(name: str, data_dir: Path | None) -> dict[str, np.ndarray]:
   builder = tfds.builder(TFDS_NAMES[name], data_dir=None if data_dir is None else str(data_dir))
   arrays["class_names"] = np.array(builder.info.features["label"].names)
   return arrays
+
+
+# --- a streamed data set's records ---------------------------------------------------------------
+
+# The splits a streamed data set reads: TFDS names ImageNet's evaluation split "validation" (the
+# split the field reports, as the folder layout's val/).
+STREAM_SPLITS = {"train": "train", "val": "validation"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSplit:
+  """One split of a prepared TFDS data set, read record by record (`RecordFiles`): which records
+  (all, or `rows` of them) and what identifies them. Listing a split's labels would read every
+  record (ImageNet's are ~140 GB), so its digest is of TFDS's own record of the split (its
+  shards' lengths and bytes) and the rows chosen."""
+
+  name: str
+  data_dir: str | None
+  split: str
+  count: int
+  info: str  # the split's entry in dataset_info.json, as JSON
+  rows: tuple[int, ...] | None = None
+
+  def __len__(self) -> int:
+    return self.count if self.rows is None else len(self.rows)
+
+  def files(self, root) -> RecordFiles:
+    del root  # the records are found by name in data_dir
+    return RecordFiles(self)
+
+  def digest(self) -> str:
+    h = hashlib.sha256(f"{self.name}\0{self.split}\0{self.info}\0".encode())
+    if self.rows is not None:
+      h.update(np.asarray(self.rows, np.int64).tobytes())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _source(name: str, data_dir: str | None, split: str):
+  """The split's random-access records, opened once per process (Grain's workers each open
+  theirs); images are left encoded, to be decoded as the folder's files are."""
+  tfds = _import_tfds()
+  return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                          decoders={"image": tfds.decode.SkipDecoding()})
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordFiles:
+  """`RecordSplit`'s rows as the stream reads them: row -> (decoded image, label), as
+  `image_folder.FolderFiles` reads a folder's. Picklable (the records open in each process)."""
+
+  split: RecordSplit
+
+  def __len__(self) -> int:
+    return len(self.split)
+
+  def read(self, row: int):
+    s = self.split
+    index = int(row if s.rows is None else s.rows[row])
+    record = _source(s.name, s.data_dir, s.split)[index]
+    return (image_folder.decode(bytes(record["image"]), f"{s.name} {s.split} record {index}"),
+            int(record["label"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordLayout:
+  """A prepared TFDS image data set as a stream reads it: `image_folder.Layout`'s fields, its
+  classes the label feature's names (ImageNet's WordNet ids, in the folder layout's order)."""
+
+  root: Path | None
+  classes: tuple[str, ...]
+  train: RecordSplit
+  val: RecordSplit
+
+
+def record_layout(name: str, data_dir: Path | None) -> RecordLayout:
+  """The prepared data set `name` in TFDS's `data_dir` (None: TFDS's default); one `DataError`
+  when it is not prepared there or lacks an `image` or `label` feature or a split."""
+  tfds = _import_tfds()
+  where = None if data_dir is None else str(data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=where)
+    info = builder.info
+    prepared = builder.is_prepared() if hasattr(builder, "is_prepared") else True
+  except Exception as e:  # TFDS raises several kinds for a name it cannot find
+    why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # not its list
+    raise DataError(f"TFDS has no prepared {name!r} in {where or 'its default data_dir'} ({why}). "
+                    "Fix: set --config.data.dir to the data_dir where it was prepared, or "
+                    "--config.data.tfds_name to its name.") from e
+  if not prepared:
+    raise DataError(f"TFDS {name!r} is not prepared in {where or 'its default data_dir'}: set "
+                    "--config.data.dir to the data_dir where TFDS prepared it, or prepare it "
+                    "(ImageNet's needs the ILSVRC2012 archives: "
+                    "https://www.tensorflow.org/datasets/catalog/imagenet2012), or read the "
+                    "unpacked folders with --config.data.source=local.")
+  features = info.features
+  if "image" not in features or "label" not in features:
+    raise DataError(f"TFDS {name!r} has no 'image' and 'label' features (it has "
+                    f"{sorted(features.keys())}): a streamed data set needs both.")
+  splits = {}
+  for ours, theirs in STREAM_SPLITS.items():
+    if theirs not in info.splits:
+      raise DataError(f"TFDS {name!r} has no {theirs!r} split (it has {sorted(info.splits)}).")
+    entry = info.splits[theirs]
+    record = {"shards": [int(n) for n in entry.shard_lengths], "bytes": int(entry.num_bytes),
+              "version": str(info.version)}
+    splits[ours] = RecordSplit(name, where, theirs, int(entry.num_examples),
+                               json.dumps(record, sort_keys=True))
+  return RecordLayout(data_dir, tuple(features["label"].names), splits["train"], splits["val"])
