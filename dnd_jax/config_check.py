@@ -24,7 +24,7 @@ import jax
 
 from dnd_jax import parallel, profiling, runtime, teacher as teacher_lib, workdir as run_folder
 from dnd_jax.data.sources import READERS, SOURCES
-from dnd_jax.data.stream import LOADERS, NAMES as STREAMED
+from dnd_jax.data.stream import LOADERS, NAMES as STREAMED, ONLY_STREAMED
 from dnd_jax.methods import get_method
 from dnd_jax.models import (ARCHS, STAGE_SIZES, STEMS, build_arch, build_model, family_kwargs,
                             resolve_dtype)
@@ -246,21 +246,21 @@ def _network(block_name: str, block, problems: list[str]):
 
 
 def _loader_problems(config) -> list[str]:
-  """What a streamed run needs (`dnd_jax.data.stream`), and which data sets stream: the resident
-  data sets never do, and the streamed ones only do. The streamed path draws no subsets or
-  validation split and runs one step per dispatch (its batch is an argument of each step)."""
+  """What a streamed run needs (`dnd_jax.data.stream`), and which data sets stream: ImageNet only
+  does, Imagewoof may, the others never do. The streamed path draws no validation split and
+  runs one step per dispatch (its batch is an argument of each step)."""
   data, problems = config.data, []
   loader = data.get("loader", "device")
   if loader not in LOADERS:
     return [f"config.data.loader={loader!r}: use one of {list(LOADERS)}."]
   if loader == "device":
-    if data.name in STREAMED:
+    if data.name in ONLY_STREAMED:
       problems.append(f"config.data.name={data.name!r} is read as a stream: set "
                       "--config.data.loader=stream.")
     return problems
   if data.name not in STREAMED:
-    return [f"config.data.loader='stream' reads {list(STREAMED)} (an ImageNet-layout folder), not "
-            f"{data.name!r}: use --config.data.loader=device for it."]
+    return [f"config.data.loader='stream' reads {list(STREAMED)} (ImageNet-layout folders), "
+            f"not {data.name!r}: use --config.data.loader=device for it."]
   if importlib.util.find_spec("grain") is None:
     problems.append("config.data.loader='stream' needs Grain: pip install 'dnd_jax[stream]'.")
   if data.source not in ("local", "tfds"):

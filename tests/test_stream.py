@@ -320,10 +320,40 @@ def test_a_run_streams_tfds_records_and_its_model_evaluates_on_them(tfds_dir, tm
   assert result["images"] == len(CLASSES) * VAL_PER_CLASS
 
 
+def test_imagewoof_streams_from_its_unpacked_folder_and_not_from_its_archive(tmp_path):
+  """Imagewoof either way: resident (its default) or, with data.loader=stream, read from the
+  unpacked imagewoof2-160 folder as ImageNet's is (found as the resident reader finds it)."""
+  make_folder(tmp_path / "imagewoof2-160")
+  config = default_data_config("imagewoof")
+  config.loader, config.dir, config.image_size, config.workers = "stream", str(tmp_path), 8, 0
+  data = stream.open_stream(config)
+  assert (data.name, data.class_names, data.eval_split) == ("imagewoof", CLASSES, "test")
+  assert (data.n_train, data.n_eval) == (len(CLASSES) * TRAIN_PER_CLASS,
+                                         len(CLASSES) * VAL_PER_CLASS)
+  batch = next(iter(stream.train_batches(data, config, seed=0, batch_size=4, first_step=0,
+                                         total_steps=1)))
+  assert batch["image"].shape == (4, 8, 8, 3) and batch["image"].dtype == np.uint8
+  archive_only = tmp_path / "archived"
+  archive_only.mkdir()
+  (archive_only / "imagewoof2-160.tgz").write_bytes(b"")
+  config.dir = str(archive_only)
+  with pytest.raises(DataError, match="reads the unpacked imagewoof2-160 folder, not its archive"):
+    stream.open_stream(config)
+
+
+@pytest.mark.slow
+def test_an_imagewoof_run_streams(tmp_path):
+  make_folder(tmp_path / "imagewoof2-160")
+  config = _config("teacher_imagewoof", tmp_path, num_epochs=1, **{"data.loader": "stream"})
+  summary = train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["epochs"] == 1 and summary["dataset"] == "imagewoof"
+  assert 0.0 <= summary["final_accuracy"] <= 1.0
+
+
 def test_the_config_check_knows_which_data_sets_stream():
   wrong = base_config("fashion_mnist", "teacher")
   wrong.data.loader = "stream"
-  with pytest.raises(config_check.ConfigError, match="loader='stream' reads \\['imagenet'\\]"):
+  with pytest.raises(config_check.ConfigError, match="loader='stream' reads \\['imagenet', 'imag"):
     config_check.check(wrong)
   resident = base_config("imagenet", "teacher")
   resident.data.loader = "device"
@@ -337,6 +367,10 @@ def test_the_config_check_knows_which_data_sets_stream():
   share = base_config("imagenet", "kd")
   share.data.fraction = 0.1
   config_check.check(share)
+  for loader in ("device", "stream"):  # Imagewoof either way
+    woof = base_config("imagewoof", "kd")
+    woof.data.loader = loader
+    config_check.check(woof)
 
 
 def test_the_throughput_command_measures_the_pipeline(folder, tmp_path):

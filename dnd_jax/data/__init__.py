@@ -8,7 +8,8 @@ Config fields (`default_data_config(name)` gives the defaults for each data set)
   name              "fashion_mnist" | "cifar100" | "imagewoof" | "imagenet" (any ImageNet-layout
                     folder, streamed: `dnd_jax.data.stream`)
   loader            "device": the data set decoded whole, resident on the accelerator (this
-                    module); "stream": read batch by batch from its files on Grain (`imagenet`).
+                    module); "stream": read batch by batch from its files on Grain (`imagenet`,
+                    and `imagewoof` from its unpacked folder).
   workers           streamed: Grain worker processes decoding batches (0: in the training process).
   skip_corrupt      streamed: skip (and count) images that do not decode instead of stopping.
   tfds_name         streamed with source "tfds": the prepared TFDS data set read ("imagenet2012";
@@ -107,8 +108,10 @@ _DEFAULTS = {
                              mean=fashion_mnist.MEAN, std=fashion_mnist.STD),
     cifar100.NAME: dict(crop_padding=4, flip=True, random_resized_crop=False,
                         image_size=None, stored_size=None, mean=cifar100.MEAN, std=cifar100.STD),
+    # resident by default; `loader="stream"` reads the unpacked folder as ImageNet's is read
     imagewoof.NAME: dict(crop_padding=0, flip=True, random_resized_crop=True,
-                         image_size=128, stored_size=160, mean=imagewoof.MEAN, std=imagewoof.STD),
+                         image_size=128, stored_size=160, mean=imagewoof.MEAN, std=imagewoof.STD,
+                         workers=4, skip_corrupt=False),
     # torchvision's ImageNet recipe (RandomResizedCrop(224) with its default scale, a flip)
     image_folder.NAME: dict(loader="stream", workers=8, skip_corrupt=False, crop_padding=0,
                             flip=True, random_resized_crop=True, image_size=224, stored_size=None,

@@ -28,18 +28,20 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from absl import flags
 
-from dnd_jax.data import image_folder, sources, split_indices, tfds_source
+from dnd_jax.data import image_folder, imagewoof, sources, split_indices, tfds_source
 from dnd_jax.data.files import DataError, MissingPackageError
 
 log = logging.getLogger(__name__)
 
 LOADERS = ("device", "stream")
-NAMES = (image_folder.NAME,)  # the data sets that stream
+NAMES = (image_folder.NAME, imagewoof.NAME)  # the data sets that may stream
+ONLY_STREAMED = (image_folder.NAME,)  # and those too large to be held whole
 TFDS_NAME = "imagenet2012"  # what TFDS names ImageNet (data.source=tfds, data.tfds_name)
 # Grain's in-process read-ahead: threads decoding whole batches, and how many batches they may
 # hold ready (a few: an ImageNet batch of 256 at 224 px is 38 MB)
@@ -106,6 +108,8 @@ def open_stream(data_config: Any) -> StreamData:
   if data_config.source == "tfds":
     layout = tfds_source.record_layout(data_config.get("tfds_name") or TFDS_NAME,
                                        sources.location(data_config))
+  elif data_config.name == imagewoof.NAME:
+    layout = image_folder.scan(_imagewoof_folder(sources.location(data_config)))
   else:
     layout = image_folder.scan(sources.location(data_config))
   fraction = data_config.get("fraction", 1.0)
@@ -115,6 +119,17 @@ def open_stream(data_config: Any) -> StreamData:
                     mean=tuple(float(m) for m in data_config.mean),
                     std=tuple(float(s) for s in data_config.std),
                     input_size=int(data_config.image_size))
+
+
+def _imagewoof_folder(where: Path) -> Path:
+  """Imagewoof's `imagewoof2-160` folder at or in `where` (the resident reader's rule); its
+  archive is read whole by the resident path only."""
+  found = imagewoof.locate(where)
+  if found.is_file():
+    raise DataError(f"{found}: a streamed Imagewoof reads the unpacked imagewoof2-160 folder, "
+                    f"not its archive. Unpack it (tar xzf {found.name} -C {found.parent}) and set "
+                    "--config.data.dir to the folder, or use --config.data.loader=device.")
+  return found
 
 
 def train_share(layout: image_folder.Layout, fraction: float, seed: int) -> image_folder.Layout:
