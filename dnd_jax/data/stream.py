@@ -1,8 +1,9 @@
 """Streaming input on Grain: a data set too large to hold decoded is read batch by batch.
 
-`config.data.loader = "stream"` (the ImageNet configs) instead of the resident `"device"`: the
-image files are listed once (`image_folder.scan`), and each batch is decoded and cropped on the
-host, in Grain's worker processes (`data.workers`; 0 decodes in the training process), then sent
+`config.data.loader = "stream"` (the ImageNet configs; Imagewoof may) instead of the resident
+`"device"`: the image files are listed once (`image_folder.scan`; or TFDS's prepared records,
+`tfds_source.record_layout`, with `data.source="tfds"`), and each batch is decoded and cropped on
+the host, in Grain's worker processes (`data.workers`; 0 decodes in the training process), then sent
 to the devices as uint8, where the step normalises it as the resident path does.
 
 What makes it reproducible and resumable: an epoch's order is Grain's index shuffle of the
