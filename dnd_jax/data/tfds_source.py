@@ -83,30 +83,25 @@ STREAM_SPLITS = {"train": "train", "val": "validation"}
 
 @dataclasses.dataclass(frozen=True)
 class RecordSplit:
-  """One split of a prepared TFDS data set, read record by record (`RecordFiles`): which records
-  (all, or `rows` of them) and what identifies them. Listing a split's labels would read every
-  record (ImageNet's are ~140 GB), so its digest is of TFDS's own record of the split (its
-  shards' lengths and bytes) and the rows chosen."""
+  """One split of a prepared TFDS data set, read record by record (`RecordFiles`), and what
+  identifies it. Listing a split's labels would read every record (ImageNet's are ~140 GB), so
+  its digest is of TFDS's own record of the split (its shards' lengths and bytes, the version)."""
 
   name: str
   data_dir: str | None
   split: str
   count: int
   info: str  # the split's entry in dataset_info.json, as JSON
-  rows: tuple[int, ...] | None = None
 
   def __len__(self) -> int:
-    return self.count if self.rows is None else len(self.rows)
+    return self.count
 
   def files(self, root) -> RecordFiles:
     del root  # the records are found by name in data_dir
     return RecordFiles(self)
 
   def digest(self) -> str:
-    h = hashlib.sha256(f"{self.name}\0{self.split}\0{self.info}\0".encode())
-    if self.rows is not None:
-      h.update(np.asarray(self.rows, np.int64).tobytes())
-    return h.hexdigest()
+    return hashlib.sha256(f"{self.name}\0{self.split}\0{self.info}".encode()).hexdigest()
 
 
 @functools.lru_cache(maxsize=8)
@@ -130,9 +125,8 @@ class RecordFiles:
 
   def read(self, row: int):
     s = self.split
-    index = int(row if s.rows is None else s.rows[row])
-    record = _source(s.name, s.data_dir, s.split)[index]
-    return (image_folder.decode(bytes(record["image"]), f"{s.name} {s.split} record {index}"),
+    record = _source(s.name, s.data_dir, s.split)[int(row)]
+    return (image_folder.decode(bytes(record["image"]), f"{s.name} {s.split} record {row}"),
             int(record["label"]))
 
 
