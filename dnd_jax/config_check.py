@@ -266,6 +266,10 @@ def _loader_problems(config) -> list[str]:
   if data.source not in ("local", "tfds"):
     problems.append(f"config.data.source={data.source!r}: a streamed data set is read from a "
                     "folder (source 'local') or from TFDS's prepared records (source 'tfds').")
+  if data.source == "tfds" and not data.get("tfds_name"):
+    problems.append(f"config.data.source='tfds' streams the TFDS data set config.data.tfds_name, "
+                    f"which {data.name!r} does not name: read it from its folder (source "
+                    "'local').")
   if data.source == "tfds" and data.get("fraction", 1.0) != 1.0:
     problems.append(f"config.data.fraction={data.fraction!r} with source 'tfds': drawing a share "
                     "per class would read every record's label; train on a share of the "

@@ -371,6 +371,9 @@ def test_the_config_check_knows_which_data_sets_stream():
     woof = base_config("imagewoof", "kd")
     woof.data.loader = loader
     config_check.check(woof)
+  woof.data.source = "tfds"  # a streamed Imagewoof names no TFDS records (not ImageNet's)
+  with pytest.raises(config_check.ConfigError, match="tfds_name, which 'imagewoof' does not"):
+    config_check.check(woof)
 
 
 def test_the_throughput_command_measures_the_pipeline(folder, tmp_path):

@@ -53,7 +53,7 @@ class Split:
     return len(self.paths)
 
   def files(self, root: Path) -> FolderFiles:
-    return FolderFiles(root, self.paths, self.labels)
+    return FolderFiles(root, self)
 
   def digest(self) -> str:
     """Which files, under which labels: what a resumed run must go on with, and what a model's
@@ -70,14 +70,13 @@ class FolderFiles:
   Grain's workers."""
 
   root: Path
-  paths: tuple[str, ...]
-  labels: np.ndarray
+  split: Split
 
   def __len__(self) -> int:
-    return len(self.paths)
+    return len(self.split)
 
   def read(self, row: int) -> tuple[Image.Image, int]:
-    return decode(self.root / self.paths[row]), int(self.labels[row])
+    return decode(self.root / self.split.paths[row]), int(self.split.labels[row])
 
 
 @dataclasses.dataclass(frozen=True)

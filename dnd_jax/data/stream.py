@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 LOADERS = ("device", "stream")
 NAMES = (image_folder.NAME, imagewoof.NAME)  # the data sets that may stream
 ONLY_STREAMED = (image_folder.NAME,)  # and those too large to be held whole
-TFDS_NAME = "imagenet2012"  # what TFDS names ImageNet (data.source=tfds, data.tfds_name)
 # Grain's in-process read-ahead: threads decoding whole batches, and how many batches they may
 # hold ready (a few: an ImageNet batch of 256 at 224 px is 38 MB)
 READ_THREADS, READ_BUFFER = 4, 8
@@ -107,8 +106,7 @@ def open_stream(data_config: Any) -> StreamData:
   for a layout problem, before any work), its training files cut to `data.fraction`."""
   import_grain()  # a missing package is one line now, not at the first batch
   if data_config.source == "tfds":
-    layout = tfds_source.record_layout(data_config.get("tfds_name") or TFDS_NAME,
-                                       sources.location(data_config))
+    layout = tfds_source.record_layout(data_config.tfds_name, sources.location(data_config))
   elif data_config.name == imagewoof.NAME:
     layout = image_folder.scan(_imagewoof_folder(sources.location(data_config)))
   else:
